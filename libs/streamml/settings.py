@@ -1,0 +1,203 @@
+"""Settings shared by every service: Kafka connection, security, topics and the runtime loop.
+
+Every field says what it is for and has a default that works with the embedded local
+broker (``make kafka-up``). Services embed these in their own settings class with their
+own environment prefix; the Kafka connection is read from ``STREAMML_KAFKA_*`` by all.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamml.errors import ConfigError
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def _default_bootstrap() -> str:
+    # The pytest fixture and the Makefile export this name; honour it as the default.
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP)
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka (and optionally a schema registry). Env prefix ``STREAMML_KAFKA_``."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMML_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        default_factory=_default_bootstrap,
+        description="Comma-separated host:port list of brokers. Falls back to "
+        "KAFKA_BOOTSTRAP_SERVERS, then 127.0.0.1:9092 (the local broker).",
+    )
+    topic_prefix: str = Field(
+        default="",
+        description="Prefix put before every topic name, e.g. 'prod.' -> 'prod.events'.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security.protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    ssl_ca_location: str | None = Field(default=None, description="CA bundle file for TLS.")
+    ssl_certificate_location: str | None = Field(
+        default=None, description="Client certificate file for mutual TLS."
+    )
+    ssl_key_location: str | None = Field(default=None, description="Client key file for mTLS.")
+    ssl_key_password: SecretStr | None = Field(default=None, description="Client key password.")
+    schema_registry_url: str | None = Field(
+        default=None,
+        description="Confluent-compatible schema registry URL. When set, values use the "
+        "Confluent wire format; when empty, Avro single-object encoding against schemas/.",
+    )
+    schema_registry_basic_auth: SecretStr | None = Field(
+        default=None, description="'user:password' for the schema registry, if it needs one."
+    )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(
+                    f"'{server}' is not host:port (example: 127.0.0.1:9092)"
+                )
+        return value
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings common to producers, consumers and the admin client."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        if self.ssl_certificate_location:
+            config["ssl.certificate.location"] = self.ssl_certificate_location
+        if self.ssl_key_location:
+            config["ssl.key.location"] = self.ssl_key_location
+        if self.ssl_key_password:
+            config["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return config
+
+    def aiokafka_config(self) -> dict[str, Any]:
+        """The same connection settings in aiokafka's keyword names."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl_plain_username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            config["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_ca_location,
+                certfile=self.ssl_certificate_location,
+                keyfile=self.ssl_key_location,
+                password=(
+                    self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
+                ),
+            )
+        return config
+
+    def topic(self, name: str) -> str:
+        """The physical name of a logical topic: the prefix plus the name."""
+        return f"{self.topic_prefix}{name}"
+
+
+class RuntimeSettings(BaseModel):
+    """The exactly-once processing loop. Nested in each service's settings (``..._RUNTIME__*``)."""
+
+    group_id: str | None = Field(
+        default=None, description="Consumer group id; defaults to '<prefix><service>'."
+    )
+    instance_id: str = Field(
+        default_factory=lambda: os.environ.get("HOSTNAME") or socket.gethostname(),
+        description="Stable id of this instance; the transactional.id is "
+        "'<group>-<instance_id>', so a restarted instance fences its zombie.",
+    )
+    batch_max_records: int = Field(
+        default=500, ge=1, le=100_000, description="Most records in one micro-batch/transaction."
+    )
+    batch_max_ms: int = Field(
+        default=100, ge=1, le=60_000, description="Longest wait to fill a micro-batch."
+    )
+    transaction_timeout_ms: int = Field(
+        default=60_000, ge=1_000, description="transaction.timeout.ms of the producer."
+    )
+    max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="Failed attempts in a row (aborted transactions, broker errors) before "
+        "the service reports unhealthy and exits non-zero.",
+    )
+    backoff_initial_s: float = Field(
+        default=0.2, gt=0, description="First retry delay; doubles per attempt, with jitter."
+    )
+    backoff_max_s: float = Field(default=10.0, gt=0, description="Longest retry delay.")
+    session_timeout_ms: int = Field(
+        default=10_000, ge=1_000, description="Consumer group session.timeout.ms."
+    )
+    max_poll_interval_ms: int = Field(
+        default=300_000, ge=10_000, description="Consumer max.poll.interval.ms."
+    )
+    producer_queue_max_messages: int = Field(
+        default=100_000, ge=1_000, description="Local producer queue bound (backpressure)."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest", description="Where a new group starts reading."
+    )
+    lag_interval_s: float = Field(
+        default=5.0, gt=0, description="How often consumer lag per partition is measured."
+    )
+
+
+class HttpSettings(BaseModel):
+    """The metrics/health HTTP server."""
+
+    host: str = Field(default="127.0.0.1", description="Address the metrics server binds to.")
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz; 0 = any free."
+    )
+
+
+def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
+    """Build a settings object, turning a validation error into a one-line ConfigError."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, cls)) from exc
+
+
+def describe_validation_error(exc: ValidationError, cls: type[BaseSettings]) -> str:
+    """One line naming the environment variable, the value and what is wrong."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
+    parts = []
+    for error in exc.errors():
+        location = delimiter.join(str(part) for part in error["loc"]).upper()
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{prefix}{location}: {error['msg']}{shown}")
+    return "invalid setting " + "; ".join(parts)
