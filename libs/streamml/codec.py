@@ -1,0 +1,655 @@
+"""Avro encoding of every topic value, with schema resolution and two wire formats.
+
+The schemas are the ``.avsc`` files in ``schemas/`` (one record per file, self-contained:
+a named type such as ``CardTransaction`` is defined inside the record that uses it) plus
+every earlier version kept in ``schemas/history/<RecordName>/v<N>.avsc``. Each file is
+parsed once when the codec is built; nothing is parsed per message.
+
+Wire formats:
+
+* **Single-object encoding** (default, no registry): ``C3 01`` + the 8-byte little-endian
+  CRC-64-AVRO fingerprint of the writer schema's parsing canonical form + the Avro binary
+  body. The reader finds the writer schema by fingerprint among the current and historical
+  schemas and resolves it to the reader schema, so old data stays readable.
+* **Confluent Schema Registry** (``registry_url`` set): ``00`` + 4-byte big-endian schema
+  id + the body. The schema is registered under ``<topic>-value`` on first encode; ids and
+  the schemas fetched for them are cached. Decoding still accepts single-object bytes.
+
+Timestamps: fields with ``logicalType: timestamp-millis`` are plain ``int`` epoch
+milliseconds in both directions. ``encode`` takes ints (not ``datetime``) and ``decode``
+returns ints; fastavro would turn them into ``datetime`` by default, so the codec reads and
+writes with copies of the schemas whose logical-type annotations are removed. The
+annotations stay in the files and in the registered schemas (the parsing canonical form,
+hence the fingerprint, never includes them), so other languages still see timestamps.
+
+Errors: ``decode`` raises :class:`~streamml.errors.DecodeError` (with ``raw`` and
+``topic``) for bad bytes; ``encode`` raises :class:`~streamml.errors.EncodeError` naming
+the offending field; a registry that cannot be reached raises
+:class:`~streamml.errors.SchemaError` (not a fault of the record, so not a dead letter).
+
+Example::
+
+    >>> codec = AvroCodec()
+    >>> label = {"event_id": "e1", "entity_id": "c1", "label": 1, "labeled_at": 1_700_000_000_000}
+    >>> data = codec.encode("Label", label)
+    >>> data[:2].hex()
+    'c301'
+    >>> codec.decode(data, "Label")["labeled_at"]
+    1700000000000
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fastavro
+from fastavro.schema import fingerprint as avro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+from fastavro.utils import generate_many
+from fastavro.validation import ValidationError as AvroValidationError
+from fastavro.validation import validate
+
+from streamml.errors import DecodeError, EncodeError, SchemaError
+
+if TYPE_CHECKING:
+    from streamml.settings import KafkaSettings
+
+__all__ = [
+    "CONFLUENT_MAGIC",
+    "SINGLE_OBJECT_MAGIC",
+    "AvroCodec",
+    "check_compatibility",
+    "default_schemas_dir",
+]
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+_SINGLE_OBJECT_HEADER = len(SINGLE_OBJECT_MAGIC) + 8
+_CONFLUENT_HEADER = len(CONFLUENT_MAGIC) + 4
+_VERSION_FILE = re.compile(r"^v(\d+)\.avsc$")
+_MAX_MESSAGE = 600
+
+_PRIMITIVES = frozenset(("null", "boolean", "int", "long", "float", "double", "bytes", "string"))
+_COMPLEX = frozenset(("record", "error", "enum", "fixed", "array", "map"))
+# Avro spec, schema resolution: the writer type (key) may be read as any of these.
+_PROMOTIONS: dict[str, frozenset[str]] = {
+    "int": frozenset(("long", "float", "double")),
+    "long": frozenset(("float", "double")),
+    "float": frozenset(("double",)),
+    "string": frozenset(("bytes",)),
+    "bytes": frozenset(("string",)),
+}
+
+
+def default_schemas_dir() -> Path:
+    """The repository's ``schemas/`` directory (``libs/streamml/../../schemas``)."""
+    return Path(__file__).resolve().parent.parent.parent / "schemas"
+
+
+@dataclass(frozen=True, slots=True)
+class _SchemaVersion:
+    """One schema file, parsed once."""
+
+    name: str  # record name without namespace: Event
+    full_name: str  # streamml.Event
+    version: str  # "current" or "v<N>"
+    source: str  # file (or registry id) it came from
+    definition: Any  # the JSON as written, with docs and logical types
+    parsed: Any  # fastavro-parsed copy without logical types: what reads and writes use
+    canonical_form: str
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of canonical_form
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadPlan:
+    """How to read bytes of one writer schema as one reader schema (cached per pair)."""
+
+    writer: Any
+    reader: Any  # None when writer and reader are the same schema (fastest path)
+    error: str | None  # set when the writer cannot be resolved to the reader
+
+
+def _strip_logical_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_strip_logical_types(item) for item in schema]
+    return schema
+
+
+def _short(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
+def _load_version(definition: Any, version: str, source: str) -> _SchemaVersion:
+    if not isinstance(definition, dict) or definition.get("type") != "record":
+        raise SchemaError(f"{source}: the top-level schema must be a record")
+    try:
+        # Named types are scoped to the file: each file gets its own named-schema table.
+        parsed = fastavro.parse_schema(_strip_logical_types(definition), {})
+        canonical = to_parsing_canonical_form(parsed)
+    except Exception as exc:
+        raise SchemaError(f"{source}: not a valid Avro schema: {_short(str(exc))}") from exc
+    full_name = str(definition["name"])
+    if "." not in full_name and definition.get("namespace"):
+        full_name = f"{definition['namespace']}.{full_name}"
+    return _SchemaVersion(
+        name=full_name.rsplit(".", 1)[-1],
+        full_name=full_name,
+        version=version,
+        source=source,
+        definition=definition,
+        parsed=parsed,
+        canonical_form=canonical,
+        fingerprint=bytes.fromhex(avro_fingerprint(canonical, "CRC-64-AVRO")),
+    )
+
+
+def _read_file(path: Path, version: str) -> _SchemaVersion:
+    try:
+        definition = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"{path}: cannot read schema: {exc}") from exc
+    return _load_version(definition, version, str(path))
+
+
+class AvroCodec:
+    """Encodes and decodes topic values with the schemas in ``schemas/``.
+
+    Build one per process and share it: it holds the parsed schemas and the caches.
+    Schema names are record names (``Event``, ``FeatureVector``, ...); the full name with
+    namespace (``streamml.Event``) works too.
+    """
+
+    def __init__(
+        self,
+        schemas_dir: Path | None = None,
+        *,
+        registry_url: str | None = None,
+        registry_config: dict[str, Any] | None = None,
+    ) -> None:
+        self._schemas_dir = Path(schemas_dir) if schemas_dir is not None else default_schemas_dir()
+        self._current: dict[str, _SchemaVersion] = {}
+        self._history: dict[str, list[_SchemaVersion]] = {}
+        self._by_fingerprint: dict[bytes, _SchemaVersion] = {}
+        self._plans: dict[tuple[bytes, str], _ReadPlan] = {}
+        self._load()
+        self._registry: Any = None
+        self._registered_ids: dict[tuple[str, str], int] = {}
+        self._registry_writers: dict[int, _SchemaVersion] = {}
+        self._registry_plans: dict[tuple[int, str], _ReadPlan] = {}
+        if registry_url:
+            self._registry = _registry_client(registry_url, registry_config or {})
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaSettings) -> AvroCodec:
+        """The codec for these Kafka settings: registry wire format if a registry URL is set."""
+        config: dict[str, Any] = {}
+        if kafka.schema_registry_basic_auth is not None:
+            config["basic.auth.user.info"] = kafka.schema_registry_basic_auth.get_secret_value()
+        return cls(registry_url=kafka.schema_registry_url or None, registry_config=config)
+
+    # -- schemas -------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        if not self._schemas_dir.is_dir():
+            raise SchemaError(f"schema directory {self._schemas_dir} does not exist")
+        for path in sorted(self._schemas_dir.glob("*.avsc")):
+            schema = _read_file(path, "current")
+            if schema.name in self._current:
+                raise SchemaError(
+                    f"{path}: record {schema.name} is also defined in "
+                    f"{self._current[schema.name].source}"
+                )
+            self._current[schema.name] = schema
+            self._by_fingerprint[schema.fingerprint] = schema
+        if not self._current:
+            raise SchemaError(f"no *.avsc schema in {self._schemas_dir}")
+        history_dir = self._schemas_dir / "history"
+        if history_dir.is_dir():
+            for record_dir in sorted(p for p in history_dir.iterdir() if p.is_dir()):
+                self._history[record_dir.name] = self._load_history(record_dir)
+        for versions in self._history.values():
+            for schema in versions:
+                # A version identical (canonically) to the current one adds nothing new.
+                self._by_fingerprint.setdefault(schema.fingerprint, schema)
+
+    def _load_history(self, record_dir: Path) -> list[_SchemaVersion]:
+        numbered: list[tuple[int, _SchemaVersion]] = []
+        for path in record_dir.glob("*.avsc"):
+            match = _VERSION_FILE.match(path.name)
+            if not match:
+                raise SchemaError(f"{path}: history files are named v<N>.avsc")
+            schema = _read_file(path, f"v{match.group(1)}")
+            if schema.name != record_dir.name:
+                raise SchemaError(
+                    f"{path}: defines record {schema.name}, but lives in history/{record_dir.name}"
+                )
+            numbered.append((int(match.group(1)), schema))
+        return [schema for _, schema in sorted(numbered, key=lambda item: item[0])]
+
+    def _schema(self, name: str) -> _SchemaVersion:
+        schema = self._current.get(name) or self._current.get(name.rsplit(".", 1)[-1])
+        if schema is None or (("." in name) and schema.full_name != name):
+            known = ", ".join(sorted(self._current))
+            raise SchemaError(f"unknown schema {name!r}; known: {known}")
+        return schema
+
+    def schema_names(self) -> list[str]:
+        """Record names of the current schemas, sorted."""
+        return sorted(self._current)
+
+    def parsed(self, schema: str) -> Any:
+        """The parsed fastavro schema of ``schema`` (logical types removed: ints for times)."""
+        return self._schema(schema).parsed
+
+    def definition(self, schema: str) -> Any:
+        """The schema as written in its file (docs and logical types included)."""
+        return self._schema(schema).definition
+
+    def fingerprint(self, schema: str) -> bytes:
+        """The 8-byte little-endian CRC-64-AVRO fingerprint used in single-object headers."""
+        return self._schema(schema).fingerprint
+
+    def history(self, schema: str) -> list[Any]:
+        """The committed earlier versions of ``schema`` (JSON definitions, oldest first)."""
+        name = self._schema(schema).name
+        return [version.definition for version in self._history.get(name, [])]
+
+    def writer_schema_name(self, data: bytes) -> str | None:
+        """The record name of the known schema that wrote ``data``, or None if unknown."""
+        if data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= _SINGLE_OBJECT_HEADER:
+            schema = self._by_fingerprint.get(bytes(data[2:_SINGLE_OBJECT_HEADER]))
+            return schema.name if schema is not None else None
+        if data[:1] == CONFLUENT_MAGIC and len(data) >= _CONFLUENT_HEADER and self._registry:
+            try:
+                return self._registry_writer(int.from_bytes(data[1:5], "big")).name
+            except (DecodeError, SchemaError):
+                return None
+        return None
+
+    # -- encode --------------------------------------------------------------------------
+
+    def encode(self, schema: str, value: Mapping[str, Any], *, topic: str | None = None) -> bytes:
+        """Encode ``value`` with the current ``schema``; ``topic`` names the registry subject.
+
+        Raises EncodeError when the value does not match the schema (the message names the
+        field). The value is validated first: fastavro alone would, for example, silently
+        truncate 1.5 into a long.
+        """
+        writer = self._schema(schema)
+        if not isinstance(value, Mapping):
+            raise EncodeError(f"{writer.name}: expected a mapping, got {type(value).__name__}")
+        try:
+            validate(value, writer.parsed, raise_errors=True)
+        except AvroValidationError as exc:
+            problems = "; ".join(str(error) for error in exc.errors) or str(exc)
+            raise EncodeError(
+                _short(f"value does not match schema {writer.name}: {problems}")
+            ) from exc
+        out = io.BytesIO()
+        if self._registry is not None:
+            if not topic:
+                raise EncodeError(
+                    f"{writer.name}: a topic is needed to encode with a schema registry"
+                )
+            out.write(CONFLUENT_MAGIC)
+            out.write(self._registered_id(topic, writer).to_bytes(4, "big"))
+        else:
+            out.write(SINGLE_OBJECT_MAGIC)
+            out.write(writer.fingerprint)
+        try:
+            fastavro.schemaless_writer(out, writer.parsed, value)
+        except Exception as exc:  # validation passed, so this is a fastavro corner case
+            raise EncodeError(_short(f"cannot encode {writer.name}: {exc}")) from exc
+        return out.getvalue()
+
+    # -- decode --------------------------------------------------------------------------
+
+    def decode(self, data: bytes, schema: str, *, topic: str | None = None) -> dict[str, Any]:
+        """Decode ``data`` (single-object or registry wire format) as the current ``schema``.
+
+        The writer schema comes from the bytes (fingerprint or registry id) and is resolved
+        to ``schema``: fields the writer lacks get their defaults. Raises DecodeError.
+        """
+        reader = self._schema(schema)
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < _SINGLE_OBJECT_HEADER:
+                raise DecodeError(
+                    f"truncated single-object header ({len(data)} bytes)", topic=topic, raw=data
+                )
+            plan = self._plans.get((bytes(data[2:_SINGLE_OBJECT_HEADER]), reader.name))
+            if plan is None:
+                plan = self._single_object_plan(data, reader, topic)
+            offset = _SINGLE_OBJECT_HEADER
+        elif data[:1] == CONFLUENT_MAGIC:
+            if self._registry is None:
+                raise DecodeError(
+                    "schema-registry wire format (magic byte 0) but no schema registry is "
+                    "configured (STREAMML_KAFKA_SCHEMA_REGISTRY_URL)",
+                    topic=topic,
+                    raw=data,
+                )
+            if len(data) < _CONFLUENT_HEADER:
+                raise DecodeError(
+                    f"truncated schema-registry header ({len(data)} bytes)", topic=topic, raw=data
+                )
+            plan = self._registry_plan(int.from_bytes(data[1:5], "big"), reader, data, topic)
+            offset = _CONFLUENT_HEADER
+        else:
+            raise DecodeError(
+                f"unknown magic bytes {bytes(data[:2]).hex() or '(empty)'}: expected c301 "
+                "(Avro single-object) or 00 (schema registry)",
+                topic=topic,
+                raw=data,
+            )
+        if plan.error is not None:
+            raise DecodeError(plan.error, topic=topic, raw=data)
+        body = io.BytesIO(data)
+        body.seek(offset)
+        try:
+            value = fastavro.schemaless_reader(body, plan.writer, plan.reader)
+        except Exception as exc:  # fastavro raises many types on garbage; all mean bad bytes
+            detail = str(exc) or "the body ends early"
+            raise DecodeError(
+                _short(f"invalid {reader.name} body: {type(exc).__name__}: {detail}"),
+                topic=topic,
+                raw=data,
+            ) from exc
+        if body.tell() != len(data):
+            raise DecodeError(
+                f"{len(data) - body.tell()} trailing bytes after the {reader.name} body",
+                topic=topic,
+                raw=data,
+            )
+        return value  # type: ignore[return-value]  # a record schema always reads a dict
+
+    def _single_object_plan(
+        self, data: bytes, reader: _SchemaVersion, topic: str | None
+    ) -> _ReadPlan:
+        fingerprint = bytes(data[2:_SINGLE_OBJECT_HEADER])
+        writer = self._by_fingerprint.get(fingerprint)
+        if writer is None:
+            # Not cached: an unknown fingerprint could be anything, keep the cache bounded.
+            raise DecodeError(
+                f"unknown writer schema fingerprint {fingerprint.hex()} (not in schemas/ "
+                "or schemas/history/)",
+                topic=topic,
+                raw=data,
+            )
+        plan = _plan(writer, reader)
+        self._plans[(fingerprint, reader.name)] = plan
+        return plan
+
+    # -- schema registry -----------------------------------------------------------------
+
+    def _registered_id(self, topic: str, writer: _SchemaVersion) -> int:
+        subject = f"{topic}-value"
+        key = (subject, writer.full_name)
+        schema_id = self._registered_ids.get(key)
+        if schema_id is None:
+            from confluent_kafka.schema_registry import Schema  # noqa: PLC0415 (optional)
+
+            try:
+                schema_id = int(
+                    self._registry.register_schema(
+                        subject, Schema(json.dumps(writer.definition), "AVRO")
+                    )
+                )
+            except Exception as exc:
+                raise SchemaError(
+                    _short(f"cannot register {writer.name} under subject {subject}: {exc}")
+                ) from exc
+            self._registered_ids[key] = schema_id
+            self._registry_writers.setdefault(schema_id, writer)
+        return schema_id
+
+    def _registry_writer(self, schema_id: int) -> _SchemaVersion:
+        writer = self._registry_writers.get(schema_id)
+        if writer is not None:
+            return writer
+        from confluent_kafka.schema_registry.error import (  # noqa: PLC0415 (optional)
+            SchemaRegistryError,
+        )
+
+        try:
+            registered = self._registry.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise DecodeError(f"schema id {schema_id} is not in the registry") from exc
+            raise SchemaError(_short(f"schema registry: {exc}")) from exc
+        except Exception as exc:
+            raise SchemaError(_short(f"schema registry unreachable: {exc}")) from exc
+        if (registered.schema_type or "AVRO") != "AVRO":
+            raise DecodeError(f"schema id {schema_id} is {registered.schema_type}, not Avro")
+        try:
+            writer = _load_version(
+                json.loads(registered.schema_str), f"id {schema_id}", f"registry id {schema_id}"
+            )
+        except (ValueError, SchemaError) as exc:
+            raise DecodeError(_short(f"schema id {schema_id} is not usable: {exc}")) from exc
+        self._registry_writers[schema_id] = writer
+        return writer
+
+    def _registry_plan(
+        self, schema_id: int, reader: _SchemaVersion, data: bytes, topic: str | None
+    ) -> _ReadPlan:
+        plan = self._registry_plans.get((schema_id, reader.name))
+        if plan is None:
+            try:
+                writer = self._registry_writer(schema_id)
+            except DecodeError as exc:
+                raise DecodeError(str(exc), topic=topic, raw=data) from exc
+            plan = _plan(writer, reader)
+            self._registry_plans[(schema_id, reader.name)] = plan
+        return plan
+
+
+def _plan(writer: _SchemaVersion, reader: _SchemaVersion) -> _ReadPlan:
+    if writer.fingerprint == reader.fingerprint:
+        return _ReadPlan(writer=reader.parsed, reader=None, error=None)
+    if writer.name != reader.name and writer.full_name not in _names(reader.definition):
+        return _ReadPlan(
+            writer=writer.parsed,
+            reader=reader.parsed,
+            error=f"these bytes were written as {writer.name}, not {reader.name}",
+        )
+    problems = _structural_problems(writer.parsed, reader.parsed)
+    if problems:
+        where = f"{writer.full_name} ({writer.version}, {writer.source})"
+        return _ReadPlan(
+            writer=writer.parsed,
+            reader=reader.parsed,
+            error=_short(
+                f"writer schema {where} cannot be read as {reader.full_name}: "
+                + "; ".join(problems)
+            ),
+        )
+    return _ReadPlan(writer=writer.parsed, reader=reader.parsed, error=None)
+
+
+def _registry_client(url: str, config: dict[str, Any]) -> Any:
+    try:
+        from confluent_kafka.schema_registry import (  # noqa: PLC0415 (optional, heavy)
+            SchemaRegistryClient,
+        )
+    except ImportError as exc:  # the [schemaregistry] extra of confluent-kafka
+        raise SchemaError(
+            f"schema registry support needs confluent-kafka[schemaregistry]: {exc}"
+        ) from exc
+    conf = {**config, "url": url}
+    try:
+        # new_client() returns the in-memory MockSchemaRegistryClient for mock:// URLs.
+        factory = getattr(SchemaRegistryClient, "new_client", SchemaRegistryClient)
+        return factory(conf)
+    except Exception as exc:
+        raise SchemaError(_short(f"schema registry settings: {exc}")) from exc
+
+
+# -- schema evolution --------------------------------------------------------------------
+
+
+def _as_parsed(schema: Any) -> Any:
+    if isinstance(schema, str):
+        schema = json.loads(schema)
+    if isinstance(schema, dict) and "__fastavro_parsed" in schema:
+        return schema
+    return fastavro.parse_schema(_strip_logical_types(schema), {})
+
+
+def check_compatibility(old_schema: Any, new_schema: Any, *, samples: int = 25) -> list[str]:
+    """Problems that stop ``new_schema`` (reader) from reading data written with ``old_schema``.
+
+    An empty list means backward compatible. Schemas are JSON strings, dicts, or parsed.
+    Two checks: the Avro resolution rules applied to the structure (new fields need a
+    default, types must be equal or promotable, enum symbols kept, names match), and a
+    real round trip: ``samples`` random records written with the old schema are read with
+    the new one by fastavro (deterministic seed, the global random state is restored).
+
+    >>> old = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]}
+    >>> new = {"type": "record", "name": "R", "fields": [
+    ...     {"name": "a", "type": "long"}, {"name": "b", "type": "string"}]}
+    >>> check_compatibility(old, new)
+    ['R.b: field added without a default']
+    """
+    try:
+        writer = _as_parsed(old_schema)
+        reader = _as_parsed(new_schema)
+    except Exception as exc:
+        return [f"unparsable schema: {_short(str(exc))}"]
+    problems = _structural_problems(writer, reader)
+    if samples > 0 and not problems:
+        state = random.getstate()
+        random.seed(20261122)
+        try:
+            records = list(generate_many(writer, samples))
+        finally:
+            random.setstate(state)
+        for record in records:
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, writer, record)
+            out.seek(0)
+            try:
+                fastavro.schemaless_reader(out, writer, reader)
+            except Exception as exc:
+                problems.append(
+                    _short(f"a record written with the old schema cannot be read: {exc}")
+                )
+                break
+    return problems
+
+
+def _named_table(schema: Any) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    fastavro.parse_schema(schema, table)
+    return table
+
+
+def _structural_problems(writer: Any, reader: Any) -> list[str]:
+    root = str(reader.get("name", "")).rsplit(".", 1)[-1] if isinstance(reader, dict) else ""
+    resolver = _Resolution(_named_table(writer), _named_table(reader))
+    resolver.compare(writer, reader, root)
+    return resolver.problems
+
+
+def _resolve(schema: Any, named: dict[str, Any]) -> Any:
+    """Follow a name reference, unwrap ``{"type": "long"}``: the schema a value has."""
+    if isinstance(schema, str) and schema not in _PRIMITIVES:
+        return named.get(schema, schema)
+    if isinstance(schema, dict) and schema.get("type") not in _COMPLEX:
+        inner = schema.get("type")
+        return inner if isinstance(inner, dict | list) else _resolve(inner, named)
+    return schema
+
+
+def _type_of(schema: Any) -> str:
+    if isinstance(schema, list):
+        return "union"
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        return "record" if kind == "error" else str(kind)
+    return str(schema)
+
+
+def _names(schema: dict[str, Any]) -> set[str]:
+    name = str(schema.get("name", ""))
+    namespace = name.rsplit(".", 1)[0] if "." in name else ""
+    names = {name, name.rsplit(".", 1)[-1]}
+    for alias in schema.get("aliases", []):
+        names.add(alias)
+        if namespace and "." not in alias:
+            names.add(f"{namespace}.{alias}")
+    return names
+
+
+class _Resolution:
+    """The Avro spec's schema-resolution rules, applied to a writer/reader pair of schemas."""
+
+    def __init__(self, writer_names: dict[str, Any], reader_names: dict[str, Any]) -> None:
+        self.writer_names = writer_names
+        self.reader_names = reader_names
+        self.problems: list[str] = []
+        self._visited: set[tuple[str, str]] = set()
+
+    def readable(self, writer: Any, reader: Any) -> bool:
+        probe = _Resolution(self.writer_names, self.reader_names)
+        probe._visited = set(self._visited)
+        probe.compare(writer, reader, "")
+        return not probe.problems
+
+    def compare(self, writer: Any, reader: Any, path: str) -> None:
+        writer = _resolve(writer, self.writer_names)
+        reader = _resolve(reader, self.reader_names)
+        wtype, rtype = _type_of(writer), _type_of(reader)
+        if wtype == "union":
+            for branch in writer:
+                self.compare(branch, reader, path)
+        elif rtype == "union":
+            if not any(self.readable(writer, branch) for branch in reader):
+                branches = ", ".join(_type_of(_resolve(b, self.reader_names)) for b in reader)
+                self.problems.append(f"{path}: no branch of [{branches}] can read {wtype}")
+        elif wtype in _PRIMITIVES:
+            if rtype != wtype and rtype not in _PROMOTIONS.get(wtype, frozenset()):
+                self.problems.append(f"{path}: type changed from {wtype} to {rtype}")
+        elif wtype != rtype:
+            self.problems.append(f"{path}: type changed from {wtype} to {rtype}")
+        elif wtype == "array":
+            self.compare(writer["items"], reader["items"], path + "[]")
+        elif wtype == "map":
+            self.compare(writer["values"], reader["values"], path + "{}")
+        elif str(writer["name"]) not in _names(reader):
+            self.problems.append(f"{path}: {wtype} {writer['name']} renamed to {reader['name']}")
+        elif wtype == "fixed":
+            if writer.get("size") != reader.get("size"):
+                self.problems.append(
+                    f"{path}: fixed size changed from {writer['size']} to {reader['size']}"
+                )
+        elif wtype == "enum":
+            missing = [s for s in writer["symbols"] if s not in reader["symbols"]]
+            if missing and "default" not in reader:
+                self.problems.append(f"{path}: enum symbols removed without a default: {missing}")
+        elif wtype == "record":
+            key = (str(writer["name"]), str(reader["name"]))
+            if key not in self._visited:  # a recursive type is compared once
+                self._visited.add(key)
+                self._compare_fields(writer, reader, path)
+
+    def _compare_fields(self, writer: dict[str, Any], reader: dict[str, Any], path: str) -> None:
+        written = {field["name"]: field for field in writer["fields"]}
+        for field in reader["fields"]:
+            where = f"{path}.{field['name']}" if path else str(field["name"])
+            candidates = [field["name"], *field.get("aliases", [])]
+            source = next((written[name] for name in candidates if name in written), None)
+            if source is None:
+                if "default" not in field:
+                    self.problems.append(f"{where}: field added without a default")
+            else:
+                self.compare(source["type"], field["type"], where)
