@@ -44,7 +44,7 @@ import io
 import json
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,8 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 _SINGLE_OBJECT_HEADER = len(SINGLE_OBJECT_MAGIC) + 8
 _CONFLUENT_HEADER = len(CONFLUENT_MAGIC) + 4
+_INT_RANGE = (-(2**31), 2**31 - 1)
+_LONG_RANGE = (-(2**63), 2**63 - 1)
 _VERSION_FILE = re.compile(r"^v(\d+)\.avsc$")
 _MAX_MESSAGE = 600
 
@@ -105,6 +107,7 @@ class _SchemaVersion:
     parsed: Any  # fastavro-parsed copy without logical types: what reads and writes use
     canonical_form: str
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of canonical_form
+    conforms: Callable[[Any], bool]  # fast, strict pre-check of a value before writing
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +153,86 @@ def _load_version(definition: Any, version: str, source: str) -> _SchemaVersion:
         parsed=parsed,
         canonical_form=canonical,
         fingerprint=bytes.fromhex(avro_fingerprint(canonical, "CRC-64-AVRO")),
+        conforms=_conformance_check(parsed),
     )
+
+
+def _conformance_check(parsed: Any) -> Callable[[Any], bool]:
+    """A validator compiled once per schema: True when ``value`` is surely writable as is.
+
+    fastavro's ``validate`` interprets the schema on every call and costs three times the
+    write itself; this closure tree does the common case in a fraction of that. It is
+    stricter than fastavro (exact ``int``/``float``/``list`` types, no tuple notation), so a
+    False only sends the value to fastavro's validator for the verdict and the message.
+    """
+    named: dict[str, Any] = {}
+    fastavro.parse_schema(parsed, named)
+    checks: dict[str, Callable[[Any], bool]] = {}
+    return _compile_check(parsed, named, checks)
+
+
+def _compile_check(
+    schema: Any, named: dict[str, Any], checks: dict[str, Callable[[Any], bool]]
+) -> Callable[[Any], bool]:
+    if isinstance(schema, list):
+        branches = [_compile_check(branch, named, checks) for branch in schema]
+        return lambda v: any(branch(v) for branch in branches)
+    if isinstance(schema, dict) and schema.get("type") not in _COMPLEX:
+        return _compile_check(schema["type"], named, checks)
+    if isinstance(schema, str):
+        primitive = _PRIMITIVE_CHECKS.get(schema)
+        if primitive is not None:
+            return primitive
+        if schema in checks:  # a (possibly recursive) reference: bind late
+            return lambda v: checks[schema](v)  # noqa: PLW0108 (late binding)
+        return _compile_check(named[schema], named, checks)
+    kind = schema["type"]
+    if kind == "array":
+        item = _compile_check(schema["items"], named, checks)
+        return lambda v: type(v) is list and all(item(x) for x in v)
+    if kind == "map":
+        value = _compile_check(schema["values"], named, checks)
+        return lambda v: type(v) is dict and all(type(k) is str and value(x) for k, x in v.items())
+    if kind == "enum":
+        symbols = frozenset(schema["symbols"])
+        return lambda v: type(v) is str and v in symbols
+    if kind == "fixed":
+        size = schema["size"]
+        return lambda v: type(v) is bytes and len(v) == size
+    name = str(schema["name"])
+    checks[name] = lambda v: False  # replaced below; lets recursive fields refer to it
+    fields = [
+        (str(f["name"]), "default" in f, _compile_check(f["type"], named, checks))
+        for f in schema["fields"]
+    ]
+
+    def record(v: Any) -> bool:
+        if type(v) is not dict and not isinstance(v, Mapping):
+            return False
+        for field_name, has_default, check in fields:
+            x = v.get(field_name, _MISSING)
+            if x is _MISSING:
+                if not has_default:
+                    return False
+            elif not check(x):
+                return False
+        return True
+
+    checks[name] = record
+    return record
+
+
+_MISSING = object()
+_PRIMITIVE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "null": lambda v: v is None,
+    "boolean": lambda v: v is True or v is False,
+    "int": lambda v: type(v) is int and _INT_RANGE[0] <= v <= _INT_RANGE[1],
+    "long": lambda v: type(v) is int and _LONG_RANGE[0] <= v <= _LONG_RANGE[1],
+    "float": lambda v: type(v) is float or type(v) is int,
+    "double": lambda v: type(v) is float or type(v) is int,
+    "string": lambda v: type(v) is str,
+    "bytes": lambda v: type(v) is bytes,
+}
 
 
 def _read_file(path: Path, version: str) -> _SchemaVersion:
@@ -282,19 +364,22 @@ class AvroCodec:
         """Encode ``value`` with the current ``schema``; ``topic`` names the registry subject.
 
         Raises EncodeError when the value does not match the schema (the message names the
-        field). The value is validated first: fastavro alone would, for example, silently
-        truncate 1.5 into a long.
+        field). The value is validated first: fastavro's writer alone would, for example,
+        silently truncate 1.5 into a long or write True as 1.
         """
         writer = self._schema(schema)
         if not isinstance(value, Mapping):
             raise EncodeError(f"{writer.name}: expected a mapping, got {type(value).__name__}")
-        try:
-            validate(value, writer.parsed, raise_errors=True)
-        except AvroValidationError as exc:
-            problems = "; ".join(str(error) for error in exc.errors) or str(exc)
-            raise EncodeError(
-                _short(f"value does not match schema {writer.name}: {problems}")
-            ) from exc
+        if not writer.conforms(value):
+            # The fast check is stricter than fastavro's validator (e.g. exact int and float
+            # types); fastavro decides and words the error, naming the field.
+            try:
+                validate(value, writer.parsed, raise_errors=True)
+            except AvroValidationError as exc:
+                problems = "; ".join(str(error) for error in exc.errors) or str(exc)
+                raise EncodeError(
+                    _short(f"value does not match schema {writer.name}: {problems}")
+                ) from exc
         out = io.BytesIO()
         if self._registry is not None:
             if not topic:

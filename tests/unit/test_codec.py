@@ -1,0 +1,478 @@
+"""The Avro codec: round trips, wire formats, schema resolution and every error path."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import fastavro.validation
+import pytest
+from confluent_kafka.schema_registry import Schema
+from fastavro.schema import fingerprint as fastavro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+from fastavro.utils import generate_one
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamml.codec import AvroCodec, check_compatibility, default_schemas_dir
+from streamml.errors import DecodeError, EncodeError, SchemaError
+from streamml.settings import KafkaSettings
+
+SCHEMAS = default_schemas_dir()
+EPOCH_MS = 1_795_000_000_000  # 2026-11-18
+
+EVENT = {
+    "event_id": "0b7c5a2e-9b61-4d59-8a7e-3f0f4e1c2d11",
+    "entity_id": "card-42",
+    "event_time": EPOCH_MS,
+    "event_type": "card_transaction",
+    "payload": {
+        "amount": 12.5,
+        "currency": "EUR",
+        "merchant_id": "m-1",
+        "merchant_category": "5411",
+        "country": "DE",
+        "channel": "pos",
+        "card_present": True,
+        "device_age_days": None,
+        "customer_age_years": 41,
+    },
+    "produced_at": EPOCH_MS + 3,
+}
+
+LABEL_V1 = {
+    "type": "record",
+    "name": "Label",
+    "namespace": "streamml",
+    "doc": "v1 of a label, before `source` existed.",
+    "fields": [
+        {"name": "event_id", "type": "string", "doc": "Event."},
+        {"name": "entity_id", "type": "string", "doc": "Entity."},
+        {"name": "label", "type": "int", "doc": "1 or 0."},
+        {"name": "labeled_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    ],
+}
+
+
+EVENT_FIELDS = json.loads((SCHEMAS / "event.avsc").read_text())["fields"]
+
+
+@pytest.fixture(scope="module")
+def codec() -> AvroCodec:
+    return AvroCodec()
+
+
+# -- values generated from the schemas -------------------------------------------------
+
+
+def avro_values(schema: Any, named: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Hypothesis strategy for values valid under a parsed fastavro schema."""
+    if isinstance(schema, list):
+        return st.one_of([avro_values(branch, named) for branch in schema])
+    if isinstance(schema, str):
+        primitive = {
+            "null": st.none(),
+            "boolean": st.booleans(),
+            "int": st.integers(-(2**31), 2**31 - 1),
+            "long": st.integers(-(2**63), 2**63 - 1),
+            "float": st.floats(width=32, allow_nan=False),
+            "double": st.floats(allow_nan=False),
+            "string": st.text(max_size=12),
+            "bytes": st.binary(max_size=12),
+        }.get(schema)
+        if primitive is not None:
+            return primitive
+        return st.deferred(lambda: avro_values(named[schema], named))
+    kind = schema["type"]
+    if kind == "record":
+        return st.fixed_dictionaries(
+            {field["name"]: avro_values(field["type"], named) for field in schema["fields"]}
+        )
+    if kind == "array":
+        return st.lists(avro_values(schema["items"], named), max_size=4)
+    if kind == "map":
+        return st.dictionaries(
+            st.text(max_size=6), avro_values(schema["values"], named), max_size=3
+        )
+    if kind == "enum":
+        return st.sampled_from(schema["symbols"])
+    if kind == "fixed":
+        return st.binary(min_size=schema["size"], max_size=schema["size"])
+    return avro_values(kind, named)  # {"type": "long"} and friends
+
+
+def values_of(codec: AvroCodec, name: str) -> st.SearchStrategy[Any]:
+    named: dict[str, Any] = {}
+    parsed = fastavro.parse_schema(codec.parsed(name), named)
+    return avro_values(parsed, named)
+
+
+def avro_body(codec: AvroCodec, name: str, value: Any) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, codec.parsed(name), value)
+    return out.getvalue()
+
+
+def write_schema(directory: Path, file_name: str, schema: Any) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / file_name).write_text(json.dumps(schema), encoding="utf-8")
+
+
+def label_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """An 'old' schemas dir holding Label v1 only, and a 'new' one with v1 in history."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    write_schema(old, "label.avsc", LABEL_V1)
+    write_schema(new, "label.avsc", json.loads((SCHEMAS / "label.avsc").read_text()))
+    write_schema(new / "history" / "Label", "v1.avsc", LABEL_V1)
+    return old, new
+
+
+# -- round trips -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", AvroCodec().schema_names())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_schema_round_trips(codec: AvroCodec, name: str, data: st.DataObject) -> None:
+    value = data.draw(values_of(codec, name))
+    assert codec._schema(name).conforms(value)  # valid values take the fast path
+    encoded = codec.encode(name, value)
+    assert codec.decode(encoded, name) == value
+    assert codec.writer_schema_name(encoded) == name
+
+
+def test_loads_every_schema_file(codec: AvroCodec) -> None:
+    expected = {json.loads(p.read_text())["name"] for p in SCHEMAS.glob("*.avsc")}
+    assert set(codec.schema_names()) == expected
+    assert {"Event", "FeatureVector", "Prediction", "Label"} <= expected
+
+
+def test_full_name_and_nested_named_type(codec: AvroCodec) -> None:
+    data = codec.encode("streamml.Event", EVENT)
+    decoded = codec.decode(data, "Event")
+    assert decoded == EVENT
+    assert decoded["payload"]["customer_age_years"] == 41  # the named CardTransaction record
+
+
+def test_defaults_fill_omitted_fields(codec: AvroCodec) -> None:
+    event = {k: v for k, v in EVENT.items() if k not in ("event_type", "produced_at")}
+    decoded = codec.decode(codec.encode("Event", event), "Event")
+    assert decoded["event_type"] == "card_transaction"
+    assert decoded["produced_at"] is None
+
+
+def test_timestamps_are_int_epoch_millis_both_ways(codec: AvroCodec) -> None:
+    decoded = codec.decode(codec.encode("Event", EVENT), "Event")
+    assert type(decoded["event_time"]) is int
+    assert decoded["event_time"] == EPOCH_MS
+    assert type(decoded["produced_at"]) is int
+    # The file keeps the logical type for other languages; the codec just never converts it.
+    assert codec.definition("Event")["fields"][2]["type"]["logicalType"] == "timestamp-millis"
+
+
+# -- single-object encoding --------------------------------------------------------------
+
+
+def rabin_crc64_avro(text: str) -> int:
+    """CRC-64-AVRO as the Avro specification writes it ("Schema Fingerprints")."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (empty & -(fp & 1))
+        table.append(fp)
+    fp = empty
+    for byte in text.encode("utf-8"):
+        fp = (fp >> 8) ^ table[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def test_spec_fingerprint_reference_value() -> None:
+    # Test vector of the Avro project (share/test/data/schema-tests.txt): "null".
+    assert rabin_crc64_avro('"null"') == 7195948357588979594
+
+
+@pytest.mark.parametrize("name", AvroCodec().schema_names())
+def test_single_object_header_follows_the_spec(codec: AvroCodec, name: str) -> None:
+    value = generate_one(codec.parsed(name))
+    data = codec.encode(name, value)
+    canonical = to_parsing_canonical_form(fastavro.parse_schema(codec.definition(name)))
+    spec_fingerprint = rabin_crc64_avro(canonical).to_bytes(8, "little")
+    assert data[:2] == b"\xc3\x01"
+    assert data[2:10] == spec_fingerprint == codec.fingerprint(name)
+    assert codec.fingerprint(name) == bytes.fromhex(fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+    assert data[10:] == avro_body(codec, name, value)
+
+
+# -- schema resolution -------------------------------------------------------------------
+
+
+def test_old_writer_new_reader_gets_the_default(tmp_path: Path) -> None:
+    old_dir, new_dir = label_dirs(tmp_path)
+    old, new = AvroCodec(old_dir), AvroCodec(new_dir)
+    value = {"event_id": "e1", "entity_id": "c1", "label": 1, "labeled_at": EPOCH_MS}
+    written = old.encode("Label", value)
+    assert written[2:10] != new.fingerprint("Label")  # really another writer schema
+    assert new.writer_schema_name(written) == "Label"
+    assert new.decode(written, "Label") == {**value, "source": ""}
+
+
+def test_type_promotion_int_to_long(tmp_path: Path) -> None:
+    old_schema = {"type": "record", "name": "Count", "fields": [{"name": "n", "type": "int"}]}
+    new_schema = {"type": "record", "name": "Count", "fields": [{"name": "n", "type": "long"}]}
+    write_schema(tmp_path / "old", "count.avsc", old_schema)
+    write_schema(tmp_path / "new", "count.avsc", new_schema)
+    write_schema(tmp_path / "new" / "history" / "Count", "v1.avsc", old_schema)
+    data = AvroCodec(tmp_path / "old").encode("Count", {"n": 7})
+    assert AvroCodec(tmp_path / "new").decode(data, "Count") == {"n": 7}
+
+
+def test_writer_not_resolvable_to_reader(tmp_path: Path) -> None:
+    old_schema = {"type": "record", "name": "Count", "fields": [{"name": "n", "type": "string"}]}
+    new_schema = {"type": "record", "name": "Count", "fields": [{"name": "n", "type": "int"}]}
+    write_schema(tmp_path / "old", "count.avsc", old_schema)
+    write_schema(tmp_path / "new", "count.avsc", new_schema)
+    write_schema(tmp_path / "new" / "history" / "Count", "v1.avsc", old_schema)
+    data = AvroCodec(tmp_path / "old").encode("Count", {"n": "seven"})
+    with pytest.raises(DecodeError, match=r"cannot be read as .*Count.*type changed"):
+        AvroCodec(tmp_path / "new").decode(data, "Count")
+
+
+def test_bytes_of_another_record_are_a_decode_error(codec: AvroCodec) -> None:
+    data = codec.encode("Event", EVENT)
+    with pytest.raises(DecodeError, match="written as Event, not Label"):
+        codec.decode(data, "Label")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "unknown magic bytes"),
+        (b"garbage that is no avro", "unknown magic bytes"),
+        (b"\xc3\x02" + bytes(20), "unknown magic bytes"),
+        (b"\xc3\x01\x00", "truncated single-object header"),
+        (b"\xc3\x01" + bytes(8) + b"\x02a", "unknown writer schema fingerprint"),
+        (b"\x00\x00\x00\x00\x01\x02", "no schema registry is configured"),
+    ],
+)
+def test_bad_bytes_are_decode_errors(codec: AvroCodec, data: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message) as caught:
+        codec.decode(data, "Event", topic="events")
+    assert caught.value.raw == data
+    assert caught.value.topic == "events"
+    assert caught.value.stage == "decode"
+
+
+def test_every_truncation_is_a_decode_error(codec: AvroCodec) -> None:
+    data = codec.encode("Event", EVENT)
+    for end in range(len(data)):
+        with pytest.raises(DecodeError):
+            codec.decode(data[:end], "Event")
+
+
+def test_trailing_bytes_are_a_decode_error(codec: AvroCodec) -> None:
+    with pytest.raises(DecodeError, match="trailing bytes"):
+        codec.decode(codec.encode("Event", EVENT) + b"\x00", "Event")
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=64))
+def test_any_body_decodes_or_raises_decode_error(body: bytes) -> None:
+    codec = _shared_codec()
+    try:
+        value = codec.decode(b"\xc3\x01" + codec.fingerprint("Prediction") + body, "Prediction")
+    except DecodeError:
+        return
+    assert isinstance(value, dict)
+
+
+_CODEC: list[AvroCodec] = []
+
+
+def _shared_codec() -> AvroCodec:
+    if not _CODEC:
+        _CODEC.append(AvroCodec())
+    return _CODEC[0]
+
+
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4) | st.binary(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from([f["name"] for f in EVENT_FIELDS]), junk=JUNK)
+def test_fast_check_is_never_more_lenient_than_fastavro(field: str, junk: Any) -> None:
+    codec = _shared_codec()
+    value = {**EVENT, field: junk}
+    if codec._schema("Event").conforms(value):
+        assert fastavro.validation.validate(value, codec.parsed("Event"), raise_errors=False)
+    try:
+        data = codec.encode("Event", value)
+    except EncodeError:
+        return
+    assert codec.decode(data, "Event")[field] == junk
+
+
+def test_missing_required_field_is_an_encode_error(codec: AvroCodec) -> None:
+    event = {k: v for k, v in EVENT.items() if k != "entity_id"}
+    with pytest.raises(EncodeError, match="entity_id"):
+        codec.encode("Event", event)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("event_time", 1.5), ("event_time", True), ("event_time", 2**64), ("event_id", 5)],
+)
+def test_wrong_type_is_an_encode_error(codec: AvroCodec, field: str, value: Any) -> None:
+    # fastavro alone writes 1.5 as 1 and True as 1: the codec must refuse them.
+    with pytest.raises(EncodeError, match=field):
+        codec.encode("Event", {**EVENT, field: value})
+
+
+def test_nested_field_error_names_the_field(codec: AvroCodec) -> None:
+    with pytest.raises(EncodeError, match="amount"):
+        codec.encode("Event", {**EVENT, "payload": {**EVENT["payload"], "amount": "12"}})
+
+
+def test_datetime_is_refused_for_timestamp_fields(codec: AvroCodec) -> None:
+    with pytest.raises(EncodeError, match="event_time"):
+        codec.encode("Event", {**EVENT, "event_time": datetime.now(UTC)})
+
+
+def test_not_a_mapping_is_an_encode_error(codec: AvroCodec) -> None:
+    with pytest.raises(EncodeError, match="mapping"):
+        codec.encode("Event", [1, 2])  # type: ignore[arg-type]
+
+
+def test_unknown_schema_name(codec: AvroCodec) -> None:
+    with pytest.raises(SchemaError, match="unknown schema 'Nope'"):
+        codec.encode("Nope", {})
+    with pytest.raises(SchemaError):
+        codec.parsed("other.Event")
+
+
+def test_broken_schema_files_are_schema_errors(tmp_path: Path) -> None:
+    (tmp_path / "broken.avsc").write_text("{not json", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"broken\.avsc"):
+        AvroCodec(tmp_path)
+    with pytest.raises(SchemaError, match="does not exist"):
+        AvroCodec(tmp_path / "missing")
+
+
+def test_history_file_must_match_its_directory(tmp_path: Path) -> None:
+    _, new_dir = label_dirs(tmp_path)
+    write_schema(new_dir / "history" / "Event", "v1.avsc", LABEL_V1)
+    with pytest.raises(SchemaError, match="lives in history/Event"):
+        AvroCodec(new_dir)
+
+
+def test_duplicate_record_name_is_refused(tmp_path: Path) -> None:
+    write_schema(tmp_path, "a.avsc", LABEL_V1)
+    write_schema(tmp_path, "b.avsc", LABEL_V1)
+    with pytest.raises(SchemaError, match="also defined"):
+        AvroCodec(tmp_path)
+
+
+# -- schema registry wire format -----------------------------------------------------------
+
+
+def test_registry_round_trip_and_wire_format() -> None:
+    codec = AvroCodec(registry_url="mock://unit")
+    data = codec.encode("Event", EVENT, topic="t.events")
+    registry = codec._registry  # the MockSchemaRegistryClient behind the mock:// URL
+    registered = registry.get_latest_version("t.events-value")
+    assert data[0] == 0
+    assert int.from_bytes(data[1:5], "big") == registered.schema_id
+    assert data[5:] == avro_body(codec, "Event", EVENT)
+    assert json.loads(registered.schema.schema_str) == codec.definition("Event")
+    assert codec.decode(data, "Event", topic="t.events") == EVENT
+    assert codec.writer_schema_name(data) == "Event"
+    # Cached: encoding again does not register a new version.
+    assert codec.encode("Event", EVENT, topic="t.events") == data
+    assert registry.get_versions("t.events-value") == [1]
+
+
+def test_registry_decode_resolves_an_old_writer(tmp_path: Path) -> None:
+    _, new_dir = label_dirs(tmp_path)
+    codec = AvroCodec(new_dir, registry_url="mock://unit")
+    old_id = codec._registry.register_schema("labels-value", Schema(json.dumps(LABEL_V1), "AVRO"))
+    value = {"event_id": "e1", "entity_id": "c1", "label": 0, "labeled_at": EPOCH_MS}
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(LABEL_V1), value)
+    data = b"\x00" + old_id.to_bytes(4, "big") + out.getvalue()
+    assert codec.decode(data, "Label") == {**value, "source": ""}
+
+
+def test_registry_codec_still_reads_single_object_bytes(codec: AvroCodec) -> None:
+    single = codec.encode("Event", EVENT)
+    assert AvroCodec(registry_url="mock://unit").decode(single, "Event") == EVENT
+
+
+def test_registry_unknown_id_and_missing_topic() -> None:
+    codec = AvroCodec(registry_url="mock://unit")
+    data = codec.encode("Event", EVENT, topic="events")
+    unknown = b"\x00" + (999).to_bytes(4, "big") + data[5:]
+    with pytest.raises(DecodeError, match="schema id 999 is not in the registry") as caught:
+        codec.decode(unknown, "Event", topic="events")
+    assert caught.value.raw == unknown
+    assert codec.writer_schema_name(unknown) is None
+    with pytest.raises(DecodeError, match="truncated schema-registry header"):
+        codec.decode(b"\x00\x00", "Event")
+    with pytest.raises(EncodeError, match="topic"):
+        codec.encode("Event", EVENT)
+
+
+def test_from_settings_picks_the_wire_format() -> None:
+    plain = AvroCodec.from_settings(KafkaSettings(bootstrap_servers="127.0.0.1:9092"))
+    assert plain.encode("Event", EVENT)[:2] == b"\xc3\x01"
+    registry = AvroCodec.from_settings(
+        KafkaSettings(
+            bootstrap_servers="127.0.0.1:9092",
+            schema_registry_url="mock://settings",
+            schema_registry_basic_auth="user:secret",  # type: ignore[arg-type]
+        )
+    )
+    assert registry.encode("Event", EVENT, topic="events")[:1] == b"\x00"
+
+
+# -- helpers others use -----------------------------------------------------------------
+
+
+def test_check_compatibility_is_exported() -> None:
+    label = json.loads((SCHEMAS / "label.avsc").read_text())
+    assert check_compatibility(LABEL_V1, label) == []  # `source` was added with a default
+    assert check_compatibility(label, LABEL_V1) == []  # dropping a field is fine for readers
+    strict = {**label, "fields": [*label["fields"], {"name": "weight", "type": "double"}]}
+    assert check_compatibility(label, strict) == ["Label.weight: field added without a default"]
+
+
+# -- throughput (measured, printed, never asserted) ---------------------------------------
+
+
+def test_measure_throughput(codec: AvroCodec, capsys: pytest.CaptureFixture[str]) -> None:
+    n = 20_000
+    start = time.perf_counter()
+    for _ in range(n):
+        data = codec.encode("Event", EVENT)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(n):
+        codec.decode(data, "Event")
+    decode_s = time.perf_counter() - start
+    with capsys.disabled():
+        print(
+            f"\ncodec throughput (Event, {len(data)} bytes, {n} records): "
+            f"encode {n / encode_s:,.0f}/s, decode {n / decode_s:,.0f}/s"
+        )
