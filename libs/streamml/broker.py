@@ -1,0 +1,290 @@
+"""A real single-node Apache Kafka broker (KRaft) for development, tests and the demo.
+
+The jars come from Maven Central through Maven (``resources/kafka-pom.xml``) and are
+cached under ``~/.cache/streamml/kafka/<version>/libs``; a warm cache needs no network.
+The broker runs as combined broker+controller on 127.0.0.1 with the settings that
+transactions need on one node, logs to ``<run dir>/server.log``, and is up when it
+answers a metadata request.
+
+>>> broker = LocalBroker(run_dir=Path("/tmp/demo-kafka"), port=0)  # doctest: +SKIP
+>>> broker.start(); print(broker.bootstrap); broker.stop()          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from streamml.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+KAFKA_VERSION = "3.9.1"
+_COMPLETE_MARKER = ".complete"
+
+
+def cache_dir() -> Path:
+    """Where the Kafka jars are cached (outside the repository)."""
+    base = os.environ.get("STREAMML_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "streamml"
+    )
+    return Path(base) / "kafka" / KAFKA_VERSION
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BrokerError(f"{name} not found on PATH: {install_hint}")
+    return path
+
+
+def fetch_kafka_jars(*, quiet: bool = True) -> Path:
+    """Download Kafka and its runtime dependencies once; return the directory of jars."""
+    libs = cache_dir() / "libs"
+    if (libs / _COMPLETE_MARKER).exists():
+        return libs
+    mvn = require_tool(
+        "mvn", "install Maven 3 (Debian/Ubuntu: apt-get install maven) to fetch Kafka"
+    )
+    require_tool("java", "install Java 17+ (Debian/Ubuntu: apt-get install openjdk-17-jre)")
+    libs.mkdir(parents=True, exist_ok=True)
+    pom = resources.files("streamml") / "resources" / "kafka-pom.xml"
+    with resources.as_file(pom) as pom_path:
+        cmd = [
+            mvn,
+            "-B",
+            *(["-q"] if quiet else []),
+            "-f",
+            str(pom_path),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ]
+        log.info("fetching Kafka %s with Maven into %s", KAFKA_VERSION, libs)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise BrokerError(
+            "Maven could not fetch Kafka (is Maven Central reachable?): " + " | ".join(tail)
+        )
+    if not any(libs.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"Maven finished but no kafka_2.13 jar is in {libs}")
+    (libs / _COMPLETE_MARKER).write_text(KAFKA_VERSION)
+    return libs
+
+
+_LOG4J = """\
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File={log_file}
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.org.apache.kafka.clients=WARN
+"""
+
+
+@dataclass
+class LocalBroker:
+    """One Kafka broker process; its data, logs and pid live in ``run_dir``."""
+
+    run_dir: Path
+    port: int = 9092
+    heap: str = "768m"
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        if self.port == 0:
+            self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "server.log"
+
+    def _write_config(self, controller_port: int) -> Path:
+        data = self.run_dir / "data"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(data),
+            # One node: every internal topic has one replica, or transactions never start.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "10",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            # Aborted transactions of killed test processes time out quickly.
+            "transaction.max.timeout.ms": "900000",
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "5000",
+        }
+        path = self.run_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.run_dir / "log4j.properties").write_text(_LOG4J.format(log_file=self.log_file))
+        return path
+
+    def _controller_port(self) -> int:
+        saved = self.run_dir / "controller.port"
+        if saved.exists():
+            return int(saved.read_text())
+        port = free_port()
+        saved.write_text(str(port))
+        return port
+
+    def running_pid(self) -> int | None:
+        """The pid of a broker started from ``run_dir`` that is still alive."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def start(self, *, timeout_s: float = 90.0) -> None:
+        """Fetch (if needed), format (first time) and start the broker; wait until it answers."""
+        java = require_tool(
+            "java", "install Java 17+ (Debian/Ubuntu: apt-get install openjdk-17-jre)"
+        )
+        libs = fetch_kafka_jars()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.running_pid() is not None:
+            log.info("broker already running at %s", self.bootstrap)
+            self.wait_ready(timeout_s)
+            return
+        if _port_open(self.port):
+            raise BrokerError(
+                f"port {self.port} is taken by another process; choose another with "
+                "KAFKA_PORT=<port> (or stop what listens there)"
+            )
+        config = self._write_config(self._controller_port())
+        classpath = f"{libs}/*"
+        data = self.run_dir / "data"
+        if not (data / "meta.properties").exists():
+            fmt = subprocess.run(
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+                 "-t", _kafka_cluster_id(), "-c", str(config)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if fmt.returncode != 0:
+                raise BrokerError("formatting KRaft storage failed: " + fmt.stderr.strip()[-500:])
+        stdout = open(self.run_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
+        self._process = subprocess.Popen(
+            [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC",
+             f"-Dlog4j.configuration=file:{self.run_dir / 'log4j.properties'}",
+             "-cp", classpath, "kafka.Kafka", str(config)],
+            stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        stdout.close()
+        self.pid_file.write_text(str(self._process.pid))
+        self.wait_ready(timeout_s)
+        log.info("Kafka %s is up at %s (log: %s)", KAFKA_VERSION, self.bootstrap, self.log_file)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the broker answers a metadata request."""
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout_s
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise BrokerError(
+                    f"the broker exited with code {self._process.returncode}; "
+                    f"see {self.log_file} and {self.run_dir / 'stdout.log'}"
+                )
+            try:
+                metadata = admin.list_topics(timeout=2)
+                if metadata.brokers:
+                    return
+            except Exception as exc:  # KafkaException while it starts
+                last_error = str(exc)
+            time.sleep(0.3)
+        raise BrokerError(
+            f"the broker at {self.bootstrap} did not answer within {timeout_s:.0f}s "
+            f"({last_error}); see {self.log_file}"
+        )
+
+    def stop(self, *, timeout_s: float = 30.0) -> None:
+        """Stop the broker cleanly (SIGTERM, then SIGKILL after ``timeout_s``)."""
+        pid = self.running_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process is not None:
+                if self._process.poll() is not None:
+                    break
+            else:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+            time.sleep(0.2)
+        else:
+            log.warning("broker did not stop in %.0fs; killing it", timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if self._process is not None:
+                self._process.wait()
+        self.pid_file.unlink(missing_ok=True)
+        self._process = None
+
+    def wipe(self) -> None:
+        """Delete the broker's data (it must be stopped)."""
+        if self.running_pid() is not None:
+            raise BrokerError("stop the broker before wiping its data")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _kafka_cluster_id() -> str:
+    """A new KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

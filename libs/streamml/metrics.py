@@ -1,0 +1,193 @@
+"""Prometheus metrics of the runtime, and the HTTP server for /metrics, /healthz, /readyz.
+
+Every service process serves, on one port: ``GET /metrics`` (Prometheus text format),
+``GET /healthz`` (200 while the loop is alive, 503 once it gave up), ``GET /readyz``
+(200 once state is restored and the processor is ready, 503 while restoring, paused or
+halted), and ``POST /resume`` (operator command that lifts a fail-stop halt).
+Labels are low-cardinality: service, topic, partition, reason, outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RuntimeMetrics:
+    """The runtime's metrics for one service (label ``service``)."""
+
+    def __init__(self, service: str, registry: CollectorRegistry = REGISTRY) -> None:
+        self.service = service
+        self.records_in = Counter(
+            "streamml_records_in_total",
+            "Records consumed from input topics.",
+            ["service", "topic"],
+            registry=registry,
+        )
+        self.records_out = Counter(
+            "streamml_records_out_total",
+            "Records produced to output topics (committed or not).",
+            ["service", "topic"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "streamml_dead_letters_total",
+            "Records sent to a dead-letter topic, by reason (error class).",
+            ["service", "topic", "reason"],
+            registry=registry,
+        )
+        self.transactions = Counter(
+            "streamml_transactions_total",
+            "Kafka transactions by outcome (committed, aborted).",
+            ["service", "outcome"],
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "streamml_transaction_commit_seconds",
+            "Time to commit one transaction (offsets + commit).",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "streamml_batch_processing_seconds",
+            "Time to decode, process and produce one micro-batch.",
+            ["service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "streamml_batch_records",
+            "Records per micro-batch.",
+            ["service"],
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "streamml_consumer_lag",
+            "Records between the committed position and the end of the partition.",
+            ["service", "topic", "partition"],
+            registry=registry,
+        )
+        self.state_keys = Gauge(
+            "streamml_state_store_keys",
+            "Keys held in a state store on this instance.",
+            ["service", "store"],
+            registry=registry,
+        )
+        self.restore_seconds = Histogram(
+            "streamml_state_restore_seconds",
+            "Time to restore state stores on partition assignment.",
+            ["service"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.retries = Counter(
+            "streamml_retries_total",
+            "Batches retried after an abortable or transient error, by reason.",
+            ["service", "reason"],
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "streamml_rebalances_total",
+            "Partition assignments and revocations.",
+            ["service", "kind"],
+            registry=registry,
+        )
+        self.backpressure = Counter(
+            "streamml_producer_backpressure_total",
+            "Times the local producer queue was full and consumption waited.",
+            ["service"],
+            registry=registry,
+        )
+        self.halted = Gauge(
+            "streamml_halted",
+            "1 while the service is halted by a fail-stop circuit, else 0.",
+            ["service"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "streamml_ready", "1 when the service is ready to process.", ["service"],
+            registry=registry,
+        )  # fmt: skip
+
+
+class HealthServer:
+    """A small HTTP server for metrics, health and the resume command."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, Any]],
+        on_resume: Callable[[], bool],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    ok = healthy()
+                    self._json(200 if ok else 503, {"healthy": ok, **status()})
+                elif self.path == "/readyz":
+                    ok = ready()
+                    self._json(200 if ok else 503, {"ready": ok, **status()})
+                else:
+                    self._json(404, {"error": f"no such path {self.path}"})
+
+            def do_POST(self) -> None:
+                if self.path == "/resume":
+                    resumed = on_resume()
+                    self._json(200 if resumed else 409, {"resumed": resumed, **status()})
+                else:
+                    self._json(404, {"error": f"no such path {self.path}"})
+
+            def _json(self, code: int, body: dict[str, Any]) -> None:
+                self._send(code, json.dumps(body).encode(), "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("http " + format, *args)
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.host, self.port = server._httpd.server_address[:2]
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics and health on http://%s:%s", self.host, self.port)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

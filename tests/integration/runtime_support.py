@@ -1,0 +1,94 @@
+"""Shared pieces of the runtime's integration tests: the counter app and its checks."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from confluent_kafka import Message
+
+from streamml.codec import AvroCodec
+from streamml.synthetic import generate_events
+from tests.kafkatest import ServiceProcess, free_port, produce
+
+CODEC = AvroCodec()
+
+
+def make_events(n: int, seed: int = 7, n_entities: int = 300) -> list[dict]:
+    return [event for event, _ in generate_events(n, seed=seed, n_entities=n_entities)]
+
+
+def encoded(events: list[dict]) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    return [(e["entity_id"].encode(), CODEC.encode("Event", e), []) for e in events]
+
+
+def counter_process(
+    bootstrap: str,
+    prefix: str,
+    logs: Path,
+    *,
+    instance: str = "a",
+    batch: int = 200,
+    extra_env: dict[str, str] | None = None,
+) -> ServiceProcess:
+    port = free_port()
+    env = {
+        "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMML_KAFKA_TOPIC_PREFIX": prefix,
+        "STREAMML_EXAMPLE_HTTP__PORT": str(port),
+        "STREAMML_EXAMPLE_RUNTIME__INSTANCE_ID": instance,
+        "STREAMML_EXAMPLE_RUNTIME__BATCH_MAX_RECORDS": str(batch),
+        "STREAMML_EXAMPLE_RUNTIME__SESSION_TIMEOUT_MS": "6000",
+        **(extra_env or {}),
+    }
+    return ServiceProcess(
+        ["-m", "streamml.examples", "counter"],
+        env,
+        http_port=port,
+        log_path=logs / f"counter-{instance}.log",
+    )
+
+
+class BackgroundProducer(threading.Thread):
+    """Produces events at a steady pace while the test kills things."""
+
+    def __init__(self, bootstrap: str, topic: str, events: list[dict], chunks: int = 40) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.events, self.chunks = bootstrap, topic, events, chunks
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            size = max(1, len(self.events) // self.chunks)
+            for start in range(0, len(self.events), size):
+                produce(self.bootstrap, self.topic, encoded(self.events[start : start + size]))
+                time.sleep(0.25)
+        except BaseException as exc:
+            self.error = exc
+
+
+def assert_exactly_once(outputs: list[Message], events: list[dict]) -> None:
+    """Every input event appears once in the output, and the per-entity counts run 1..n."""
+    decoded = [CODEC.decode(m.value(), "Label") for m in outputs]
+    seen = Counter(d["event_id"] for d in decoded)
+    duplicates = [eid for eid, n in seen.items() if n > 1]
+    assert not duplicates, f"{len(duplicates)} duplicated event ids, e.g. {duplicates[:3]}"
+    expected_ids = {e["event_id"] for e in events}
+    missing = expected_ids - set(seen)
+    assert not missing, f"{len(missing)} events missing from the output"
+    assert set(seen) == expected_ids
+    counts: dict[str, list[int]] = defaultdict(list)
+    for d in decoded:
+        counts[d["entity_id"]].append(d["label"])
+    per_entity = Counter(e["entity_id"] for e in events)
+    for entity, values in counts.items():
+        assert sorted(values) == list(range(1, per_entity[entity] + 1)), (
+            f"entity {entity}: counts {sorted(values)[:10]}... are not 1..{per_entity[entity]}"
+        )
+
+
+def random_pause(rng: random.Random, low: float, high: float) -> None:
+    time.sleep(rng.uniform(low, high))
