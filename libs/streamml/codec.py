@@ -319,8 +319,12 @@ class AvroCodec:
         return [schema for _, schema in sorted(numbered, key=lambda item: item[0])]
 
     def _schema(self, name: str) -> _SchemaVersion:
-        schema = self._current.get(name) or self._current.get(name.rsplit(".", 1)[-1])
-        if schema is None or (("." in name) and schema.full_name != name):
+        schema = self._current.get(name)
+        if schema is None and isinstance(name, str) and "." in name:
+            schema = self._current.get(name.rsplit(".", 1)[-1])
+            if schema is not None and schema.full_name != name:
+                schema = None
+        if schema is None:
             known = ", ".join(sorted(self._current))
             raise SchemaError(f"unknown schema {name!r}; known: {known}")
         return schema

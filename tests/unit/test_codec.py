@@ -361,6 +361,8 @@ def test_unknown_schema_name(codec: AvroCodec) -> None:
         codec.encode("Nope", {})
     with pytest.raises(SchemaError):
         codec.parsed("other.Event")
+    with pytest.raises(SchemaError):  # e.g. writer_schema_name() found nothing
+        codec.decode(b"\xc3\x01", None)  # type: ignore[arg-type]
 
 
 def test_broken_schema_files_are_schema_errors(tmp_path: Path) -> None:
