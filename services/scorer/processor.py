@@ -1,0 +1,586 @@
+"""The scorer's pure core: feature vectors in, predictions out.
+
+Per micro-batch:
+
+1. take the current route table once (a hot reload swaps it only between batches);
+2. validate the vectors: empty, NaN/inf or out of float32 range, wrong length or names
+   for their feature set -> :class:`Rejection` (to ``features.dlq``);
+3. split by a stable hash of the entity into canary and main traffic;
+4. score each group as ONE float32 batch per route: canary -> (on failure) the main
+   hierarchy; main: primary (behind the circuit breaker) -> fallback -> rules/default.
+   A route fails a batch when the model raises, returns a non-finite or out-of-range
+   score, or (primary and canary) exceeds the latency budget;
+5. score the shadow model on the same inputs into ``predictions.shadow`` only;
+6. roll the canary back when its error or latency bound is breached: stop routing to it
+   here and now, and write a ``clear`` instruction to ``model.control`` in the same
+   transaction, so every instance follows and a restart does not bring it back.
+
+Model time comes from an injected monotonic clock and ``scored_at`` from an injected
+wall clock, so tests fix both. Nothing here imports Kafka.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from services.scorer import metrics
+from services.scorer.breaker import CircuitBreaker
+from services.scorer.control import SCHEMA as CONTROL_SCHEMA
+from services.scorer.control import control_record
+from services.scorer.model import OnnxModel, Scores
+from services.scorer.routing import (
+    ROLES,
+    CanaryMonitor,
+    ModelRoutes,
+    RouteEntry,
+    RouteTable,
+    canary_bucket,
+)
+from services.scorer.rules import RulesScorer
+from streamml.processor import Output, Processor, Record, Rejection, Result
+from streamml.state import State
+
+log = logging.getLogger(__name__)
+
+PREDICTION_SCHEMA = "Prediction"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    """Budgets and bounds of the routes (the scorer settings document each one)."""
+
+    latency_budget_ms: float = 50.0
+    breaker_failure_threshold: int = 3
+    breaker_cooldown_s: float = 30.0
+    canary_max_error_rate: float = 0.05
+    canary_max_latency_ms: float = 100.0
+    canary_max_slow_rate: float = 0.2
+    canary_min_records: int = 200
+    canary_window_records: int = 2000
+
+
+@dataclass
+class _Vector:
+    record: Record
+    value: Mapping[str, Any]
+    entity_id: str
+    feature_set_hash: str
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The outcome of one model on one batch."""
+
+    scores: Scores | None
+    failure: str | None
+    latency_ms: float
+
+
+@dataclass
+class _Batch:
+    """The working set of one micro-batch."""
+
+    table: RouteTable
+    vectors: list[_Vector]
+    served: list[dict[str, Any] | None]
+    reasons: dict[int, str | None]
+    scored_at: int
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _millis(value: Any) -> int:
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+class ScorerProcessor(Processor):
+    """Scores FeatureVectors with the models of a :class:`ModelRoutes` table."""
+
+    def __init__(
+        self,
+        routes: ModelRoutes,
+        *,
+        predictions_topic: str,
+        shadow_topic: str,
+        control_topic: str | None,
+        rules: RulesScorer,
+        policy: ScoringPolicy | None = None,
+        clock: Callable[[], int] = _wall_clock_ms,
+        monotonic: Callable[[], float] = time.perf_counter,
+        instance: str = "scorer",
+    ) -> None:
+        self._routes = routes
+        self._predictions_topic = predictions_topic
+        self._shadow_topic = shadow_topic
+        self._control_topic = control_topic
+        self._rules = rules
+        self._policy = policy or ScoringPolicy()
+        self._clock = clock
+        self._monotonic = monotonic
+        self._instance = instance
+        self._breaker = CircuitBreaker(
+            "primary",
+            failure_threshold=self._policy.breaker_failure_threshold,
+            cooldown_s=self._policy.breaker_cooldown_s,
+            clock=monotonic,
+            on_transition=metrics.breaker_transition,
+        )
+        metrics.BREAKER_STATE.labels("primary").set(0)
+        self._canary_monitor = CanaryMonitor(
+            max_error_rate=self._policy.canary_max_error_rate,
+            max_latency_ms=self._policy.canary_max_latency_ms,
+            max_slow_rate=self._policy.canary_max_slow_rate,
+            min_records=self._policy.canary_min_records,
+            window_records=self._policy.canary_window_records,
+        )
+        self._generation = -1
+        self._table = RouteTable()
+        self._serving: dict[str, tuple[str, str]] = {}
+        # The control offset of a canary this instance rolled back: ignored until re-promoted.
+        self._rolled_back_canary: int | None = None
+        self._observed_hash: str | None = None
+
+    # -- what the service and the control follower ask ------------------------------------
+
+    @property
+    def observed_feature_set_hash(self) -> str | None:
+        """The feature set hash of the last valid vector seen (None before the first)."""
+        return self._observed_hash
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    def is_ready(self) -> bool:
+        _, table = self._routes.current()
+        return table.primary is not None
+
+    # -- the batch -------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        table = self._take_routes()
+        result = Result()
+        vectors = self._validate(records, table, result.rejections)
+        if not vectors:
+            return result
+        self._observed_hash = vectors[-1].feature_set_hash
+        batch = _Batch(
+            table=table,
+            vectors=vectors,
+            served=[None] * len(vectors),
+            reasons={},
+            scored_at=self._clock(),
+        )
+        canary = table.canary
+        canary_idx: list[int] = []
+        if canary is not None:
+            share = table.canary_share
+            canary_idx = [
+                i
+                for i, vec in enumerate(vectors)
+                if vec.feature_set_hash == canary.model.feature_set_hash
+                and canary_bucket(vec.entity_id.encode()) < share
+            ]
+        in_canary = set(canary_idx)
+        main_idx = [i for i in range(len(vectors)) if i not in in_canary]
+        batch.reasons = dict.fromkeys(main_idx)
+        if canary is not None and canary_idx:
+            failed, why = self._score_canary(canary, batch, canary_idx)
+            for i in failed:
+                batch.reasons[i] = f"canary_{why}"
+            main_idx = sorted(main_idx + failed)
+        self._score_hierarchy(batch, main_idx)
+        for vec, prediction in zip(vectors, batch.served, strict=True):
+            assert prediction is not None  # the rules route always answers
+            metrics.PREDICTIONS.labels(prediction["route"]).inc()
+            result.outputs.append(
+                Output(
+                    topic=self._predictions_topic,
+                    schema=PREDICTION_SCHEMA,
+                    key=vec.entity_id,
+                    value=prediction,
+                    headers=vec.record.replay_headers(),
+                )
+            )
+        if table.shadow is not None:
+            result.outputs.extend(self._score_shadow(table.shadow, batch))
+        if canary is not None and canary_idx:
+            control = self._check_canary(canary, table)
+            if control is not None:
+                result.outputs.append(control)
+        return result
+
+    # -- route table -----------------------------------------------------------------------
+
+    def _take_routes(self) -> RouteTable:
+        generation, table = self._routes.current()
+        if generation != self._generation:
+            self._generation = generation
+            old = self._table
+            if (
+                table.canary is not None
+                and self._rolled_back_canary is not None
+                and table.canary.revision != self._rolled_back_canary
+            ):
+                self._rolled_back_canary = None  # promoted again (or another): honour it
+            for role in ROLES:
+                before, after = old.get(role), table.get(role)
+                if _same(before, after):
+                    continue
+                metrics.MODEL_SWAPS.labels(role).inc()
+                if role in self._serving:
+                    metrics.MODEL_INFO.remove(role, *self._serving.pop(role))
+                if after is not None:
+                    self._serving[role] = (after.model.name, after.model.version)
+                    metrics.MODEL_INFO.labels(role, after.model.name, after.model.version).set(1)
+                log.info(
+                    "route %s swapped: %s -> %s",
+                    role,
+                    before.model.label if before else "nothing",
+                    after.model.label if after else "nothing",
+                )
+                if role == "primary":
+                    self._breaker.reset("new primary version")
+                if role == "canary":
+                    self._canary_monitor.reset()
+            self._table = table
+        table = self._table
+        if table.canary is not None and table.canary.revision == self._rolled_back_canary:
+            table = table.with_role("canary", None)
+        return table
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _validate(
+        self, records: Sequence[Record], table: RouteTable, rejections: list[Rejection]
+    ) -> list[_Vector]:
+        models = table.models()
+        vectors: list[_Vector] = []
+        for record in records:
+            value = record.value
+            values = value.get("values")
+            names = value.get("names") or []
+            fs_hash = str(value.get("feature_set_hash", ""))
+            if not values:
+                rejections.append(Rejection(record, "validation.empty", "no feature values"))
+                continue
+            expected = next((m for m in models if m.feature_set_hash == fs_hash), None)
+            if expected is not None and len(values) != expected.n_inputs:
+                rejections.append(
+                    Rejection(
+                        record,
+                        "validation.length",
+                        f"{len(values)} values, feature set {fs_hash[:12]} has {expected.n_inputs}",
+                    )
+                )
+                continue
+            if names and (
+                len(names) != len(values)
+                or (expected is not None and list(names) != expected.metadata.input_names)
+            ):
+                rejections.append(
+                    Rejection(
+                        record,
+                        "validation.names",
+                        "feature names do not match the feature set's input order",
+                    )
+                )
+                continue
+            vectors.append(_Vector(record, value, str(value["entity_id"]), fs_hash, list(values)))
+        if not vectors:
+            return vectors
+        # One vectorised range check per width instead of a Python loop over every value.
+        bad: set[int] = set()
+        by_width: dict[int, list[int]] = {}
+        for i, vec in enumerate(vectors):
+            by_width.setdefault(len(vec.values), []).append(i)
+        for indices in by_width.values():
+            matrix = np.array([vectors[i].values for i in indices], dtype=np.float64)
+            ok = np.isfinite(matrix).all(axis=1) & (np.abs(matrix) <= _FLOAT32_MAX).all(axis=1)
+            bad.update(indices[j] for j in np.flatnonzero(~ok))
+        for i in sorted(bad):
+            rejections.append(
+                Rejection(
+                    vectors[i].record,
+                    "validation.non_finite",
+                    "a feature value is NaN, infinite or beyond float32 range",
+                )
+            )
+        return [vec for i, vec in enumerate(vectors) if i not in bad]
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def _run(self, model: OnnxModel, matrix: np.ndarray[Any, Any], *, budget: bool) -> _Run:
+        start = self._monotonic()
+        try:
+            scores = model.predict(matrix)
+        except Exception as exc:  # whatever the model does wrong, the batch falls back
+            latency_ms = (self._monotonic() - start) * 1000.0
+            log.warning("model %s failed on a batch of %d: %s", model.label, len(matrix), exc)
+            return _Run(None, "error", latency_ms)
+        latency_ms = (self._monotonic() - start) * 1000.0
+        if not np.isfinite(scores).all():
+            log.warning("model %s returned non-finite scores", model.label)
+            return _Run(None, "non_finite", latency_ms)
+        if (scores < 0.0).any() or (scores > 1.0).any():
+            log.warning("model %s returned scores outside [0, 1]", model.label)
+            return _Run(None, "out_of_range", latency_ms)
+        if budget and latency_ms > self._policy.latency_budget_ms:
+            log.warning(
+                "model %s took %.1f ms for %d rows, over the %.1f ms budget",
+                model.label,
+                latency_ms,
+                len(matrix),
+                self._policy.latency_budget_ms,
+            )
+            return _Run(None, "latency_budget", latency_ms)
+        return _Run(scores, None, latency_ms)
+
+    def _model_route(
+        self, route: str, entry: RouteEntry, batch: _Batch, indices: list[int], *, budget: bool
+    ) -> tuple[list[int], _Run | None]:
+        """Run ``entry`` on the indices its feature set fits: (eligible, run or None)."""
+        model = entry.model
+        vectors = batch.vectors
+        eligible = [i for i in indices if vectors[i].feature_set_hash == model.feature_set_hash]
+        if not eligible:
+            return eligible, None
+        matrix = np.array([vectors[i].values for i in eligible], dtype=np.float32)
+        run = self._run(model, matrix, budget=budget)
+        metrics.MODEL_BATCH_SECONDS.labels(route).observe(run.latency_ms / 1000.0)
+        return eligible, run
+
+    def _serve(
+        self, batch: _Batch, entry: RouteEntry, route: str, eligible: list[int], run: _Run
+    ) -> None:
+        assert run.scores is not None
+        model = entry.model
+        for j, i in enumerate(eligible):
+            score = float(run.scores[j])
+            batch.served[i] = self._value(
+                batch.vectors[i],
+                model_name=model.name,
+                model_version=model.version,
+                score=score,
+                threshold=model.threshold,
+                route=route,
+                reason=batch.reasons.get(i),
+                latency_ms=run.latency_ms,
+                scored_at=batch.scored_at,
+            )
+
+    def _score_canary(
+        self, canary: RouteEntry, batch: _Batch, indices: list[int]
+    ) -> tuple[list[int], str | None]:
+        """Score the canary share; return the indices it could not score and why."""
+        eligible, run = self._model_route("canary", canary, batch, indices, budget=True)
+        assert run is not None  # canary indices were selected by the canary's feature set
+        self._canary_monitor.record(
+            len(eligible), failed=run.failure is not None, latency_ms=run.latency_ms
+        )
+        if run.scores is None:
+            metrics.FALLBACKS.labels("canary", run.failure or "error").inc(len(eligible))
+            return eligible, run.failure
+        self._serve(batch, canary, "canary", eligible, run)
+        return [], None
+
+    def _score_hierarchy(self, batch: _Batch, indices: list[int]) -> None:
+        pending = list(indices)
+        if not pending:
+            return
+        reasons = batch.reasons
+        # 1. primary, behind the breaker
+        primary = batch.table.primary
+        if primary is None:
+            self._note(pending, reasons, "primary", "no_primary")
+        elif not self._breaker.allow():
+            self._note(pending, reasons, "primary", "breaker_open")
+        else:
+            eligible, run = self._model_route("primary", primary, batch, pending, budget=True)
+            fits = set(eligible)
+            self._note(
+                [i for i in pending if i not in fits], reasons, "primary", "feature_set_mismatch"
+            )
+            if run is not None and run.scores is None:
+                self._breaker.record_failure(run.failure or "error")
+                self._note(eligible, reasons, "primary", run.failure or "error")
+            elif run is not None:
+                self._breaker.record_success()
+                self._serve(batch, primary, "primary", eligible, run)
+                pending = [i for i in pending if i not in fits]
+        # 2. fallback model: no latency budget, its job is to answer
+        fallback = batch.table.fallback
+        if pending and fallback is not None:
+            eligible, run = self._model_route("fallback", fallback, batch, pending, budget=False)
+            if run is not None and run.scores is not None:
+                self._serve(batch, fallback, "fallback", eligible, run)
+                fits = set(eligible)
+                pending = [i for i in pending if i not in fits]
+            elif run is not None:
+                self._note(eligible, reasons, "fallback", run.failure or "error", append=True)
+        # 3. rules: always answers
+        for i in pending:
+            batch.served[i] = self._rules_prediction(batch, i)
+
+    @staticmethod
+    def _note(
+        indices: list[int],
+        reasons: dict[int, str | None],
+        route: str,
+        reason: str,
+        *,
+        append: bool = False,
+    ) -> None:
+        """Record why ``route`` did not score these records (the first reason stays first)."""
+        if indices:
+            metrics.FALLBACKS.labels(route, reason).inc(len(indices))
+        for i in indices:
+            if reasons[i] is None:
+                reasons[i] = reason
+            elif append:
+                reasons[i] = f"{reasons[i]};{route}_{reason}"
+
+    def _score_shadow(self, shadow: RouteEntry, batch: _Batch) -> list[Output]:
+        everyone = list(range(len(batch.vectors)))
+        eligible, run = self._model_route("shadow", shadow, batch, everyone, budget=False)
+        if run is None:
+            metrics.SHADOW_FAILURES.labels("feature_set_mismatch").inc()
+            return []
+        if run.scores is None:
+            metrics.SHADOW_FAILURES.labels(run.failure or "error").inc()
+            return []
+        metrics.PREDICTIONS.labels("shadow").inc(len(eligible))
+        model = shadow.model
+        outputs = []
+        for j, i in enumerate(eligible):
+            vec = batch.vectors[i]
+            value = self._value(
+                vec,
+                model_name=model.name,
+                model_version=model.version,
+                score=float(run.scores[j]),
+                threshold=model.threshold,
+                route="shadow",
+                reason=None,
+                latency_ms=run.latency_ms,
+                scored_at=batch.scored_at,
+            )
+            outputs.append(
+                Output(
+                    topic=self._shadow_topic,
+                    schema=PREDICTION_SCHEMA,
+                    key=vec.entity_id,
+                    value=value,
+                    headers=vec.record.replay_headers(),
+                )
+            )
+        return outputs
+
+    def _check_canary(self, canary: RouteEntry, table: RouteTable) -> Output | None:
+        breach = self._canary_monitor.breach()
+        if breach is None:
+            return None
+        bound, message = breach
+        self._rolled_back_canary = canary.revision
+        self._canary_monitor.reset()
+        metrics.CANARY_ROLLBACKS.labels(bound).inc()
+        log.error(
+            "canary %s rolled back automatically: %s; its share goes back to the primary",
+            canary.model.label,
+            message,
+        )
+        if self._control_topic is None:
+            return None
+        value = control_record(
+            "canary",
+            "clear",
+            model_name=canary.model.name,
+            model_version=canary.model.version,
+            issued_at_ms=self._clock(),
+            issued_by=f"scorer:auto-rollback:{self._instance}",
+            previous={
+                "action": "promote",
+                "model_name": canary.model.name,
+                "model_version": canary.model.version,
+                "canary_share": table.canary_share,
+            },
+            reason=f"automatic rollback: {message}",
+        )
+        return Output(topic=self._control_topic, schema=CONTROL_SCHEMA, key="canary", value=value)
+
+    # -- predictions -----------------------------------------------------------------------
+
+    def _rules_prediction(self, batch: _Batch, i: int) -> dict[str, Any]:
+        vec = batch.vectors[i]
+        names = vec.value.get("names") or next(
+            (
+                m.metadata.input_names
+                for m in batch.table.models()
+                if m.feature_set_hash == vec.feature_set_hash
+            ),
+            [],
+        )
+        score = self._rules.score(dict(zip(names, vec.values, strict=False)))
+        return self._value(
+            vec,
+            model_name=self._rules.name,
+            model_version=self._rules.version,
+            score=score,
+            threshold=self._rules.threshold,
+            route="rules",
+            reason=batch.reasons.get(i) or "no_model",
+            latency_ms=0.0,
+            scored_at=batch.scored_at,
+        )
+
+    @staticmethod
+    def _value(
+        vec: _Vector,
+        *,
+        model_name: str,
+        model_version: str,
+        score: float,
+        threshold: float,
+        route: str,
+        reason: str | None,
+        latency_ms: float,
+        scored_at: int,
+    ) -> dict[str, Any]:
+        value = vec.value
+        computed_at = value.get("computed_at")
+        return {
+            "event_id": value["event_id"],
+            "entity_id": vec.entity_id,
+            "event_time": _millis(value["event_time"]),
+            "scored_at": scored_at,
+            "model_name": model_name,
+            "model_version": model_version,
+            "score": score,
+            "threshold": threshold,
+            "decision": score >= threshold,
+            "route": route,
+            "fallback_reason": reason,
+            "latency_ms": latency_ms,
+            "feature_set_hash": vec.feature_set_hash,
+            "features_computed_at": None if computed_at is None else _millis(computed_at),
+            "segments": dict(value.get("categories") or {}),
+        }
+
+
+def _same(a: RouteEntry | None, b: RouteEntry | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.model is b.model and a.revision == b.revision
