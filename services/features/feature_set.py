@@ -1,0 +1,547 @@
+"""The feature set, declared once: name, version, content hash, transforms and aggregates.
+
+A :class:`FeatureSet` is data. Its canonical JSON definition (every transform with its
+parameters and implementation revision, the window lengths, the allowed lateness) is
+hashed with SHA-256; the hash travels in every FeatureVector and in model metadata, so a
+model never scores vectors built by a different definition. The ordered :attr:`names`
+are the model's input order.
+
+Two kinds of features:
+
+* *stateless transforms* of the event itself (log, clip, bucketize, one-hot, hashed
+  one-hot, cyclical time of day, indicators, optional numbers with a missing flag);
+* *per-entity aggregates* over event-time windows of the entity's earlier events
+  (count/sum/mean/std/min/max, time since the previous event, ratio to the running mean,
+  history size). Windows are ``[t - W, t - L)`` for an event at ``t`` with allowed
+  lateness ``L``: the last ``L`` milliseconds are left out because events there may
+  still arrive, and only so are the aggregates the same for every arrival order within
+  the lateness bound (docs/decisions/features-event-time-windows.md).
+
+>>> fs = demo_feature_set()
+>>> fs.names[:3]
+('amount_log1p', 'amount_clipped', 'amount_bucket')
+>>> len(fs.content_hash)
+64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from abc import ABC, abstractmethod
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from functools import cached_property, lru_cache
+from typing import Any, ClassVar
+
+from services.features.entity_state import NO_TIME, EntityHistory
+
+Event = Mapping[str, Any]
+TWO_PI = 2.0 * math.pi
+
+
+def field_getter(path: str) -> Callable[[Event], Any]:
+    """A fast accessor for a dotted field path (``payload.amount``); None when absent."""
+    parts = tuple(path.split("."))
+    if len(parts) == 1:
+        (only,) = parts
+        return lambda event: event.get(only)
+    if len(parts) == 2:
+        outer, inner = parts
+
+        def get2(event: Event) -> Any:
+            nested = event.get(outer)
+            return nested.get(inner) if isinstance(nested, Mapping) else None
+
+        return get2
+
+    def get_n(event: Event) -> Any:
+        value: Any = event
+        for part in parts:
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        return value
+
+    return get_n
+
+
+def _as_float(value: Any, default: float = 0.0) -> float:
+    if value is None or isinstance(value, str):
+        return default
+    return float(value)
+
+
+# -- stateless transforms -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transform(ABC):
+    """A function of one event field to one or more named float features."""
+
+    name: str
+    field: str
+
+    kind: ClassVar[str]
+    revision: ClassVar[int] = 1
+    """Bump when the computation changes without a parameter change (changes the hash)."""
+
+    @property
+    @abstractmethod
+    def names(self) -> tuple[str, ...]:
+        """Output feature names, in order."""
+
+    @abstractmethod
+    def compute(self, value: Any) -> Sequence[float]:
+        """The features for the field's ``value`` (None when the field is missing)."""
+
+    @cached_property
+    def get(self) -> Callable[[Event], Any]:
+        return field_getter(self.field)
+
+    def spec(self) -> dict[str, Any]:
+        """The canonical definition: kind, revision and every parameter."""
+        params = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"kind": self.kind, "revision": self.revision, **_jsonable(params)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Log1p(Transform):
+    """``log(1 + max(x, 0))``: compresses heavy-tailed amounts."""
+
+    kind = "log1p"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def compute(self, value: Any) -> Sequence[float]:
+        return (math.log1p(max(_as_float(value), 0.0)),)
+
+
+@dataclass(frozen=True)
+class Clip(Transform):
+    """``x`` limited to ``[lower, upper]``."""
+
+    lower: float = 0.0
+    upper: float = 1.0
+    kind = "clip"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def compute(self, value: Any) -> Sequence[float]:
+        return (min(max(_as_float(value), self.lower), self.upper),)
+
+
+@dataclass(frozen=True)
+class Bucketize(Transform):
+    """Index of the bucket ``x`` falls in: 0 below ``boundaries[0]``, ``len`` above the last.
+
+    A value equal to a boundary belongs to the bucket above it.
+    """
+
+    boundaries: tuple[float, ...] = ()
+    kind = "bucketize"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def compute(self, value: Any) -> Sequence[float]:
+        return (float(bisect_right(self.boundaries, _as_float(value))),)
+
+
+@dataclass(frozen=True)
+class Cyclical(Transform):
+    """Sine and cosine of the position of an epoch-millisecond time within ``period_ms``.
+
+    Hour of day with the default period: 23:59 and 00:01 end up close together.
+    """
+
+    period_ms: int = 86_400_000
+    kind = "cyclical"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (f"{self.name}_sin", f"{self.name}_cos")
+
+    def compute(self, value: Any) -> Sequence[float]:
+        angle = TWO_PI * ((int(value) % self.period_ms) / self.period_ms)
+        return (math.sin(angle), math.cos(angle))
+
+
+@dataclass(frozen=True)
+class Indicator(Transform):
+    """1.0 when the field is true, else 0.0."""
+
+    kind = "indicator"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def compute(self, value: Any) -> Sequence[float]:
+        return (1.0 if value else 0.0,)
+
+
+@dataclass(frozen=True)
+class OptionalNumber(Transform):
+    """A nullable number: ``log1p`` of it clipped to ``[0, upper]`` (0 when missing), a
+    missing flag, and a flag for ``x <= at_most`` (e.g. a device first seen a day ago)."""
+
+    upper: float = 1e9
+    at_most: float = 1.0
+    kind = "optional_number"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (f"{self.name}_log1p", f"{self.name}_missing", f"{self.name}_le_{self.at_most:g}")
+
+    def compute(self, value: Any) -> Sequence[float]:
+        if value is None:
+            return (0.0, 1.0, 0.0)
+        x = min(max(float(value), 0.0), self.upper)
+        return (math.log1p(x), 0.0, 1.0 if x <= self.at_most else 0.0)
+
+
+@dataclass(frozen=True)
+class OneHot(Transform):
+    """One feature per known value, plus ``<name>=__other__`` for anything else."""
+
+    values: tuple[str, ...] = ()
+    kind = "one_hot"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*(f"{self.name}={v}" for v in self.values), f"{self.name}=__other__")
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {v: i for i, v in enumerate(self.values)}
+
+    def compute(self, value: Any) -> Sequence[float]:
+        out = [0.0] * (len(self.values) + 1)
+        out[self._index.get(value, len(self.values))] = 1.0
+        return out
+
+
+@lru_cache(maxsize=65_536)
+def stable_bucket(value: str, buckets: int) -> int:
+    """A bucket for ``value`` that is the same in every process and Python version.
+
+    (``hash()`` of a str is salted per process, so it cannot be used for features.)
+    """
+    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % buckets
+
+
+@dataclass(frozen=True)
+class HashedOneHot(Transform):
+    """The hashing trick: ``value`` sets one of ``buckets`` features (open vocabularies)."""
+
+    buckets: int = 16
+    kind = "hashed_one_hot"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}#{i}" for i in range(self.buckets))
+
+    def compute(self, value: Any) -> Sequence[float]:
+        out = [0.0] * self.buckets
+        out[stable_bucket(str(value or ""), self.buckets)] = 1.0
+        return out
+
+
+# -- per-entity aggregates ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntityContext:
+    """What an aggregate may look at for one event: the entity's history before it."""
+
+    history: EntityHistory
+    event_time: int
+    value: float
+    settled_end: int
+    """``event_time - allowed_lateness``: events at or after this are not used."""
+    settled_count: int
+    settled_sum: float
+    settled_last: int
+
+
+@dataclass(frozen=True)
+class Aggregate(ABC):
+    """Features of an entity's earlier events."""
+
+    name: str
+
+    kind: ClassVar[str]
+    revision: ClassVar[int] = 1
+
+    @property
+    @abstractmethod
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def longest_window_ms(self) -> int:
+        return 0
+
+    @abstractmethod
+    def compute(self, ctx: EntityContext) -> Sequence[float]: ...
+
+    def spec(self) -> dict[str, Any]:
+        params = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"kind": self.kind, "revision": self.revision, **_jsonable(params)}
+
+
+WINDOW_STATS = ("count", "sum", "mean", "std", "min", "max")
+
+
+def window_stats(values: Sequence[float]) -> tuple[float, float, float, float, float, float]:
+    """(count, sum, mean, std, min, max) of ``values``; all 0.0 when empty.
+
+    Sums are exactly rounded (``math.fsum``) and the standard deviation is the population
+    one, computed in two passes; so the result depends only on the multiset of values.
+
+    >>> window_stats([1.0, 3.0])
+    (2.0, 4.0, 2.0, 1.0, 1.0, 3.0)
+    """
+    n = len(values)
+    if not n:
+        return (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    total = math.fsum(values)
+    mean = total / n
+    std = math.sqrt(math.fsum([(v - mean) * (v - mean) for v in values]) / n) if n > 1 else 0.0
+    return (float(n), total, mean, std, min(values), max(values))
+
+
+@dataclass(frozen=True)
+class WindowStats(Aggregate):
+    """count/sum/mean/std/min/max of the value over each window ``[t - W, t - L)``."""
+
+    windows: tuple[tuple[str, int], ...] = (("10m", 600_000),)
+    kind = "window_stats"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(
+            f"{self.name}_{label}_{stat}" for label, _ in self.windows for stat in WINDOW_STATS
+        )
+
+    @property
+    def longest_window_ms(self) -> int:
+        return max(ms for _, ms in self.windows)
+
+    def compute(self, ctx: EntityContext) -> Sequence[float]:
+        out: list[float] = []
+        for _, length in self.windows:
+            values, _n = ctx.history.window(ctx.event_time - length, ctx.settled_end)
+            out.extend(window_stats(values))
+        return out
+
+
+@dataclass(frozen=True)
+class SecondsSincePrevious(Aggregate):
+    """``log1p`` of the seconds since the entity's previous settled event (capped)."""
+
+    cap_s: float = 30 * 86_400.0
+    kind = "seconds_since_previous"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def compute(self, ctx: EntityContext) -> Sequence[float]:
+        if ctx.settled_last == NO_TIME:
+            return (math.log1p(self.cap_s),)
+        seconds = min((ctx.event_time - ctx.settled_last) / 1000.0, self.cap_s)
+        return (math.log1p(seconds),)
+
+
+@dataclass(frozen=True)
+class RatioToRunningMean(Aggregate):
+    """The event's value over the mean of all the entity's settled values (1.0 if none)."""
+
+    kind = "ratio_to_running_mean"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def compute(self, ctx: EntityContext) -> Sequence[float]:
+        if not ctx.settled_count or ctx.settled_sum <= 0.0:
+            return (1.0,)
+        return (ctx.value / (ctx.settled_sum / ctx.settled_count),)
+
+
+@dataclass(frozen=True)
+class HistoryCount(Aggregate):
+    """``log1p`` of how many settled events the entity has (how much the ratios mean)."""
+
+    kind = "history_count"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def compute(self, ctx: EntityContext) -> Sequence[float]:
+        return (math.log1p(ctx.settled_count),)
+
+
+# -- the feature set --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named, versioned, hashed list of transforms and aggregates."""
+
+    name: str
+    version: str
+    value_field: str
+    """The numeric field the per-entity aggregates are computed over."""
+    allowed_lateness_ms: int
+    transforms: tuple[Transform, ...]
+    aggregates: tuple[Aggregate, ...]
+    categories: tuple[tuple[str, str], ...] = ()
+    """(name, field) of raw categorical attributes carried in each vector."""
+
+    def __post_init__(self) -> None:
+        names = self.names
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature set {self.name}: duplicate feature names")
+        if self.allowed_lateness_ms < 0:
+            raise ValueError("allowed_lateness_ms must be >= 0")
+        shortest = min(
+            (ms for a in self.aggregates if isinstance(a, WindowStats) for _, ms in a.windows),
+            default=None,
+        )
+        if shortest is not None and self.allowed_lateness_ms >= shortest:
+            raise ValueError(
+                f"allowed lateness {self.allowed_lateness_ms} ms must be shorter than the "
+                f"shortest window ({shortest} ms)"
+            )
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """Feature names in model input order."""
+        out: list[str] = []
+        for transform in self.transforms:
+            out.extend(transform.names)
+        for aggregate in self.aggregates:
+            out.extend(aggregate.names)
+        return tuple(out)
+
+    @cached_property
+    def longest_window_ms(self) -> int:
+        return max((a.longest_window_ms for a in self.aggregates), default=0)
+
+    @cached_property
+    def retention_ms(self) -> int:
+        """How long before the entity's watermark an event can still be needed."""
+        return self.longest_window_ms + self.allowed_lateness_ms
+
+    def definition(self) -> dict[str, Any]:
+        """The canonical definition the content hash is computed over."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "value_field": self.value_field,
+            "allowed_lateness_ms": self.allowed_lateness_ms,
+            "transforms": [t.spec() for t in self.transforms],
+            "aggregates": [a.spec() for a in self.aggregates],
+            "categories": [list(c) for c in self.categories],
+        }
+
+    @cached_property
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of :meth:`definition`."""
+        canonical = json.dumps(
+            self.definition(), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        )
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+    @cached_property
+    def _value_getter(self) -> Callable[[Event], Any]:
+        return field_getter(self.value_field)
+
+    @cached_property
+    def _category_getters(self) -> tuple[tuple[str, Callable[[Event], Any]], ...]:
+        return tuple((name, field_getter(path)) for name, path in self.categories)
+
+    def value_of(self, event: Event) -> float:
+        return float(self._value_getter(event))
+
+    def stateless(self, event: Event) -> list[float]:
+        out: list[float] = []
+        for transform in self.transforms:
+            out.extend(transform.compute(transform.get(event)))
+        return out
+
+    def stateful(self, history: EntityHistory, event_time: int, value: float) -> list[float]:
+        """The aggregates for an event at ``event_time``, from the history *before* it."""
+        settled_end = event_time - self.allowed_lateness_ms
+        count, total, last = history.settled_before(settled_end)
+        ctx = EntityContext(history, event_time, value, settled_end, count, total, last)
+        out: list[float] = []
+        for aggregate in self.aggregates:
+            out.extend(aggregate.compute(ctx))
+        return out
+
+    def categories_of(self, event: Event) -> dict[str, str]:
+        return {name: str(get(event) or "") for name, get in self._category_getters}
+
+
+DEMO_WINDOWS = (("10m", 600_000), ("1h", 3_600_000), ("24h", 86_400_000))
+CHANNELS = ("pos", "ecommerce", "atm", "moto")
+DEFAULT_LATENESS_MS = 5_000
+
+
+def demo_feature_set(allowed_lateness_ms: int = DEFAULT_LATENESS_MS) -> FeatureSet:
+    """The card-fraud feature set of the demo domain (schemas/event.avsc)."""
+    return FeatureSet(
+        name="card_fraud",
+        version="1",
+        value_field="payload.amount",
+        allowed_lateness_ms=allowed_lateness_ms,
+        transforms=(
+            Log1p("amount_log1p", "payload.amount"),
+            Clip("amount_clipped", "payload.amount", lower=0.0, upper=10_000.0),
+            Bucketize(
+                "amount_bucket", "payload.amount", boundaries=(10.0, 50.0, 100.0, 500.0, 2000.0)
+            ),
+            Cyclical("hour_of_day", "event_time", period_ms=86_400_000),
+            Cyclical("day_of_week", "event_time", period_ms=7 * 86_400_000),
+            Indicator("card_present", "payload.card_present"),
+            OptionalNumber("device_age_days", "payload.device_age_days", upper=36_500, at_most=1),
+            OptionalNumber(
+                "customer_age_years", "payload.customer_age_years", upper=130, at_most=21
+            ),
+            OneHot("channel", "payload.channel", values=CHANNELS),
+            HashedOneHot("country", "payload.country", buckets=32),
+            HashedOneHot("merchant_category", "payload.merchant_category", buckets=16),
+        ),
+        aggregates=(
+            WindowStats("amount", windows=DEMO_WINDOWS),
+            SecondsSincePrevious("seconds_since_previous_log1p"),
+            RatioToRunningMean("amount_to_running_mean"),
+            HistoryCount("history_count_log1p"),
+        ),
+        categories=(
+            ("country", "payload.country"),
+            ("channel", "payload.channel"),
+            ("merchant_category", "payload.merchant_category"),
+            ("currency", "payload.currency"),
+        ),
+    )

@@ -1,0 +1,276 @@
+"""The features service's pure core: events in, one FeatureVector per distinct event out.
+
+For each event, in partition order:
+
+1. **dedup** - an event id already processed in this partition (within the retention
+   window) yields nothing and counts as a duplicate, replayed or not;
+2. **validate** - the declarative rules, then event-time plausibility against the
+   partition's latest event time; a failure is a :class:`Rejection` (dead letter);
+3. **late** - an event older than its entity's watermark minus the allowed lateness is
+   rejected as ``late`` instead of silently landing in a wrong window;
+4. **compute** - stateless transforms plus the entity's window aggregates (from its
+   history *before* this event), then the event joins the history;
+5. **remember** the event id and advance the partition's event time (expiring old ids).
+
+Every record also feeds the fail-stop circuit; when it trips, the records after the trip
+are handed back in a :class:`Halt` and are processed after the circuit closes.
+
+Nothing here touches Kafka or the wall clock, except ``computed_at`` (and freshness
+metrics), which come from the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from services.features import metrics
+from services.features.circuit import CircuitState, FailStopCircuit
+from services.features.dedup import DedupStore
+from services.features.entity_state import NO_TIME, EntityHistory
+from services.features.feature_set import FeatureSet, field_getter
+from services.features.validation import DEFAULT_RULES, EventTimeBounds, Rule, Violation, check
+from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
+from streamml.state import KeyValueStore, State
+
+log = logging.getLogger(__name__)
+
+ENTITIES_STORE = "entities"
+DEDUP_STORE = "dedup"
+FEATURE_VECTOR_SCHEMA = "FeatureVector"
+DEFAULT_DEDUP_RETENTION_MS = 7 * 86_400_000
+
+
+class FeaturesProcessor(Processor):
+    """Validates, deduplicates and turns events into feature vectors."""
+
+    stores = (ENTITIES_STORE, DEDUP_STORE)
+
+    def __init__(
+        self,
+        *,
+        feature_set: FeatureSet,
+        output_topic: str,
+        rules: Sequence[Rule] = DEFAULT_RULES,
+        time_bounds: EventTimeBounds | None = None,
+        dedup_field: str = "event_id",
+        dedup_retention_ms: int = DEFAULT_DEDUP_RETENTION_MS,
+        circuit: FailStopCircuit | None = None,
+        max_entity_events: int = 10_000,
+        include_names: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.feature_set = feature_set
+        self.output_topic = output_topic
+        self._rules = tuple(rules)
+        # Events older than the dedup horizon could be duplicates whose key expired, so
+        # the past bound defaults to the retention: they go to the DLQ instead.
+        self._bounds = time_bounds or EventTimeBounds(max_past_ms=dedup_retention_ms)
+        self.dedup_field = dedup_field
+        self._dedup_id = field_getter(dedup_field)
+        self._dedup_retention_ms = dedup_retention_ms
+        self.circuit = circuit
+        self._max_entity_events = max_entity_events
+        self._clock = clock
+        self._names = list(feature_set.names) if include_names else []
+        self._lateness = feature_set.allowed_lateness_ms
+        self._retention = feature_set.retention_ms
+        self._dedup: DedupStore | None = None
+        self._dedup_backing: KeyValueStore | None = None
+        metrics.CIRCUIT_STATE.set(0)
+
+    # -- runtime hooks ----------------------------------------------------------------
+
+    def _dedup_for(self, state: State) -> DedupStore:
+        backing = state.store(DEDUP_STORE)
+        if self._dedup is None or self._dedup_backing is not backing:
+            self._dedup = DedupStore(backing, retention_ms=self._dedup_retention_ms)
+            self._dedup_backing = backing
+            for partition in backing.partitions():
+                self._dedup.rebuild(partition)
+        return self._dedup
+
+    def on_assigned(self, partitions: Sequence[tuple[str, int]], state: State) -> None:
+        dedup = self._dedup_for(state)
+        for _, partition in partitions:
+            dedup.rebuild(partition)
+        log.info(
+            "partitions assigned",
+            extra={"partitions": [p for _, p in partitions], "dedup_keys": dedup.retained()},
+        )
+
+    def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        for _, partition in partitions:
+            if self._dedup is not None:
+                self._dedup.forget(partition)
+            metrics.LAST_EVENT.forget(partition)
+
+    def on_resume(self, *, probe: bool) -> None:
+        if self.circuit is None:
+            return
+        self.circuit.resume(probe=probe)
+        state = self.circuit.state
+        metrics.CIRCUIT_STATE.set(int(state))
+        log.warning("fail-stop circuit %s", "half-open (probe)" if probe else "closed by operator")
+
+    def is_ready(self) -> bool:
+        return self.circuit is None or self.circuit.state is not CircuitState.OPEN
+
+    # -- the pure core ----------------------------------------------------------------
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        result = Result()
+        if not records:
+            return result
+        circuit = self.circuit
+        if circuit is not None and circuit.state is CircuitState.OPEN:
+            result.halt = self._halt(circuit.trip_reason, records)
+            return result
+        entities = state.store(ENTITIES_STORE)
+        dedup = self._dedup_for(state)
+        now = self._clock()
+        for index, record in enumerate(records):
+            metrics.LAST_EVENT.touch(record.partition, now)
+            violation = self._one(record, entities, dedup, now, result)
+            if circuit is None:
+                continue
+            reason = violation.reason if violation is not None else ""
+            tripped = circuit.record(invalid=violation is not None, reason=reason)
+            if tripped is not None:
+                metrics.CIRCUIT_TRIPS.inc()
+                metrics.CIRCUIT_STATE.set(int(circuit.state))
+                log.error(
+                    "fail-stop circuit open: %s; holding %d records of this batch",
+                    tripped,
+                    len(records) - index - 1,
+                )
+                result.halt = self._halt(tripped, records[index + 1 :])
+                break
+        if circuit is not None:
+            metrics.INVALID_SHARE.set(circuit.invalid_share)
+            metrics.CIRCUIT_STATE.set(int(circuit.state))
+        return result
+
+    def _halt(self, reason: str, unconsumed: Sequence[Record]) -> Halt:
+        probe = self.circuit.probe_after_s if self.circuit is not None else None
+        return Halt(reason=reason, unconsumed=tuple(unconsumed), probe_after_s=probe)
+
+    def _one(
+        self,
+        record: Record,
+        entities: KeyValueStore,
+        dedup: DedupStore,
+        now: float,
+        result: Result,
+    ) -> Violation | None:
+        """Handle one record; returns the violation when it was invalid (or late)."""
+        event = record.value
+        partition = record.partition
+        event_id = self._dedup_id(event)
+        if not isinstance(event_id, str) or not event_id:
+            return self._reject(
+                record,
+                result,
+                Violation(
+                    "validation.required",
+                    self.dedup_field,
+                    f"field {self.dedup_field}={event_id!r}: the dedup key is missing or "
+                    "empty (rule required)",
+                ),
+            )
+        digest = dedup.digest(event_id)
+        if dedup.seen(partition, digest):
+            metrics.DUPLICATES.labels("replay" if record.is_replay else "live").inc()
+            return None
+        violation = check(event, self._rules)
+        if violation is None:
+            event_time = int(event["event_time"])
+            violation = self._bounds.check(event_time, dedup.partition_max(partition))
+        if violation is not None:
+            return self._reject(record, result, violation)
+
+        entity_id = str(event["entity_id"])
+        entity_key = entity_id.encode("utf-8")
+        raw = entities.get(partition, entity_key)
+        history = EntityHistory() if raw is None else EntityHistory.from_bytes(raw)
+        watermark = history.watermark
+        if watermark != NO_TIME and event_time < watermark - self._lateness:
+            metrics.LATE_EVENTS.inc()
+            late = Violation(
+                "late",
+                "event_time",
+                f"field event_time={event_time}: {watermark - event_time} ms behind entity "
+                f"{entity_id!r}'s watermark {watermark}; allowed lateness is "
+                f"{self._lateness} ms (rule late)",
+            )
+            result.rejections.append(Rejection(record, late.reason, late.message, "validate"))
+            return late
+
+        fs = self.feature_set
+        value = fs.value_of(event)
+        values = fs.stateless(event)
+        values.extend(fs.stateful(history, event_time, value))
+
+        history.add(event_time, value)
+        history.evict_before(history.watermark - self._retention)
+        capped = history.cap(self._max_entity_events)
+        if capped:
+            metrics.ENTITY_HISTORY_CAPPED.inc(capped)
+        entities.put(partition, entity_key, history.to_bytes())
+        dedup.remember(partition, digest, event_time)
+        expired = dedup.advance(partition, event_time)
+        if expired:
+            metrics.DEDUP_EXPIRED.inc(expired)
+
+        computed_at = int(now * 1000)
+        metrics.FEATURE_AGE.observe(max(computed_at - event_time, 0) / 1000.0)
+        result.outputs.append(
+            Output(
+                topic=self.output_topic,
+                schema=FEATURE_VECTOR_SCHEMA,
+                key=entity_id,
+                value=self._vector(
+                    event,
+                    event_id=event_id,
+                    entity_id=entity_id,
+                    event_time=event_time,
+                    computed_at=computed_at,
+                    values=values,
+                ),
+                headers=record.replay_headers(),
+            )
+        )
+        return None
+
+    def _vector(
+        self,
+        event: Any,
+        *,
+        event_id: str,
+        entity_id: str,
+        event_time: int,
+        computed_at: int,
+        values: list[float],
+    ) -> dict[str, Any]:
+        fs = self.feature_set
+        return {
+            "event_id": str(event["event_id"]) if self.dedup_field != "event_id" else event_id,
+            "entity_id": entity_id,
+            "event_time": event_time,
+            "computed_at": computed_at,
+            "feature_set": fs.name,
+            "feature_set_version": fs.version,
+            "feature_set_hash": fs.content_hash,
+            "names": self._names,
+            "values": values,
+            "categories": fs.categories_of(event),
+        }
+
+    def _reject(self, record: Record, result: Result, violation: Violation) -> Violation:
+        metrics.VALIDATION_FAILURES.labels(violation.reason, violation.field).inc()
+        result.rejections.append(
+            Rejection(record, violation.reason, violation.message, stage="validate")
+        )
+        return violation

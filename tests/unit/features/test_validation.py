@@ -1,0 +1,110 @@
+"""Declarative validation rules: each rule, its reason and a message naming field and value."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytest
+
+from services.features.validation import (
+    DEFAULT_RULES,
+    Category,
+    EventTimeBounds,
+    Finite,
+    Length,
+    Pattern,
+    Range,
+    Required,
+    check,
+)
+from streamml.synthetic import generate_events
+
+
+def _event() -> dict[str, Any]:
+    return copy.deepcopy(next(generate_events(1, seed=1))[0])
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    event = _event()
+    target = event
+    *outer, last = path.split(".")
+    for part in outer:
+        target = target[part]
+    target[last] = value
+    return event
+
+
+def test_a_generated_event_is_valid() -> None:
+    assert check(_event()) is None
+
+
+# One broken record per rule: (field, bad value, reason, words the message must contain).
+BROKEN = [
+    ("event_id", "", "validation.required", "event_id"),
+    ("entity_id", "   ", "validation.required", "entity_id"),
+    ("payload.merchant_id", None, "validation.required", "merchant_id"),
+    ("event_id", "x" * 129, "validation.length", "length 129"),
+    ("payload.amount", math.nan, "validation.finite", "nan"),
+    ("payload.amount", math.inf, "validation.finite", "inf"),
+    ("payload.amount", 0.0, "validation.range", "> 0"),
+    ("payload.amount", 2e6, "validation.range", "<= 1e+06"),
+    ("payload.device_age_days", -3, "validation.range", ">= 0"),
+    ("event_time", 5, "validation.range", "event_time=5"),
+    ("payload.channel", "telepathy", "validation.category", "telepathy"),
+    ("event_type", "refund", "validation.category", "refund"),
+    ("payload.currency", "euro", "validation.pattern", "euro"),
+    ("payload.country", "Germany", "validation.pattern", "Germany"),
+    ("payload.merchant_category", "54a1", "validation.pattern", "54a1"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "reason", "words"), BROKEN)
+def test_each_rule_rejects_with_its_reason_and_names_field_and_value(
+    path: str, value: Any, reason: str, words: str
+) -> None:
+    violation = check(_with(path, value))
+    assert violation is not None
+    assert violation.reason == reason
+    assert violation.field == path
+    assert path in violation.message and words in violation.message
+    assert f"rule {reason.split('.')[1]}" in violation.message
+
+
+def test_every_rule_kind_is_exercised() -> None:
+    kinds = {type(rule) for rule in DEFAULT_RULES}
+    assert kinds == {Required, Length, Finite, Range, Category, Pattern}
+    assert {reason for _, _, reason, _ in BROKEN} == {rule.reason for rule in DEFAULT_RULES}
+
+
+def test_optional_fields_may_be_null() -> None:
+    assert check(_with("payload.device_age_days", None)) is None
+    assert check(_with("payload.customer_age_years", None)) is None
+
+
+def test_first_broken_rule_wins() -> None:
+    event = _with("payload.amount", -1.0)
+    event["event_id"] = ""
+    assert check(event).reason == "validation.required"  # type: ignore[union-attr]
+
+
+def test_event_time_bounds_are_relative_to_the_partition_maximum() -> None:
+    bounds = EventTimeBounds(max_future_ms=1_000, max_past_ms=10_000)
+    assert bounds.check(123, None) is None
+    assert bounds.check(100_000 + 1_000, 100_000) is None
+    assert bounds.check(100_000 - 10_000, 100_000) is None
+    ahead = bounds.check(100_000 + 1_001, 100_000)
+    behind = bounds.check(100_000 - 10_001, 100_000)
+    assert (
+        ahead is not None and ahead.reason == "validation.event_time" and "ahead" in ahead.message
+    )
+    assert (
+        behind is not None and "behind" in behind.message and "event_time=89999" in behind.message
+    )
+
+
+def test_range_ignores_non_numbers_and_finite_catches_them() -> None:
+    assert Range("x", lower=0).violated("abc") is None
+    assert Finite("x").violated("abc") == "is not a number"
+    assert Finite("x").violated(True) == "is not a number"
