@@ -1,0 +1,1 @@
+"""performance: joins late labels to predictions and reports live model quality."""

@@ -1,0 +1,1039 @@
+"""The performance service's pure core: join late labels to predictions, report live quality.
+
+Inputs (co-partitioned by entity_id, partition ``p`` of every topic on one instance):
+``predictions`` and ``predictions.shadow`` (Prediction) and ``labels`` (Label). The join is
+by event_id, in either order:
+
+- a prediction waits for its label until ``event_time + label_horizon``; then it counts as
+  unlabeled (label coverage) and is remembered as a 16-byte tombstone for
+  ``late_label_memory``, so a label arriving after that is rejected as ``late``;
+- a label that comes first waits ``early_label_grace`` past its ``labeled_at``; if no
+  prediction comes it goes to ``labels.dlq`` as ``orphan``; a label whose
+  ``labeled_at - event_time`` is over the horizon is rejected as ``late``;
+- a second label with another value is a correction (metrics use the latest, it is
+  counted); an identical label and a second prediction for the same event_id and route are
+  duplicates and ignored.
+
+Time is event time only. Each partition keeps a watermark per input stream (max event time
+seen); the service watermark is the smallest of them minus ``allowed_lateness``. Every
+contribution to a metric carries an event time and is applied only when the watermark
+passes the report boundary after it, and reports are emitted at multiples of
+``report_interval``: so the report sequence is a function of the input streams, not of how
+the consumer interleaved them, and a killed and restarted instance emits the same reports.
+
+State (three stores, all bytes with explicit ``struct`` layouts, committed with offsets):
+``join`` holds one packed entry per event_id (key: 16-byte BLAKE2b digest); ``metrics``
+holds the joined samples of the sliding window, pending corrections, per-interval counters
+and cumulative counters; ``meta`` holds watermarks, the model and segment-value tables and
+the alert state. An in-memory expiry index (time bucket -> digests) is derived from
+``join`` and rebuilt whenever the store and the index disagree (restore, aborted batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.performance.alerts import SloMonitor
+from services.performance.quality import NO_TIME, Cumulative, percentile, window_metrics
+from services.performance.settings import PerformanceSettings
+from streamml.deadletter import dead_letter_headers, dlq_topic
+from streamml.errors import StreamMLError
+from streamml.processor import Output, Processor, Record, Rejection, Result
+from streamml.state import KeyValueStore, State
+
+log = logging.getLogger(__name__)
+
+JOIN_STORE = "join"
+METRICS_STORE = "metrics"
+META_STORE = "meta"
+
+PENDING = 1  # one or more predictions, with or without their label
+TOMBSTONE = 2  # an expired event, remembered to tell a late label from an orphan
+EARLY_LABEL = 3  # a label waiting for its prediction
+
+NO_LABEL = -1
+MODEL_LEVEL = 255  # segment field index of the all-traffic group
+OTHER = 0  # segment value id of "other" (values past the cap)
+OTHER_NAME = "other"
+MISSING_NAME = "unknown"
+
+_HEAD = struct.Struct("<BqqbBB")  # kind, time, labeled_at, label, corrections, predictions
+_ORIGIN = struct.Struct("<qqiHHHH")  # offset, timestamp, partition, 4 string lengths
+_W = struct.Struct("<qqqqq")  # seq, prediction watermark, label watermark, boundary, min ts
+_GROUP = struct.Struct("<HBH")  # model id, segment field index, segment value id
+_BUCKET_KEY = struct.Struct("<q")
+_BUCKET = struct.Struct("<qqq")  # predictions, expired, corrections
+_MODEL_ID = struct.Struct("<H")
+_SEG_ID = struct.Struct("<BH")
+
+_K_W = b"W"
+_K_ALERTS = b"A"
+_P_MODEL = b"M"
+_P_SEG = b"V"
+_P_SAMPLE = b"S"
+_P_CORRECTION = b"C"
+_P_BUCKET = b"B"
+_P_CUMULATIVE = b"U"
+
+Group = tuple[int, int, int]
+Prediction = tuple[int, float, bool, tuple[int, ...]]  # model id, score, decision, segment ids
+
+
+def event_digest(event_id: str) -> bytes:
+    """The 16-byte key of an event_id in the join store."""
+    return hashlib.blake2b(event_id.encode(), digest_size=16).digest()
+
+
+@dataclass(slots=True)
+class LabelOrigin:
+    """What a waiting label needs to be dead-lettered later (its record is long gone)."""
+
+    event_id: str
+    entity_id: str
+    source: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: int
+    time: int  # PENDING: event time; EARLY_LABEL: labeled_at; TOMBSTONE: its deadline
+    labeled_at: int = NO_TIME
+    label: int = NO_LABEL
+    corrections: int = 0
+    predictions: list[Prediction] = field(default_factory=list)
+    origin: LabelOrigin | None = None
+
+
+@dataclass(slots=True)
+class Sample:
+    """One joined prediction in the sliding window (and not yet in cumulative if ts > boundary)."""
+
+    ts: int
+    score: float
+    decision: bool
+    label: int
+    delay: int
+    segments: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Correction:
+    """A label change waiting for the watermark; old is what cumulative counted."""
+
+    ts: int
+    old: int
+    new: int
+    count: int
+    score: float
+    decision: bool
+    segments: tuple[int, ...]
+
+
+@dataclass
+class PartitionView:
+    """Decoded mirror of one partition's ``metrics`` and ``meta`` stores, plus the expiry index."""
+
+    partition: int
+    seq: int = 0
+    prediction_wm: int = NO_TIME
+    label_wm: int = NO_TIME
+    boundary: int = NO_TIME
+    min_ts: int = NO_TIME
+    models: list[list[Any]] = field(default_factory=list)  # id -> [name, version, route, thr]
+    model_ids: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    segment_ids: list[dict[str, int]] = field(default_factory=list)
+    segment_names: list[dict[int, str]] = field(default_factory=list)
+    expiry: dict[int, list[bytes]] = field(default_factory=dict)
+    samples: dict[bytes, Sample] = field(default_factory=dict)
+    unreleased: set[bytes] = field(default_factory=set)
+    corrections: dict[bytes, Correction] = field(default_factory=dict)
+    buckets: dict[int, dict[Group, list[int]]] = field(default_factory=dict)
+    cumulative: dict[Group, Cumulative] = field(default_factory=dict)
+    dirty_buckets: set[tuple[int, Group]] = field(default_factory=set)
+    dirty_cumulative: set[Group] = field(default_factory=set)
+
+    def watermark(self, lateness: int) -> int:
+        if NO_TIME in (self.prediction_wm, self.label_wm):
+            return NO_TIME
+        return min(self.prediction_wm, self.label_wm) - lateness
+
+    def segment_name(self, field_index: int, value_id: int) -> str:
+        if value_id == OTHER:
+            return OTHER_NAME
+        return self.segment_names[field_index].get(value_id, OTHER_NAME)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _millis(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if hasattr(value, "timestamp"):  # a datetime from a reader that keeps logical types
+        return int(value.timestamp() * 1000)
+    raise StreamMLError(f"not a timestamp: {value!r}")
+
+
+class PerformanceProcessor(Processor):
+    """Joins labels to predictions and emits PerformanceReport and SloAlert records."""
+
+    stores = (JOIN_STORE, METRICS_STORE, META_STORE)
+
+    def __init__(
+        self,
+        settings: PerformanceSettings,
+        *,
+        prediction_topics: Iterable[str],
+        label_topics: Iterable[str],
+        report_topic: str,
+        alert_topic: str,
+        clock: Callable[[], float] = time.time,
+        on_report: Callable[[Mapping[str, Any]], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._prediction_topics = frozenset(prediction_topics)
+        self._label_topics = frozenset(label_topics)
+        self._report_topic = report_topic
+        self._alert_topic = alert_topic
+        self._clock = clock
+        self._on_report = on_report
+        self._on_event = on_event
+        self._horizon = int(settings.label_horizon.total_seconds() * 1000)
+        self._grace = int(settings.early_label_grace.total_seconds() * 1000)
+        self._memory = int(settings.late_label_memory.total_seconds() * 1000)
+        self._lateness = int(settings.allowed_lateness.total_seconds() * 1000)
+        self._interval = int(settings.report_interval.total_seconds() * 1000)
+        self._window_ms = int(settings.window_duration.total_seconds() * 1000)
+        self._count_window = settings.window_kind == "count"
+        self._fields = list(settings.segment_fields)
+        self._prediction = struct.Struct("<HdB" + "H" * len(self._fields))
+        self._sample = struct.Struct("<qdBbq" + "H" * len(self._fields))
+        self._correction = struct.Struct("<qbbidB" + "H" * len(self._fields))
+        self._monitor = SloMonitor(
+            slo_min=settings.slo_min,
+            slo_max=settings.slo_max,
+            consecutive=settings.slo_consecutive_windows,
+            min_labeled=settings.slo_min_labeled,
+            canary_metrics=settings.canary_metrics,
+            canary_margin=settings.canary_margin,
+        )
+        self._state: State | None = None
+        self._views: dict[int, PartitionView] = {}
+        self._owned: set[int] = set()
+
+    # -- the runtime's hooks --------------------------------------------------------
+
+    def on_assigned(self, partitions: Sequence[tuple[str, int]], state: State) -> None:
+        self._bind(state)
+        for _, number in partitions:
+            self._owned.add(number)
+            self._views.pop(number, None)  # restored from the changelog: rebuild on first use
+
+    def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        for _, number in partitions:
+            self._owned.discard(number)
+            self._views.pop(number, None)
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        self._bind(state)
+        result = Result()
+        self._orphans = result.outputs
+        touched: dict[int, PartitionView] = {}
+        for record in records:
+            view = touched.get(record.partition)
+            if view is None:
+                self._owned.add(record.partition)
+                view = touched[record.partition] = self._touch(record.partition)
+            if record.topic in self._label_topics:
+                self._on_label(view, record, result)
+            elif record.topic in self._prediction_topics:
+                self._on_prediction(view, record)
+            else:
+                raise StreamMLError(f"performance: unexpected input topic {record.topic!r}")
+        self._advance(touched, result)
+        for view in touched.values():
+            self._flush(view)
+        return result
+
+    # -- views and their persistence ------------------------------------------------
+
+    @property
+    def _join(self) -> KeyValueStore:
+        assert self._state is not None
+        return self._state.store(JOIN_STORE)
+
+    @property
+    def _metrics(self) -> KeyValueStore:
+        assert self._state is not None
+        return self._state.store(METRICS_STORE)
+
+    @property
+    def _meta(self) -> KeyValueStore:
+        assert self._state is not None
+        return self._state.store(META_STORE)
+
+    def _bind(self, state: State) -> None:
+        if state is not self._state:
+            self._state = state
+            self._views.clear()
+
+    def _touch(self, partition: int) -> PartitionView:
+        """The partition's view, in step with its stores; its sequence number moves on."""
+        raw = self._meta.get(partition, _K_W)
+        stored_seq = _W.unpack(raw)[0] if raw is not None else 0
+        view = self._views.get(partition)
+        if view is None or view.seq != stored_seq:
+            if view is not None:
+                log.info("partition %d: state moved back (aborted batch); rebuilding", partition)
+            view = self._views[partition] = self._load(partition)
+        view.seq += 1
+        return view
+
+    def _load(self, partition: int) -> PartitionView:
+        view = PartitionView(partition)
+        view.segment_ids = [{} for _ in self._fields]
+        view.segment_names = [{} for _ in self._fields]
+        raw = self._meta.get(partition, _K_W)
+        if raw is not None:
+            view.seq, view.prediction_wm, view.label_wm, view.boundary, view.min_ts = _W.unpack(raw)
+        models: dict[int, list[Any]] = {}
+        for key, value in self._meta.items(partition):
+            if key[:1] == _P_MODEL:
+                models[_MODEL_ID.unpack(key[1:])[0]] = json.loads(value)
+            elif key[:1] == _P_SEG:
+                index, value_id = _SEG_ID.unpack(key[1:])
+                if index < len(self._fields):
+                    view.segment_ids[index][value.decode()] = value_id
+                    view.segment_names[index][value_id] = value.decode()
+        view.models = [models[i] for i in range(len(models))]
+        view.model_ids = {(m[0], m[1], m[2]): i for i, m in enumerate(view.models)}
+        for key, value in self._metrics.items(partition):
+            prefix = key[:1]
+            if prefix == _P_SAMPLE:
+                ts, score, decision, label, delay, *segments = self._sample.unpack(value)
+                view.samples[key[1:]] = Sample(ts, score, bool(decision), label, delay,
+                                               tuple(segments))  # fmt: skip
+                if ts > view.boundary:
+                    view.unreleased.add(key[1:])
+            elif prefix == _P_CORRECTION:
+                ts, old, new, count, score, decision, *segments = self._correction.unpack(value)
+                view.corrections[key[1:]] = Correction(ts, old, new, count, score,
+                                                       bool(decision), tuple(segments))  # fmt: skip
+            elif prefix == _P_BUCKET:
+                k = _BUCKET_KEY.unpack(key[1:9])[0]
+                group: Group = _GROUP.unpack(key[9:])
+                view.buckets.setdefault(k, {})[group] = list(_BUCKET.unpack(value))
+            elif prefix == _P_CUMULATIVE:
+                view.cumulative[_GROUP.unpack(key[1:])] = Cumulative.unpack(value)
+        for key, value in self._join.items(partition):
+            self._index(view, key, self._deadline(_HEAD.unpack_from(value)))
+        return view
+
+    def _flush(self, view: PartitionView) -> None:
+        p = view.partition
+        for k, group in view.dirty_buckets:
+            counts = view.buckets.get(k, {}).get(group)
+            key = _P_BUCKET + _BUCKET_KEY.pack(k) + _GROUP.pack(*group)
+            if counts is None:
+                self._metrics.delete(p, key)
+            else:
+                self._metrics.put(p, key, _BUCKET.pack(*counts))
+        for group in view.dirty_cumulative:
+            self._metrics.put(p, _P_CUMULATIVE + _GROUP.pack(*group), view.cumulative[group].pack())
+        view.dirty_buckets.clear()
+        view.dirty_cumulative.clear()
+        self._meta.put(
+            p,
+            _K_W,
+            _W.pack(view.seq, view.prediction_wm, view.label_wm, view.boundary, view.min_ts),
+        )
+
+    # -- entries of the join store -----------------------------------------------
+
+    def _pack(self, entry: Entry) -> bytes:
+        parts = [
+            _HEAD.pack(entry.kind, entry.time, entry.labeled_at, entry.label,
+                       min(entry.corrections, 255), len(entry.predictions))
+        ]  # fmt: skip
+        for model_id, score, decision, segments in entry.predictions:
+            parts.append(self._prediction.pack(model_id, score, decision, *segments))
+        if entry.origin is not None:
+            o = entry.origin
+            strings = [s.encode() for s in (o.event_id, o.entity_id, o.source, o.topic)]
+            parts.append(_ORIGIN.pack(o.offset, o.timestamp_ms, o.partition,
+                                      *(len(s) for s in strings)))  # fmt: skip
+            parts.extend(strings)
+        return b"".join(parts)
+
+    def _unpack(self, raw: bytes) -> Entry:
+        kind, at, labeled_at, label, corrections, count = _HEAD.unpack_from(raw)
+        entry = Entry(kind, at, labeled_at, label, corrections)
+        offset = _HEAD.size
+        size = self._prediction.size
+        for _ in range(count):
+            model_id, score, decision, *segments = self._prediction.unpack_from(raw, offset)
+            entry.predictions.append((model_id, score, bool(decision), tuple(segments)))
+            offset += size
+        if offset < len(raw):
+            record_offset, ts, partition, *lengths = _ORIGIN.unpack_from(raw, offset)
+            offset += _ORIGIN.size
+            strings = []
+            for length in lengths:
+                strings.append(raw[offset : offset + length].decode())
+                offset += length
+            event_id, entity_id, source, topic = strings
+            entry.origin = LabelOrigin(
+                event_id, entity_id, source, topic, partition, record_offset, ts
+            )
+        return entry
+
+    def _deadline(self, head: tuple[int, ...]) -> int:
+        kind, at = head[0], head[1]
+        if kind == PENDING:
+            return at + self._horizon
+        if kind == EARLY_LABEL:
+            return at + self._grace
+        return at
+
+    def _index(self, view: PartitionView, digest: bytes, deadline: int) -> None:
+        k = _ceil_div(deadline, self._interval)
+        if view.boundary != NO_TIME:
+            k = max(k, view.boundary // self._interval + 1)
+        bucket = view.expiry.get(k)
+        if bucket is None:
+            view.expiry[k] = [digest]
+        else:
+            bucket.append(digest)
+
+    # -- interning ----------------------------------------------------------------
+
+    def _model_id(self, view: PartitionView, value: Mapping[str, Any]) -> int:
+        key = (str(value["model_name"]), str(value["model_version"]), str(value["route"]))
+        threshold = float(value["threshold"])
+        model_id = view.model_ids.get(key)
+        if model_id is None:
+            model_id = len(view.models)
+            if model_id > 0xFFFF:
+                raise StreamMLError("performance: more than 65535 model routes in one partition")
+            view.models.append([*key, threshold])
+            view.model_ids[key] = model_id
+        elif view.models[model_id][3] == threshold:
+            return model_id
+        view.models[model_id][3] = threshold
+        self._meta.put(
+            view.partition,
+            _P_MODEL + _MODEL_ID.pack(model_id),
+            json.dumps(view.models[model_id]).encode(),
+        )
+        return model_id
+
+    def _segments(self, view: PartitionView, value: Mapping[str, Any]) -> tuple[int, ...]:
+        if not self._fields:
+            return ()
+        given = value.get("segments") or {}
+        ids = []
+        for index, name in enumerate(self._fields):
+            seg = given.get(name)
+            seg = MISSING_NAME if seg is None else str(seg)
+            known = view.segment_ids[index]
+            value_id = known.get(seg)
+            if value_id is None:
+                if seg == OTHER_NAME or len(known) >= self.settings.segment_max_values:
+                    value_id = OTHER
+                else:
+                    value_id = len(known) + 1
+                    known[seg] = value_id
+                    view.segment_names[index][value_id] = seg
+                    self._meta.put(view.partition, _P_SEG + _SEG_ID.pack(index, value_id),
+                                   seg.encode())  # fmt: skip
+            ids.append(value_id)
+        return tuple(ids)
+
+    @staticmethod
+    def _groups(model_id: int, segments: tuple[int, ...]) -> list[Group]:
+        groups: list[Group] = [(model_id, MODEL_LEVEL, 0)]
+        for index, value_id in enumerate(segments):
+            groups.append((model_id, index, value_id))
+        return groups
+
+    # -- per-record logic ---------------------------------------------------------
+
+    def _effective(self, view: PartitionView, ts: int) -> int:
+        """Event time of a contribution: never at or before a boundary already reported."""
+        return ts if view.boundary == NO_TIME else max(ts, view.boundary + 1)
+
+    def _count(self, view: PartitionView, ts: int, groups: Iterable[Group], column: int) -> None:
+        k = _ceil_div(self._effective(view, ts), self._interval)
+        bucket = view.buckets.get(k)
+        if bucket is None:
+            bucket = view.buckets[k] = {}
+        for group in groups:
+            counts = bucket.get(group)
+            if counts is None:
+                counts = bucket[group] = [0, 0, 0]
+            counts[column] += 1
+            view.dirty_buckets.add((k, group))
+
+    def _seen(self, view: PartitionView, ts: int) -> None:
+        if view.min_ts == NO_TIME or ts < view.min_ts:
+            view.min_ts = ts
+
+    def _event(self, kind: str) -> None:
+        if self._on_event is not None:
+            self._on_event(kind)
+
+    def _on_prediction(self, view: PartitionView, record: Record) -> None:
+        value = record.value
+        t = _millis(value["event_time"])
+        self._seen(view, t)
+        view.prediction_wm = max(view.prediction_wm, t)
+        digest = event_digest(str(value["event_id"]))
+        model_id = self._model_id(view, value)
+        route = view.models[model_id][2]
+        segments = self._segments(view, value)
+        prediction: Prediction = (model_id, float(value["score"]), bool(value["decision"]),
+                                  segments)  # fmt: skip
+        groups = self._groups(model_id, segments)
+        raw = self._join.get(view.partition, digest)
+        entry = None if raw is None else self._unpack(raw)
+        if entry is not None and entry.kind == TOMBSTONE:
+            self._event("duplicate_prediction")  # seen and expired already
+            return
+        if entry is None and view.boundary != NO_TIME and t + self._horizon <= view.boundary:
+            # Older than the horizon: its label can no longer be joined. Count it as an
+            # unlabeled prediction now, and remember it so a label for it is 'late'.
+            self._event("late_prediction")
+            self._count(view, t, groups, 0)
+            self._count(view, t, groups, 1)
+            deadline = t + self._horizon + self._memory
+            if deadline > view.boundary:
+                self._join.put(view.partition, digest, self._pack(Entry(TOMBSTONE, deadline)))
+                self._index(view, digest, deadline)
+            return
+        if entry is not None and entry.kind == EARLY_LABEL:
+            if t > entry.time + self._grace:
+                # The label waited its grace period (in event time) and the prediction came
+                # after it: the label is an orphan; the prediction waits for another label.
+                self._orphan(entry, "the prediction came after early_label_grace")
+                entry = None
+            else:
+                entry = Entry(PENDING, t, entry.time, entry.label, entry.corrections)
+                entry.predictions.append(prediction)
+                self._count(view, t, groups, 0)
+                self._join_sample(view, digest, entry, prediction, corrections=entry.corrections)
+                self._join.put(view.partition, digest, self._pack(entry))
+                self._index(view, digest, t + self._horizon)
+                return
+        if entry is None:
+            entry = Entry(PENDING, t)
+            entry.predictions.append(prediction)
+            self._count(view, t, groups, 0)
+            self._join.put(view.partition, digest, self._pack(entry))
+            self._index(view, digest, t + self._horizon)
+            return
+        # PENDING: another route for the same event, or a duplicate.
+        if any(view.models[p[0]][2] == route for p in entry.predictions):
+            self._event("duplicate_prediction")
+            return
+        entry.predictions.append(prediction)
+        self._count(view, t, groups, 0)
+        if entry.label != NO_LABEL:
+            self._join_sample(view, digest, entry, prediction, corrections=0)
+        self._join.put(view.partition, digest, self._pack(entry))
+
+    def _join_sample(
+        self,
+        view: PartitionView,
+        digest: bytes,
+        entry: Entry,
+        prediction: Prediction,
+        *,
+        corrections: int,
+    ) -> None:
+        model_id, score, decision, segments = prediction
+        ts = self._effective(view, max(entry.time, entry.labeled_at))
+        sample = Sample(ts, score, decision, entry.label, entry.labeled_at - entry.time, segments)
+        key = digest + _MODEL_ID.pack(model_id)
+        view.samples[key] = sample
+        view.unreleased.add(key)
+        self._put_sample(view, key, sample)
+        for _ in range(corrections):
+            self._count(view, ts, self._groups(model_id, segments), 2)
+
+    def _put_sample(self, view: PartitionView, key: bytes, s: Sample) -> None:
+        self._metrics.put(
+            view.partition,
+            _P_SAMPLE + key,
+            self._sample.pack(s.ts, s.score, s.decision, s.label, s.delay, *s.segments),
+        )
+
+    def _on_label(self, view: PartitionView, record: Record, result: Result) -> None:
+        value = record.value
+        a = _millis(value["labeled_at"])
+        self._seen(view, a)
+        view.label_wm = max(view.label_wm, a)
+        label = value["label"]
+        if label not in (0, 1):
+            result.rejections.append(
+                Rejection(record, "validation.label", f"label must be 0 or 1, got {label!r}")
+            )
+            return
+        digest = event_digest(str(value["event_id"]))
+        raw = self._join.get(view.partition, digest)
+        if raw is None:
+            origin = LabelOrigin(str(value["event_id"]), str(value["entity_id"]),
+                                 str(value.get("source") or ""), record.topic,
+                                 record.partition, record.offset, record.timestamp_ms)  # fmt: skip
+            entry = Entry(EARLY_LABEL, a, a, label, origin=origin)
+            self._join.put(view.partition, digest, self._pack(entry))
+            self._index(view, digest, a + self._grace)
+            return
+        entry = self._unpack(raw)
+        if entry.kind == TOMBSTONE:
+            self._late(record, result, "its prediction expired (label_horizon passed)")
+            return
+        if entry.kind == EARLY_LABEL:
+            if label == entry.label:
+                self._event("duplicate_label")
+                return
+            self._event("correction")
+            entry.label = label
+            entry.corrections += 1
+            self._join.put(view.partition, digest, self._pack(entry))
+            return
+        if label == entry.label:
+            self._event("duplicate_label")
+            return
+        if a - entry.time > self._horizon:
+            self._late(record, result, f"labeled {a - entry.time} ms after the event; "
+                       f"label_horizon is {self._horizon} ms")  # fmt: skip
+            return
+        if entry.label == NO_LABEL:
+            entry.label = label
+            entry.labeled_at = a
+            for prediction in entry.predictions:
+                self._join_sample(view, digest, entry, prediction, corrections=0)
+            self._join.put(view.partition, digest, self._pack(entry))
+            return
+        self._event("correction")
+        old = entry.label
+        entry.label = label
+        entry.corrections += 1
+        self._join.put(view.partition, digest, self._pack(entry))
+        ts = self._effective(view, a)
+        for model_id, score, decision, segments in entry.predictions:
+            key = digest + _MODEL_ID.pack(model_id)
+            pending = view.corrections.get(key)
+            if pending is None:
+                pending = Correction(ts, old, label, 1, score, decision, segments)
+            else:
+                pending = Correction(max(ts, pending.ts), pending.old, label, pending.count + 1,
+                                     score, decision, segments)  # fmt: skip
+            view.corrections[key] = pending
+            self._metrics.put(
+                view.partition,
+                _P_CORRECTION + key,
+                self._correction.pack(pending.ts, pending.old, pending.new, pending.count,
+                                      score, decision, *segments),
+            )  # fmt: skip
+            self._count(view, ts, self._groups(model_id, segments), 2)
+
+    def _late(self, record: Record, result: Result, why: str) -> None:
+        self._event("late_label")
+        result.rejections.append(Rejection(record, "late", f"label too late: {why}", "join"))
+
+    def _orphan(self, entry: Entry, why: str) -> None:
+        """Dead-letter a label that waited in state (its source record is from an old batch)."""
+        self._event("orphan_label")
+        origin = entry.origin
+        assert origin is not None
+        value = {
+            "event_id": origin.event_id,
+            "entity_id": origin.entity_id,
+            "label": entry.label,
+            "labeled_at": entry.labeled_at,
+            "source": origin.source,
+        }
+        headers = dead_letter_headers(
+            [],
+            error_class="orphan",
+            message=f"no prediction for event_id {origin.event_id}: {why}",
+            service="performance",
+            stage="join",
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+            source_timestamp_ms=origin.timestamp_ms,
+            now_ms=int(self._clock() * 1000),
+        )
+        self._orphans.append(
+            Output(topic=dlq_topic(origin.topic), schema="Label", value=value,
+                   key=origin.entity_id.encode(), headers=tuple(headers))
+        )  # fmt: skip
+
+    _orphans: list[Output]
+
+    # -- event time moves on --------------------------------------------------------
+
+    def _advance(self, touched: dict[int, PartitionView], result: Result) -> None:
+        views = [touched.get(p) or self._touch_into(p, touched) for p in sorted(self._owned)]
+        marks = [v.watermark(self._lateness) for v in views]
+        if not views or NO_TIME in marks:
+            return  # some stream of some partition has not started: no event-time progress
+        watermark = min(marks)
+        boundaries = [v.boundary for v in views if v.boundary != NO_TIME]
+        if boundaries:
+            boundary = max(boundaries)
+        else:
+            first = min(v.min_ts for v in views if v.min_ts != NO_TIME)
+            boundary = ((first - 1) // self._interval) * self._interval
+        for v in views:
+            v.boundary = boundary
+        last_k = boundary // self._interval
+        to_k = watermark // self._interval
+        if to_k <= last_k:
+            return
+        alert_state = self._load_alerts(views)
+        for k in range(last_k + 1, to_k + 1):
+            end = k * self._interval
+            for v in views:
+                self._expire(v, k, end)
+                self._release(v, end)
+                v.boundary = end
+            self._report(views, end, alert_state, result)
+        self._prune(views, to_k * self._interval)
+        encoded = json.dumps(alert_state, sort_keys=True).encode()
+        for v in views:
+            self._meta.put(v.partition, _K_ALERTS, encoded)
+
+    def _touch_into(self, partition: int, touched: dict[int, PartitionView]) -> PartitionView:
+        view = touched[partition] = self._touch(partition)
+        return view
+
+    def _load_alerts(self, views: Sequence[PartitionView]) -> dict[str, list[Any]]:
+        for v in views:
+            raw = self._meta.get(v.partition, _K_ALERTS)
+            if raw is not None:
+                state: dict[str, list[Any]] = json.loads(raw)
+                return state
+        return {}
+
+    def _expire(self, view: PartitionView, k: int, end: int) -> None:
+        digests = view.expiry.pop(k, None)
+        if not digests:
+            return
+        p = view.partition
+        for digest in digests:
+            raw = self._join.get(p, digest)
+            if raw is None:
+                continue
+            entry = self._unpack(raw)
+            deadline = self._deadline((entry.kind, entry.time))
+            if deadline > end:
+                self._index(view, digest, deadline)  # still waiting (the index was stale)
+                continue
+            if entry.kind == EARLY_LABEL:
+                self._orphan(entry, "no prediction within early_label_grace")
+                self._join.delete(p, digest)
+                continue
+            if entry.kind == PENDING:
+                if entry.label == NO_LABEL:
+                    for model_id, _, _, segments in entry.predictions:
+                        self._count(view, deadline, self._groups(model_id, segments), 1)
+                    self._event("expired_unlabeled")
+                tomb = deadline + self._memory
+                if tomb > end:
+                    self._join.put(p, digest, self._pack(Entry(TOMBSTONE, tomb)))
+                    self._index(view, digest, tomb)
+                    continue
+            self._join.delete(p, digest)
+
+    def _cumulative(self, view: PartitionView, group: Group) -> Cumulative:
+        cumulative = view.cumulative.get(group)
+        if cumulative is None:
+            cumulative = view.cumulative[group] = Cumulative()
+        view.dirty_cumulative.add(group)
+        return cumulative
+
+    def _release(self, view: PartitionView, end: int) -> None:
+        """Apply every contribution with event time <= end to the cumulative counters."""
+        for key in sorted(k for k in view.unreleased if view.samples[k].ts <= end):
+            view.unreleased.discard(key)
+            s = view.samples[key]
+            model_id = _MODEL_ID.unpack(key[16:])[0]
+            for group in self._groups(model_id, s.segments):
+                c = self._cumulative(view, group)
+                c.add_labeled(s.score, s.decision, s.label, 1, s.delay)
+                c.seen(s.ts)
+        for key in sorted(k for k, c in view.corrections.items() if c.ts <= end):
+            fix = view.corrections.pop(key)
+            self._metrics.delete(view.partition, _P_CORRECTION + key)
+            model_id = _MODEL_ID.unpack(key[16:])[0]
+            sample = view.samples.get(key)
+            if sample is not None:
+                counted = sample.label if key not in view.unreleased else None
+                sample.label = fix.new
+                self._put_sample(view, key, sample)
+            else:
+                counted = fix.old
+            if counted is not None and counted != fix.new:
+                for group in self._groups(model_id, fix.segments):
+                    c = self._cumulative(view, group)
+                    c.add_labeled(fix.score, fix.decision, counted, -1)
+                    c.add_labeled(fix.score, fix.decision, fix.new, 1)
+        bucket = view.buckets.get(end // self._interval)
+        if bucket:
+            for group, (predictions, expired, corrections) in sorted(bucket.items()):
+                c = self._cumulative(view, group)
+                c.predictions += predictions
+                c.expired += expired
+                c.corrections += corrections
+                c.seen(end - self._interval + 1)
+
+    # -- reports ----------------------------------------------------------------------
+
+    def _report(
+        self,
+        views: Sequence[PartitionView],
+        end: int,
+        alert_state: dict[str, list[Any]],
+        result: Result,
+    ) -> None:
+        names: dict[tuple[str, str, str], float] = {}  # model -> threshold
+        window: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
+        cumulative: dict[tuple[str, str, str, str | None, str | None], Cumulative] = {}
+        segment_values: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
+        lower = end - self._window_ms
+        for v in views:
+            for name, version, route, threshold in v.models:
+                names.setdefault((name, version, route), threshold)
+            for key, s in v.samples.items():
+                if s.ts > end or (not self._count_window and s.ts <= lower):
+                    continue
+                name, version, route = v.models[_MODEL_ID.unpack(key[16:])[0]][:3]
+                model = (name, version, route)
+                segs = tuple(v.segment_name(i, vid) for i, vid in enumerate(s.segments))
+                window.setdefault(model, []).append(
+                    (s.ts, key, s.score, s.decision, s.label, s.delay, segs)
+                )
+            for (model_id, index, value_id), c in v.cumulative.items():
+                name, version, route = v.models[model_id][:3]
+                if index == MODEL_LEVEL:
+                    seg_field, seg_value = None, None
+                else:
+                    seg_field, seg_value = self._fields[index], v.segment_name(index, value_id)
+                    segment_values.setdefault((name, version, route), set()).add(
+                        (seg_field, seg_value)
+                    )
+                total = cumulative.get((name, version, route, seg_field, seg_value))
+                if total is None:
+                    total = cumulative[(name, version, route, seg_field, seg_value)] = Cumulative()
+                total.merge(c)
+        model_reports: list[dict[str, Any]] = []
+        self._window_starts: list[int] = []
+        for model in sorted(names):
+            samples = sorted(window.get(model, []), key=lambda s: (s[0], s[1]))
+            if self._count_window:
+                samples = samples[-self.settings.window_size :]
+                start = samples[0][0] if samples else end
+            else:
+                start = lower
+            self._window_starts.append(start)
+            counts = self._window_counts(views, model, start, end)
+            threshold = names[model]
+            groups: list[tuple[str | None, str | None]] = [(None, None)]
+            groups += sorted(segment_values.get(model, set()))
+            for seg_field, seg_value in groups:
+                if seg_field is None:
+                    chosen = samples
+                else:
+                    index = self._fields.index(seg_field)
+                    chosen = [s for s in samples if s[6][index] == seg_value]
+                sliding = self._sliding(
+                    model, seg_field=seg_field, seg_value=seg_value, samples=chosen,
+                    start=start, end=end, counts=counts.get((seg_field, seg_value), (0, 0, 0)),
+                    threshold=threshold,
+                )  # fmt: skip
+                total = cumulative.get((*model, seg_field, seg_value)) or Cumulative()
+                overall = self._overall(
+                    model, seg_field=seg_field, seg_value=seg_value, total=total, end=end,
+                    threshold=threshold,
+                )  # fmt: skip
+                for report in (sliding, overall):
+                    result.outputs.append(
+                        Output(topic=self._report_topic, schema="PerformanceReport",
+                               value=report, key="/".join(model).encode())
+                    )  # fmt: skip
+                    if self._on_report is not None:
+                        self._on_report(report)
+                if seg_field is None:
+                    model_reports.append(sliding)
+        for alert in self._monitor.evaluate(model_reports, alert_state):
+            result.outputs.append(
+                Output(topic=self._alert_topic, schema="SloAlert", value=alert,
+                       key=alert["alert_id"].encode())
+            )  # fmt: skip
+
+    def _window_counts(
+        self, views: Sequence[PartitionView], model: tuple[str, str, str], start: int, end: int
+    ) -> dict[tuple[str | None, str | None], tuple[int, int, int]]:
+        """Predictions, expired and corrections per segment in the intervals of the window."""
+        first_k = _ceil_div(start, self._interval) if self._count_window else (
+            start // self._interval + 1)  # fmt: skip
+        if self._count_window:
+            first_k = min(first_k, end // self._interval)
+        totals: dict[tuple[str | None, str | None], list[int]] = {}
+        for v in views:
+            model_id = v.model_ids.get(model)
+            if model_id is None:
+                continue
+            for k in range(first_k, end // self._interval + 1):
+                bucket = v.buckets.get(k)
+                if not bucket:
+                    continue
+                for (group_model, index, value_id), counts in bucket.items():
+                    if group_model != model_id:
+                        continue
+                    name: tuple[str | None, str | None] = (
+                        (None, None) if index == MODEL_LEVEL
+                        else (self._fields[index], v.segment_name(index, value_id))
+                    )  # fmt: skip
+                    total = totals.setdefault(name, [0, 0, 0])
+                    for column in range(3):
+                        total[column] += counts[column]
+        return {name: (t[0], t[1], t[2]) for name, t in totals.items()}
+
+    @staticmethod
+    def _base(
+        model: tuple[str, str, str],
+        *,
+        seg_field: str | None,
+        seg_value: str | None,
+        window: str,
+        start: int,
+        end: int,
+        threshold: float,
+    ) -> dict[str, Any]:
+        return {
+            "model_name": model[0],
+            "model_version": model[1],
+            "route": model[2],
+            "segment_field": seg_field,
+            "segment_value": seg_value,
+            "window": window,
+            "window_start": start,
+            "window_end": end,
+            "threshold": threshold,
+        }
+
+    def _sliding(
+        self,
+        model: tuple[str, str, str],
+        *,
+        seg_field: str | None,
+        seg_value: str | None,
+        samples: Sequence[tuple[Any, ...]],
+        start: int,
+        end: int,
+        counts: tuple[int, int, int],
+        threshold: float,
+    ) -> dict[str, Any]:
+        report = self._base(
+            model,
+            seg_field=seg_field,
+            seg_value=seg_value,
+            window="sliding",
+            start=start,
+            end=end,
+            threshold=threshold,
+        )
+        labeled = len(samples)
+        predictions, expired, corrections = counts
+        metrics = window_metrics(
+            [s[2] for s in samples], [s[4] for s in samples], [s[3] for s in samples]
+        )
+        delays = [float(s[5]) for s in samples]
+        report.update(metrics)
+        report.update(
+            predictions=predictions,
+            labeled=labeled,
+            label_coverage=labeled / (labeled + expired) if labeled + expired else 0.0,
+            label_delay_p50_ms=percentile(delays, 50),
+            label_delay_p90_ms=percentile(delays, 90),
+            corrections=corrections,
+        )
+        return report
+
+    def _overall(
+        self,
+        model: tuple[str, str, str],
+        *,
+        seg_field: str | None,
+        seg_value: str | None,
+        total: Cumulative,
+        end: int,
+        threshold: float,
+    ) -> dict[str, Any]:
+        start = total.first_ts if total.first_ts != NO_TIME else end
+        report = self._base(
+            model,
+            seg_field=seg_field,
+            seg_value=seg_value,
+            window="cumulative",
+            start=start,
+            end=end,
+            threshold=threshold,
+        )
+        report.update(total.metrics())
+        labeled = total.labeled
+        report.update(
+            predictions=total.predictions,
+            labeled=labeled,
+            label_coverage=labeled / (labeled + total.expired) if labeled + total.expired else 0.0,
+            corrections=total.corrections,
+        )
+        return report
+
+    _window_starts: list[int]
+
+    def _prune(self, views: Sequence[PartitionView], end: int) -> None:
+        """Forget samples and interval counters no window can reach any more."""
+        if self._count_window:
+            cutoff = min(self._window_starts, default=end)
+        else:
+            cutoff = end - self._window_ms
+        size = self.settings.window_size
+        for v in views:
+            p = v.partition
+            released = [(s.ts, key) for key, s in v.samples.items() if key not in v.unreleased]
+            if self._count_window:
+                by_model: dict[bytes, list[tuple[int, bytes]]] = {}
+                for ts, key in released:
+                    by_model.setdefault(key[16:], []).append((ts, key))
+                doomed = []
+                for items in by_model.values():
+                    if len(items) > size:
+                        items.sort()
+                        doomed += [key for _, key in items[: len(items) - size]]
+            else:
+                doomed = [key for ts, key in released if ts <= cutoff]
+            for key in doomed:
+                del v.samples[key]
+                self._metrics.delete(p, _P_SAMPLE + key)
+            last_k = cutoff // self._interval
+            for k in [k for k in v.buckets if k < last_k]:
+                for group in v.buckets.pop(k):
+                    v.dirty_buckets.add((k, group))
