@@ -1,0 +1,473 @@
+"""Stage 2, one partition for the whole stream: merge windows, test, keep alert episodes.
+
+Window reports of every source partition arrive on the 1-partition ``drift.windows``
+topic. :class:`EpisodeTracker` adds up the reports of one window (their counts are
+mergeable), and closes the window when every source partition has reported it or a
+later window (a partition reports a window only once it moved past it, so its part is
+complete), or when the slowest partition is ``idle_windows`` windows behind the fastest
+(an idle partition must not block alerts forever). A closed window is tested once
+against the reference; so a drift seen by four partitions is one test, one signal, and
+at most one alert.
+
+Per (stream, feature) there is at most one open *episode*: the first window with a
+signal opens it (DriftAlert ``open``); later signals keep it open and emit ``updated``
+only when the severity escalates; ``resolve_after_windows`` evaluated windows in a row
+without a signal resolve it (``resolved``). Windows too small to test
+(``min_window_records``) neither open nor resolve by the window tests.
+
+The closing order is the window order and every decision is a function of merged
+counts, so the alerts do not depend on how the partitions' reports interleave (unless
+the idle rule had to close a window early; that case is counted as late reports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.drift import stats
+from services.drift.monitor import FEATURES, PREDICTIONS
+from services.drift.reference import NumericReference, Reference
+
+Severity = Literal["warn", "alert"]
+_RANK = {"warn": 1, "alert": 2}
+_DETECTOR_ORDER = (
+    "psi",
+    "ks",
+    "missing_rate",
+    "positive_rate",
+    "adwin",
+    "page_hinkley",
+    "kswin",
+)
+
+
+class WindowTestParams(BaseModel):
+    """Thresholds of the window tests and of the alert episodes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    psi_warn: float = Field(default=0.1, gt=0, description="PSI at or above: severity warn.")
+    psi_alert: float = Field(default=0.25, gt=0, description="PSI at or above: severity alert.")
+    ks_alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="KS level after the multiple-testing correction."
+    )
+    ks_correction: Literal["bh", "bonferroni", "none"] = Field(
+        default="bh",
+        description="Correction across the features of a window: Benjamini-Hochberg, "
+        "Bonferroni or none.",
+    )
+    ks_min_d: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="KS fires only when D is also at least this (effect size): with large "
+        "windows any training/serving skew is 'significant'.",
+    )
+    missing_rate: float = Field(
+        default=0.05, gt=0, le=1, description="Share of missing/invalid values that fires."
+    )
+    positive_rate_z: float = Field(
+        default=5.0, gt=0, description="|z| of the positive-decision share vs the reference."
+    )
+    positive_rate_min_delta: float = Field(
+        default=0.01, ge=0, description="And at least this absolute change of the share."
+    )
+    min_window_records: int = Field(
+        default=500, ge=1, description="Fewer values in a merged window: no window tests."
+    )
+    resolve_after_windows: int = Field(
+        default=3, ge=1, description="Clean evaluated windows in a row that resolve an episode."
+    )
+    idle_windows: int = Field(
+        default=5,
+        ge=1,
+        description="Close a window without a partition's report once another partition is "
+        "this many windows ahead (the missing one is idle or far behind).",
+    )
+    stream_detector_severity: Severity = Field(
+        default="warn", description="Severity of an ADWIN/Page-Hinkley/KSWIN detection."
+    )
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One detector or test that fired for a feature in a closed window."""
+
+    feature: str
+    detector: str
+    statistic: float
+    threshold: float
+    severity: Severity
+    p_value: float | None = None
+
+
+@dataclass
+class WindowOutcome:
+    """What closing windows produced: alerts to emit and statistics for the gauges."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    statistics: list[tuple[str, str, float]] = field(default_factory=list)
+    closed_windows: int = 0
+    late_reports: int = 0
+    foreign_reports: int = 0
+
+
+class EpisodeTracker:
+    """Merges window reports, runs the window tests, keeps the alert episodes."""
+
+    def __init__(self, reference: Reference, params: WindowTestParams) -> None:
+        self.reference = reference
+        self.params = params
+        self.streams: dict[str, dict[str, Any]] = {}
+        self.episodes: dict[str, dict[str, Any]] = {}
+
+    # -- input ---------------------------------------------------------------------
+
+    def ingest(self, report: Mapping[str, Any], outcome: WindowOutcome) -> None:
+        """Take one window report; close every window it completes into ``outcome``."""
+        if report["reference"] != self.reference.fingerprint:
+            outcome.foreign_reports += 1
+            return
+        stream = report["stream"]
+        book = self.streams.setdefault(
+            stream, {"parts": {}, "counted": 0, "pending": {}, "closed": None, "expected": 1}
+        )
+        part = str(report["source_partition"])
+        window = int(report["window_index"])
+        book["expected"] = max(int(book["expected"]), int(report["source_partitions"]))
+        book["parts"][part] = max(int(book["parts"].get(part, window)), window)
+        if book["closed"] is not None and window <= book["closed"]:
+            outcome.late_reports += 1
+            return
+        key = str(window)
+        book["pending"][key] = _merge(book["pending"].get(key), report)
+        self._close_ready(stream, book, outcome)
+
+    def _close_ready(self, stream: str, book: dict[str, Any], outcome: WindowOutcome) -> None:
+        while book["pending"]:
+            window = min(int(w) for w in book["pending"])
+            reported = [book["parts"].get(str(p)) for p in range(int(book["expected"]))]
+            complete = all(w is not None and w >= window for w in reported)
+            newest = max(int(w) for w in book["parts"].values())
+            if not complete and newest < window + self.params.idle_windows:
+                return
+            merged = book["pending"].pop(str(window))
+            book["closed"] = window
+            outcome.closed_windows += 1
+            # Records of the windows tested so far: a function of the windows, not of the
+            # order the partitions' reports arrived in.
+            book["counted"] = int(book["counted"]) + int(merged["records"])
+            self._evaluate(stream, merged, int(book["counted"]), outcome)
+
+    # -- tests ---------------------------------------------------------------------
+
+    def _numeric_refs(self, stream: str) -> dict[str, NumericReference]:
+        if stream == PREDICTIONS:
+            return {"score": self.reference.score} if self.reference.score else {}
+        return dict(self.reference.numeric)
+
+    def _evaluate(
+        self, stream: str, merged: dict[str, Any], seen: int, outcome: WindowOutcome
+    ) -> None:
+        p = self.params
+        signals: dict[str, list[Signal]] = {}
+        evaluated: set[str] = set()
+        ks_tests: list[tuple[str, float, float]] = []
+        refs = self._numeric_refs(stream)
+
+        def fire(signal: Signal) -> None:
+            signals.setdefault(signal.feature, []).append(signal)
+
+        for name, sketch in merged["numeric"].items():
+            ref = refs.get(name)
+            if ref is None:
+                continue
+            count, missing = int(sketch["count"]), int(sketch["missing"])
+            total = count + missing
+            if total >= p.min_window_records:
+                evaluated.add(name)
+                rate = missing / total
+                outcome.statistics.append((name, "missing_rate", rate))
+                if rate >= p.missing_rate:
+                    fire(Signal(name, "missing_rate", rate, p.missing_rate, "alert"))
+            if count < p.min_window_records:
+                continue
+            value = stats.psi(ref.expected, np.asarray(sketch["psi"], dtype=np.int64))
+            outcome.statistics.append((name, "psi", value))
+            if value >= p.psi_warn:
+                severity: Severity = "alert" if value >= p.psi_alert else "warn"
+                fire(Signal(name, "psi", value, p.psi_alert if severity == "alert" else p.psi_warn,
+                            severity))  # fmt: skip
+            d, p_value = stats.ks_binned(
+                ref.ks_reference_cdf, np.asarray(sketch["ks"], dtype=np.int64), ref.sample_size
+            )
+            outcome.statistics.append((name, "ks", d))
+            ks_tests.append((name, d, p_value))
+        for (name, d, _), adjusted in zip(ks_tests, self._correct(ks_tests), strict=True):
+            if adjusted < p.ks_alpha and d >= p.ks_min_d:
+                fire(Signal(name, "ks", d, p.ks_min_d, "alert", p_value=adjusted))
+
+        if stream == FEATURES:
+            for name, sketch in merged["categorical"].items():
+                cat_ref = self.reference.categorical.get(name)
+                if cat_ref is None:
+                    continue
+                counts = np.asarray(sketch["counts"], dtype=np.int64)
+                total = int(counts.sum()) + int(sketch["missing"])
+                if total < p.min_window_records:
+                    continue
+                evaluated.add(name)
+                rate = int(sketch["missing"]) / total
+                outcome.statistics.append((name, "missing_rate", rate))
+                if rate >= p.missing_rate:
+                    fire(Signal(name, "missing_rate", rate, p.missing_rate, "alert"))
+                if counts.sum() < p.min_window_records:
+                    continue
+                value = stats.psi(cat_ref.expected, counts)
+                _, chi2_p = stats.chi_square(cat_ref.expected, counts)
+                outcome.statistics.append((name, "psi", value))
+                if value >= p.psi_warn:
+                    sev: Severity = "alert" if value >= p.psi_alert else "warn"
+                    fire(Signal(name, "psi", value, p.psi_alert if sev == "alert" else p.psi_warn,
+                                sev, p_value=chi2_p))  # fmt: skip
+
+        decisions = int(merged["decisions"])
+        if (
+            stream == PREDICTIONS
+            and self.reference.positive_rate is not None
+            and decisions >= p.min_window_records
+        ):
+            evaluated.add("decision")
+            share = int(merged["positives"]) / decisions
+            z = stats.proportion_z(
+                int(merged["positives"]), decisions, self.reference.positive_rate
+            )
+            outcome.statistics.append(("decision", "positive_rate", share))
+            if (
+                abs(z) >= p.positive_rate_z
+                and abs(share - self.reference.positive_rate) >= p.positive_rate_min_delta
+            ):
+                fire(Signal("decision", "positive_rate", share, self.reference.positive_rate,
+                            "alert"))  # fmt: skip
+
+        for hit in merged["detections"]:
+            fire(Signal(hit["feature"], hit["detector"], float(hit["estimate"]),
+                        float(hit["threshold"]), p.stream_detector_severity))  # fmt: skip
+
+        features = set(signals) | {
+            ep["feature"] for ep in self.episodes.values() if ep["stream"] == stream
+        }
+        for feature in sorted(features):
+            self._advance(stream=stream, feature=feature, signals=signals.get(feature, []),
+                          evaluated=feature in evaluated, merged=merged, seen=seen,
+                          outcome=outcome)  # fmt: skip
+
+    def _correct(self, tests: list[tuple[str, float, float]]) -> list[float]:
+        p_values = [p for _, _, p in tests]
+        if self.params.ks_correction == "bh":
+            return stats.benjamini_hochberg(p_values)
+        if self.params.ks_correction == "bonferroni":
+            return [min(1.0, p * len(p_values)) for p in p_values]
+        return p_values
+
+    # -- episodes ------------------------------------------------------------------
+
+    def _advance(
+        self,
+        *,
+        stream: str,
+        feature: str,
+        signals: list[Signal],
+        evaluated: bool,
+        merged: dict[str, Any],
+        seen: int,
+        outcome: WindowOutcome,
+    ) -> None:
+        key = f"{stream}:{feature}"
+        episode = self.episodes.get(key)
+        if signals:
+            top = max(
+                signals, key=lambda s: (_RANK[s.severity], -_DETECTOR_ORDER.index(s.detector))
+            )
+            detectors = sorted({s.detector for s in signals}, key=_DETECTOR_ORDER.index)
+            if episode is None:
+                episode = {
+                    "alert_id": f"{stream}.{feature}.{merged['window_index']}",
+                    "stream": stream,
+                    "feature": feature,
+                    "severity": top.severity,
+                    "detectors": detectors,
+                    "opened_window": merged["window_index"],
+                    "windows_fired": 1,
+                    "clean": 0,
+                    "peak": {s.detector: s.statistic for s in signals},
+                }
+                self.episodes[key] = episode
+                outcome.alerts.append(
+                    self._alert(
+                        episode=episode,
+                        signal=top,
+                        state="open",
+                        merged=merged,
+                        seen=seen,
+                        signals=signals,
+                    )
+                )
+                return
+            episode["clean"] = 0
+            episode["windows_fired"] += 1
+            episode["detectors"] = sorted(
+                set(episode["detectors"]) | set(detectors), key=_DETECTOR_ORDER.index
+            )
+            for s in signals:
+                episode["peak"][s.detector] = max(
+                    float(episode["peak"].get(s.detector, s.statistic)), s.statistic
+                )
+            if _RANK[top.severity] > _RANK[episode["severity"]]:
+                episode["severity"] = top.severity
+                outcome.alerts.append(
+                    self._alert(
+                        episode=episode,
+                        signal=top,
+                        state="updated",
+                        merged=merged,
+                        seen=seen,
+                        signals=signals,
+                    )
+                )
+            return
+        if episode is None or not evaluated:
+            return
+        episode["clean"] += 1
+        if episode["clean"] >= self.params.resolve_after_windows:
+            del self.episodes[key]
+            last = Signal(feature, episode["detectors"][0], 0.0, 0.0, episode["severity"])
+            outcome.alerts.append(
+                self._alert(
+                    episode=episode,
+                    signal=last,
+                    state="resolved",
+                    merged=merged,
+                    seen=seen,
+                    signals=[],
+                )
+            )
+
+    def _alert(
+        self,
+        *,
+        episode: Mapping[str, Any],
+        signal: Signal,
+        state: str,
+        merged: Mapping[str, Any],
+        seen: int,
+        signals: list[Signal],
+    ) -> dict[str, Any]:
+        offsets: Mapping[str, list[int]] = merged["offsets"]
+        single = next(iter(offsets.values())) if len(offsets) == 1 else None
+        details = {
+            "stream": episode["stream"],
+            "window_index": str(merged["window_index"]),
+            "window_records": str(merged["records"]),
+            "partitions": ",".join(sorted(offsets, key=int)),
+            "offsets": ";".join(f"{p}:{lo}-{hi}" for p, (lo, hi) in sorted(offsets.items(),
+                                                                          key=lambda i: int(i[0]))),
+            "detectors": ",".join(episode["detectors"]),
+            "windows_fired": str(episode["windows_fired"]),
+            "signals": ",".join(f"{s.detector}={s.statistic:.4g}" for s in signals),
+        }  # fmt: skip
+        if state == "resolved":
+            details["peak"] = ",".join(f"{k}={v:.4g}" for k, v in sorted(episode["peak"].items()))
+        sketch = merged["numeric"].get(signal.feature)
+        ref = self._numeric_refs(episode["stream"]).get(signal.feature)
+        if sketch is not None and ref is not None and sketch["count"]:
+            details["reference_mean"] = f"{ref.mean:.6g}"
+            details["window_mean"] = f"{sketch['sum'] / sketch['count']:.6g}"
+        return {
+            "alert_id": episode["alert_id"],
+            "feature": signal.feature,
+            "detector": signal.detector,
+            "statistic": float(signal.statistic),
+            "threshold": float(signal.threshold),
+            "p_value": signal.p_value,
+            "severity": episode["severity"] if state != "open" else signal.severity,
+            "state": state,
+            "window_start": int(merged["window_start"]),
+            "window_end": int(merged["window_end"]),
+            "first_offset": None if single is None else int(single[0]),
+            "last_offset": None if single is None else int(single[1]),
+            "model_name": self.reference.model_name,
+            "model_version": self.reference.model_version,
+            "records_seen": seen,
+            "details": details,
+        }
+
+    # -- explicit state ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"streams": self.streams, "episodes": self.episodes}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.streams = dict(state["streams"])
+        self.episodes = dict(state["episodes"])
+
+
+def _merge(merged: dict[str, Any] | None, report: Mapping[str, Any]) -> dict[str, Any]:
+    """Add one partition's window report into the window's merged counts."""
+    part = str(report["source_partition"])
+    if merged is None:
+        merged = {
+            "window_index": int(report["window_index"]),
+            "window_start": int(report["window_start"]),
+            "window_end": int(report["window_end"]),
+            "records": 0,
+            "late": 0,
+            "offsets": {},
+            "numeric": {},
+            "categorical": {},
+            "decisions": 0,
+            "positives": 0,
+            "detections": [],
+        }
+    merged["window_start"] = min(merged["window_start"], int(report["window_start"]))
+    merged["window_end"] = max(merged["window_end"], int(report["window_end"]))
+    merged["records"] += int(report["records"])
+    merged["late"] += int(report["late_records"])
+    lo, hi = int(report["first_offset"]), int(report["last_offset"])
+    if part in merged["offsets"]:
+        old = merged["offsets"][part]
+        lo, hi = min(lo, old[0]), max(hi, old[1])
+    merged["offsets"][part] = [lo, hi]
+    for sketch in report["numeric"]:
+        into = merged["numeric"].setdefault(
+            sketch["name"],
+            {"count": 0, "missing": 0, "sum": 0.0, "sum_squares": 0.0, "psi": None, "ks": None},
+        )
+        into["count"] += int(sketch["count"])
+        into["missing"] += int(sketch["missing"])
+        into["sum"] += float(sketch["sum"])
+        into["sum_squares"] += float(sketch["sum_squares"])
+        into["psi"] = _add(into["psi"], sketch["psi_counts"])
+        into["ks"] = _add(into["ks"], sketch["ks_counts"])
+    for sketch in report["categorical"]:
+        into = merged["categorical"].setdefault(sketch["name"], {"counts": None, "missing": 0})
+        into["counts"] = _add(into["counts"], sketch["counts"])
+        into["missing"] += int(sketch["missing"])
+    merged["decisions"] += int(report["decisions"])
+    merged["positives"] += int(report["positives"])
+    merged["detections"].extend(dict(d) for d in report["detections"])
+    merged["detections"].sort(key=lambda d: (d["feature"], d["detector"], d["event_time"]))
+    return merged
+
+
+def _add(total: list[int] | None, counts: list[int]) -> list[int]:
+    if total is None:
+        return [int(c) for c in counts]
+    if len(total) != len(counts):  # a report from another reference layout: keep ours
+        return total
+    return [a + int(b) for a, b in zip(total, counts, strict=True)]

@@ -1,0 +1,75 @@
+"""Prometheus metrics of the drift service (default registry, low-cardinality labels).
+
+``feature`` labels are bounded by the reference (the model's inputs, ``score``,
+``decision`` and the categorical attributes), never by data values.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+
+class DriftMetrics:
+    """Statistic gauges, alert counters and bookkeeping counters."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.statistic = Gauge(
+            "streamml_drift_statistic",
+            "Last value of a window test per feature (psi, ks D, missing_rate, positive_rate).",
+            ["feature", "test"],
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "streamml_drift_alerts_total",
+            "DriftAlert records emitted, by feature, episode state and severity.",
+            ["feature", "state", "severity"],
+            registry=registry,
+        )
+        self.open_episodes = Gauge(
+            "streamml_drift_open_episodes",
+            "Alert episodes currently open.",
+            registry=registry,
+        )
+        self.detections = Counter(
+            "streamml_drift_detections_total",
+            "Streaming detector firings (per partition, before episode aggregation).",
+            ["feature", "detector"],
+            registry=registry,
+        )
+        self.records = Counter(
+            "streamml_drift_records_total",
+            "Input records by stream and outcome (monitored, replay_skipped, other_model).",
+            ["stream", "outcome"],
+            registry=registry,
+        )
+        self.windows_closed = Counter(
+            "streamml_drift_windows_closed_total",
+            "Merged windows tested against the reference.",
+            registry=registry,
+        )
+        self.late_reports = Counter(
+            "streamml_drift_late_reports_total",
+            "Window reports that arrived after their window was closed (not tested).",
+            registry=registry,
+        )
+        self.state_resets = Counter(
+            "streamml_drift_state_resets_total",
+            "State blobs not loaded (signature, reference or detector parameters changed).",
+            ["reason"],
+            registry=registry,
+        )
+
+
+_lock = threading.Lock()
+_default: DriftMetrics | None = None
+
+
+def default_metrics() -> DriftMetrics:
+    """The process-wide metrics on the default registry (created once)."""
+    global _default  # noqa: PLW0603 - one set of collectors per registry
+    with _lock:
+        if _default is None:
+            _default = DriftMetrics()
+        return _default

@@ -1,0 +1,319 @@
+"""Stage 1, per input partition: window sketches and streaming detectors.
+
+A :class:`StreamMonitor` holds, for one partition of one stream (``features`` or
+``predictions``), the open event-time tumbling window as mergeable counts (PSI bins, KS
+grid bins, category buckets, missing values, positive decisions, sums) and one
+:class:`~services.drift.detectors.StreamDetectors` per monitored value. When a record of
+a later window arrives, the open window is closed into a *window report* (the
+``DriftWindowReport`` schema) that stage 2 merges across partitions; the report also
+lists what river's detectors flagged in that window. A record of an earlier window than
+the open one (out of order) is counted into the open window and in ``late_records``.
+
+Everything is vectorised per micro-batch except the detectors, which river updates one
+value at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.drift.detectors import DetectorParams, StreamDetectors
+from services.drift.reference import CategoricalReference, NumericReference
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+FEATURES = "features"
+PREDICTIONS = "predictions"
+
+_THRESHOLD: dict[str, Callable[[DetectorParams], float]] = {
+    "adwin": lambda p: p.adwin_delta,
+    "page_hinkley": lambda p: p.ph_threshold,
+    "kswin": lambda p: p.kswin_alpha,
+}
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One partition's records of one stream in a micro-batch, as columns.
+
+    ``values[:, j]`` is monitored value ``j`` (NaN when missing or invalid);
+    ``categories[:, k]`` is the bucket of categorical attribute ``k`` (-1 when missing);
+    ``decisions`` is 1/0 per record (predictions only).
+    """
+
+    event_time: IntArray
+    offset: IntArray
+    values: FloatArray
+    categories: IntArray
+    decisions: IntArray | None = None
+
+    def __len__(self) -> int:
+        return len(self.event_time)
+
+    def slice(self, start: int, stop: int) -> Rows:
+        return Rows(
+            self.event_time[start:stop],
+            self.offset[start:stop],
+            self.values[start:stop],
+            self.categories[start:stop],
+            None if self.decisions is None else self.decisions[start:stop],
+        )
+
+
+class StreamMonitor:
+    """Open window + detectors of one (stream, partition)."""
+
+    def __init__(
+        self,
+        *,
+        stream: str,
+        partition: int,
+        window_ms: int,
+        numeric: Sequence[NumericReference],
+        categorical: Sequence[CategoricalReference],
+        params: Mapping[str, DetectorParams],
+        default_params: DetectorParams,
+        run_detectors: bool = True,
+    ) -> None:
+        self.stream = stream
+        self.partition = partition
+        self.window_ms = window_ms
+        self.numeric = tuple(numeric)
+        self.categorical = tuple(categorical)
+        self._params = [params.get(ref.name, default_params) for ref in self.numeric]
+        self.detectors: list[StreamDetectors | None] = [
+            StreamDetectors(p, seed=partition) if run_detectors and ref.std > 0 else None
+            for p, ref in zip(self._params, self.numeric, strict=True)
+        ]
+        self.seen = 0
+        self.window: int | None = None
+        self._reset_window()
+
+    # -- windows -------------------------------------------------------------------
+
+    def _reset_window(self) -> None:
+        f = len(self.numeric)
+        self.start = 0
+        self.end = 0
+        self.first_offset = -1
+        self.last_offset = -1
+        self.records = 0
+        self.late = 0
+        self.count = np.zeros(f, dtype=np.int64)
+        self.missing = np.zeros(f, dtype=np.int64)
+        self.sums = np.zeros(f, dtype=np.float64)
+        self.sum_squares = np.zeros(f, dtype=np.float64)
+        self.psi_counts = [np.zeros(ref.bins, dtype=np.int64) for ref in self.numeric]
+        self.ks_counts = [np.zeros(ref.ks_bins, dtype=np.int64) for ref in self.numeric]
+        self.cat_counts = [
+            np.zeros(len(ref.categories), dtype=np.int64) for ref in self.categorical
+        ]
+        self.cat_missing = np.zeros(len(self.categorical), dtype=np.int64)
+        self.decisions = 0
+        self.positives = 0
+        self.detections: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def observe(self, rows: Rows, source_partitions: int, reference: str) -> list[dict[str, Any]]:
+        """Add a batch of rows (in offset order); return reports of the windows they closed."""
+        reports: list[dict[str, Any]] = []
+        if not len(rows):
+            return reports
+        index = rows.event_time // self.window_ms
+        i, n = 0, len(rows)
+        while i < n:
+            if self.window is None:
+                self.window = int(index[i])
+            elif index[i] > self.window:
+                reports.append(self._report(source_partitions, reference))
+                self._reset_window()
+                self.window = int(index[i])
+            later = np.flatnonzero(index[i:] > self.window)
+            stop = i + int(later[0]) if len(later) else n
+            self._accumulate(rows.slice(i, stop), index[i:stop])
+            i = stop
+        return reports
+
+    def _accumulate(self, rows: Rows, index: IntArray) -> None:
+        assert self.window is not None
+        n = len(rows)
+        times = rows.event_time
+        if self.records == 0:
+            self.start = int(times.min())
+            self.end = int(times.max())
+            self.first_offset = int(rows.offset[0])
+        else:
+            self.start = min(self.start, int(times.min()))
+            self.end = max(self.end, int(times.max()))
+        self.last_offset = int(rows.offset[-1])
+        self.records += n
+        self.late += int(np.count_nonzero(index < self.window))
+        values = rows.values
+        finite = np.isfinite(values)
+        self.missing += n - finite.sum(axis=0)
+        for j, ref in enumerate(self.numeric):
+            ok = finite[:, j]
+            column = values[ok, j] if not ok.all() else values[:, j]
+            self.count[j] += len(column)
+            self.sums[j] += float(column.sum())
+            self.sum_squares[j] += float(np.dot(column, column))
+            self.psi_counts[j] += np.bincount(
+                np.searchsorted(ref.edges, column, side="right"), minlength=ref.bins
+            )
+            self.ks_counts[j] += np.bincount(
+                np.searchsorted(ref.ks_grid, column, side="left"), minlength=ref.ks_bins
+            )
+            detectors = self.detectors[j]
+            if detectors is not None and len(column):
+                standardised = ((column - ref.mean) / ref.std).tolist()
+                hits = detectors.update_many(standardised)
+                if hits:
+                    positions = np.flatnonzero(ok)
+                    params = self._params[j]
+                    for at, name, estimate in hits:
+                        row = int(positions[at])
+                        threshold = _THRESHOLD[name](params)
+                        self._detected(feature=ref.name, detector=name, estimate=estimate,
+                                       threshold=threshold, event_time=times[row],
+                                       offset=rows.offset[row])  # fmt: skip
+        for k in range(len(self.categorical)):
+            codes = rows.categories[:, k]
+            present = codes[codes >= 0]
+            self.cat_missing[k] += n - len(present)
+            self.cat_counts[k] += np.bincount(present, minlength=len(self.cat_counts[k]))
+        if rows.decisions is not None:
+            self.decisions += n
+            self.positives += int(rows.decisions.sum())
+        self.seen += n
+
+    def _detected(
+        self,
+        *,
+        feature: str,
+        detector: str,
+        estimate: float,
+        threshold: float,
+        event_time: Any,
+        offset: Any,
+    ) -> None:
+        found = self.detections.get((feature, detector))
+        if found is None:
+            self.detections[(feature, detector)] = {
+                "feature": feature,
+                "detector": detector,
+                "estimate": estimate,
+                "threshold": threshold,
+                "event_time": int(event_time),
+                "offset": int(offset),
+                "count": 1,
+            }
+        else:
+            found["count"] += 1
+
+    def _report(self, source_partitions: int, reference: str) -> dict[str, Any]:
+        assert self.window is not None
+        return {
+            "stream": self.stream,
+            "source_partition": self.partition,
+            "source_partitions": source_partitions,
+            "reference": reference,
+            "window_index": self.window,
+            "window_ms": self.window_ms,
+            "window_start": self.start,
+            "window_end": self.end,
+            "first_offset": self.first_offset,
+            "last_offset": self.last_offset,
+            "records": self.records,
+            "late_records": self.late,
+            "records_seen": self.seen,
+            "numeric": [
+                {
+                    "name": ref.name,
+                    "count": int(self.count[j]),
+                    "missing": int(self.missing[j]),
+                    "sum": float(self.sums[j]),
+                    "sum_squares": float(self.sum_squares[j]),
+                    "psi_counts": self.psi_counts[j].tolist(),
+                    "ks_counts": self.ks_counts[j].tolist(),
+                }
+                for j, ref in enumerate(self.numeric)
+            ],
+            "categorical": [
+                {
+                    "name": ref.name,
+                    "counts": self.cat_counts[k].tolist(),
+                    "missing": int(self.cat_missing[k]),
+                }
+                for k, ref in enumerate(self.categorical)
+            ],
+            "decisions": self.decisions,
+            "positives": self.positives,
+            "detections": sorted(
+                self.detections.values(), key=lambda d: (d["offset"], d["feature"], d["detector"])
+            ),
+        }
+
+    # -- explicit state ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "seen": self.seen,
+            "start": self.start,
+            "end": self.end,
+            "first_offset": self.first_offset,
+            "last_offset": self.last_offset,
+            "records": self.records,
+            "late": self.late,
+            "count": self.count.tolist(),
+            "missing": self.missing.tolist(),
+            "sums": self.sums.tolist(),
+            "sum_squares": self.sum_squares.tolist(),
+            "psi": [c.tolist() for c in self.psi_counts],
+            "ks": [c.tolist() for c in self.ks_counts],
+            "cat": [c.tolist() for c in self.cat_counts],
+            "cat_missing": self.cat_missing.tolist(),
+            "decisions": self.decisions,
+            "positives": self.positives,
+            "detections": list(self.detections.values()),
+            "detectors": [None if d is None else d.to_dict() for d in self.detectors],
+        }
+
+    def load(self, state: Mapping[str, Any], *, detectors: bool = True) -> None:
+        """Restore from :meth:`to_dict` output of a monitor with the same reference.
+
+        With ``detectors=False`` the window counts are restored but the detectors stay
+        fresh (their parameters or river's version changed since the state was written).
+        """
+        self.window = state["window"]
+        self.seen = int(state["seen"])
+        self.start = int(state["start"])
+        self.end = int(state["end"])
+        self.first_offset = int(state["first_offset"])
+        self.last_offset = int(state["last_offset"])
+        self.records = int(state["records"])
+        self.late = int(state["late"])
+        self.count = np.asarray(state["count"], dtype=np.int64)
+        self.missing = np.asarray(state["missing"], dtype=np.int64)
+        self.sums = np.asarray(state["sums"], dtype=np.float64)
+        self.sum_squares = np.asarray(state["sum_squares"], dtype=np.float64)
+        self.psi_counts = [np.asarray(c, dtype=np.int64) for c in state["psi"]]
+        self.ks_counts = [np.asarray(c, dtype=np.int64) for c in state["ks"]]
+        self.cat_counts = [np.asarray(c, dtype=np.int64) for c in state["cat"]]
+        self.cat_missing = np.asarray(state["cat_missing"], dtype=np.int64)
+        self.decisions = int(state["decisions"])
+        self.positives = int(state["positives"])
+        self.detections = {(d["feature"], d["detector"]): dict(d) for d in state["detections"]}
+        if not detectors:
+            return
+        self.detectors = [
+            None if doc is None or current is None else StreamDetectors.from_dict(params, doc)
+            for doc, current, params in zip(
+                state["detectors"], self.detectors, self._params, strict=True
+            )
+        ]

@@ -1,0 +1,378 @@
+"""The drift service's pure core: features + predictions in, DriftAlert episodes out.
+
+Two stages in one processor (see docs/decisions/drift-aggregation.md):
+
+1. **Per partition** (``features``/``predictions`` partition ``p``): a
+   :class:`~services.drift.monitor.StreamMonitor` per stream counts the open event-time
+   window against the reference bins and runs river's ADWIN and Page-Hinkley per value;
+   each closed window becomes a ``DriftWindowReport`` on the 1-partition internal topic
+   (``drift.windows``).
+2. **Whole stream** (``drift.windows`` partition 0): the
+   :class:`~services.drift.episodes.EpisodeTracker` merges the reports of all
+   partitions per window, runs the window tests once and opens/updates/resolves alert
+   episodes, written as ``DriftAlert`` to ``drift.alerts``.
+
+State (store ``monitor`` per input partition, store ``episodes`` on partition 0) is
+written once per micro-batch per touched partition as signed JSON, so it commits with
+the offsets and a restart continues exactly where the last committed batch ended.
+Replayed records (``replay.*``/``redrive.*`` headers) are skipped unless configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from services.drift.detectors import RIVER_VERSION, DetectorParams
+from services.drift.episodes import EpisodeTracker, WindowOutcome, WindowTestParams
+from services.drift.metrics import DriftMetrics, default_metrics
+from services.drift.monitor import FEATURES, PREDICTIONS, Rows, StreamMonitor
+from services.drift.reference import Reference
+from services.drift.statecodec import StateCodec, StateIntegrityError
+from streamml.processor import Output, Processor, Record, Rejection, Result
+from streamml.state import State
+
+log = logging.getLogger(__name__)
+
+MONITOR_STORE = "monitor"
+EPISODE_STORE = "episodes"
+_TRACKER_KEY = b"tracker"
+_LAYOUT = 1
+
+WINDOW_REPORT_SCHEMA = "DriftWindowReport"
+ALERT_SCHEMA = "DriftAlert"
+
+
+class DriftProcessor(Processor):
+    """Drift detection against a model's training reference, as a pure processor."""
+
+    stores = (MONITOR_STORE, EPISODE_STORE)
+
+    def __init__(
+        self,
+        *,
+        reference: Reference,
+        features_topic: str,
+        predictions_topic: str | None,
+        windows_topic: str,
+        alerts_topic: str,
+        state_key: bytes,
+        source_partitions: int = 1,
+        window_ms: int = 60_000,
+        detectors: DetectorParams | None = None,
+        feature_detectors: Mapping[str, DetectorParams] | None = None,
+        tests: WindowTestParams | None = None,
+        include_replayed: bool = False,
+        metrics: DriftMetrics | None = None,
+    ) -> None:
+        if source_partitions < 1:
+            raise ValueError("source_partitions must be >= 1")
+        self.reference = reference
+        self.features_topic = features_topic
+        self.predictions_topic = predictions_topic
+        self.windows_topic = windows_topic
+        self.alerts_topic = alerts_topic
+        self.source_partitions = source_partitions
+        self.window_ms = window_ms
+        self.detectors = detectors or DetectorParams()
+        self.feature_detectors = dict(feature_detectors or {})
+        self.tests = tests or WindowTestParams()
+        self.include_replayed = include_replayed
+        self.metrics = metrics or default_metrics()
+        self._codec = StateCodec(state_key)
+        self._input_index = {name: i for i, name in enumerate(reference.input_names)}
+        self._names_list = list(reference.input_names)
+        self._monitored_index = [self._input_index[n] for n in reference.feature_names]
+        self._params_fingerprint = _fingerprint(self.detectors, self.feature_detectors)
+        # Decoded state per (store key, partition), valid only while the store still holds
+        # exactly the bytes we wrote: an aborted transaction or a rolled-back savepoint
+        # brings older bytes back, and then the state is decoded again from the store.
+        self._cache: dict[tuple[bytes, int], tuple[bytes, Any]] = {}
+
+    # -- Processor -----------------------------------------------------------------
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        result = Result()
+        groups: dict[tuple[str, int], list[Record]] = {}
+        reports: list[Record] = []
+        for record in records:
+            if record.topic == self.windows_topic:
+                reports.append(record)
+            else:
+                groups.setdefault((record.topic, record.partition), []).append(record)
+        for (topic, partition), group in groups.items():
+            if topic == self.features_topic:
+                self._monitor_features(partition, group, state, result)
+            elif topic == self.predictions_topic:
+                self._monitor_predictions(partition, group, state, result)
+            else:
+                for record in group:
+                    result.rejections.append(
+                        Rejection(record, "validation.topic", f"unexpected topic {topic}")
+                    )
+        if reports:
+            self._track(reports, state, result)
+        return result
+
+    def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        gone = {p for _, p in partitions}
+        for key in [k for k in self._cache if k[1] in gone]:
+            del self._cache[key]
+
+    # -- stage 1 -------------------------------------------------------------------
+
+    def _monitor_features(
+        self, partition: int, group: list[Record], state: State, result: Result
+    ) -> None:
+        ref = self.reference
+        width = len(self._monitored_index)
+        times: list[int] = []
+        offsets: list[int] = []
+        rows: list[list[float]] = []
+        cats: list[list[int]] = []
+        cat_refs = list(ref.categorical.values())
+        skipped = 0
+        for record in group:
+            if record.is_replay and not self.include_replayed:
+                skipped += 1
+                continue
+            value = record.value
+            values = value["values"]
+            names = value["names"]
+            if names:
+                if len(names) != len(values):
+                    result.rejections.append(Rejection(
+                        record, "validation.shape",
+                        f"{len(names)} names but {len(values)} values"))  # fmt: skip
+                    continue
+                if names == self._names_list:
+                    full = values
+                else:
+                    lookup = dict(zip(names, values, strict=True))
+                    full = [lookup.get(n, math.nan) for n in self._names_list]
+            elif len(values) == len(self._names_list):
+                full = values
+            else:
+                result.rejections.append(Rejection(
+                    record, "validation.shape",
+                    f"{len(values)} unnamed values but the reference model has "
+                    f"{len(self._names_list)} inputs"))  # fmt: skip
+                continue
+            rows.append([full[i] for i in self._monitored_index])
+            categories = value["categories"]
+            cats.append([_bucket(c, categories.get(c.name)) for c in cat_refs])
+            times.append(int(value["event_time"]))
+            offsets.append(record.offset)
+        if skipped:
+            self.metrics.records.labels(FEATURES, "replay_skipped").inc(skipped)
+        if not rows:
+            return
+        self.metrics.records.labels(FEATURES, "monitored").inc(len(rows))
+        batch = Rows(
+            event_time=np.asarray(times, dtype=np.int64),
+            offset=np.asarray(offsets, dtype=np.int64),
+            values=np.asarray(rows, dtype=np.float64).reshape(len(rows), width),
+            categories=np.asarray(cats, dtype=np.int64).reshape(len(rows), len(cat_refs)),
+        )
+        self._observe(FEATURES, partition, batch, state, result)
+
+    def _monitor_predictions(
+        self, partition: int, group: list[Record], state: State, result: Result
+    ) -> None:
+        ref = self.reference
+        times: list[int] = []
+        offsets: list[int] = []
+        scores: list[float] = []
+        decisions: list[int] = []
+        skipped = other = 0
+        for record in group:
+            if record.is_replay and not self.include_replayed:
+                skipped += 1
+                continue
+            value = record.value
+            if ref.model_name is not None and (
+                value["model_name"] != ref.model_name
+                or (ref.model_version is not None and value["model_version"] != ref.model_version)
+            ):
+                other += 1  # another model (fallback, rules, canary): not this reference
+                continue
+            score = float(value["score"])
+            scores.append(score if math.isfinite(score) and 0.0 <= score <= 1.0 else math.nan)
+            decisions.append(1 if value["decision"] else 0)
+            times.append(int(value["event_time"]))
+            offsets.append(record.offset)
+        if skipped:
+            self.metrics.records.labels(PREDICTIONS, "replay_skipped").inc(skipped)
+        if other:
+            self.metrics.records.labels(PREDICTIONS, "other_model").inc(other)
+        if not scores:
+            return
+        self.metrics.records.labels(PREDICTIONS, "monitored").inc(len(scores))
+        batch = Rows(
+            event_time=np.asarray(times, dtype=np.int64),
+            offset=np.asarray(offsets, dtype=np.int64),
+            values=np.asarray(scores, dtype=np.float64).reshape(-1, 1),
+            categories=np.zeros((len(scores), 0), dtype=np.int64),
+            decisions=np.asarray(decisions, dtype=np.int64),
+        )
+        self._observe(PREDICTIONS, partition, batch, state, result)
+
+    def _observe(
+        self, stream: str, partition: int, rows: Rows, state: State, result: Result
+    ) -> None:
+        monitor = self._load_monitor(stream, partition, state)
+        for report in monitor.observe(rows, self.source_partitions, self.reference.fingerprint):
+            for hit in report["detections"]:
+                self.metrics.detections.labels(hit["feature"], hit["detector"]).inc(hit["count"])
+            result.outputs.append(Output(
+                topic=self.windows_topic, schema=WINDOW_REPORT_SCHEMA, value=report,
+                key=f"{stream}/{partition}", partition=0))  # fmt: skip
+        document = {
+            "layout": _LAYOUT,
+            "reference": self.reference.fingerprint,
+            "river": RIVER_VERSION,
+            "params": self._params_fingerprint,
+            "monitor": monitor.to_dict(),
+        }
+        self._save(state.store(MONITOR_STORE), stream.encode(), partition, document, monitor)
+
+    def _new_monitor(self, stream: str, partition: int) -> StreamMonitor:
+        ref = self.reference
+        if stream == FEATURES:
+            numeric = [ref.numeric[n] for n in ref.feature_names]
+            categorical = list(ref.categorical.values())
+        else:
+            numeric = [ref.score] if ref.score is not None else []
+            categorical = []
+        return StreamMonitor(
+            stream=stream,
+            partition=partition,
+            window_ms=self.window_ms,
+            numeric=numeric,
+            categorical=categorical,
+            params=self.feature_detectors,
+            default_params=self.detectors,
+        )
+
+    def _load_monitor(self, stream: str, partition: int, state: State) -> StreamMonitor:
+        key = stream.encode()
+        raw = state.store(MONITOR_STORE).get(partition, key)
+        cached = self._cache.pop((key, partition), None)
+        if cached is not None and raw is not None and (cached[0] is raw or cached[0] == raw):
+            monitor: StreamMonitor = cached[1]
+            return monitor
+        monitor = self._new_monitor(stream, partition)
+        if raw is None:
+            return monitor
+        document = self._decode(raw, f"monitor {stream}/{partition}")
+        if document is None:
+            return monitor
+        if document.get("layout") != _LAYOUT or document.get("reference") != (
+            self.reference.fingerprint
+        ):
+            log.warning("drift state of %s/%d was for another reference; starting afresh",
+                        stream, partition)  # fmt: skip
+            self.metrics.state_resets.labels("reference").inc()
+            return monitor
+        same_detectors = (
+            document.get("river") == RIVER_VERSION
+            and document.get("params") == self._params_fingerprint
+        )
+        if not same_detectors:
+            log.warning("detector parameters or river version changed; %s/%d detectors "
+                        "start afresh (window counts kept)", stream, partition)  # fmt: skip
+            self.metrics.state_resets.labels("detectors").inc()
+        monitor.load(document["monitor"], detectors=same_detectors)
+        return monitor
+
+    # -- stage 2 -------------------------------------------------------------------
+
+    def _track(self, reports: list[Record], state: State, result: Result) -> None:
+        by_partition: dict[int, list[Record]] = {}
+        for record in reports:
+            by_partition.setdefault(record.partition, []).append(record)
+        for partition, group in by_partition.items():
+            tracker = self._load_tracker(partition, state)
+            outcome = WindowOutcome()
+            for record in group:
+                tracker.ingest(record.value, outcome)
+            for feature, test, value in outcome.statistics:
+                self.metrics.statistic.labels(feature, test).set(value)
+            for alert in outcome.alerts:
+                self.metrics.alerts.labels(alert["feature"], alert["state"],
+                                           alert["severity"]).inc()  # fmt: skip
+                log.info("drift alert %s %s feature=%s detector=%s statistic=%.4g severity=%s",
+                         alert["alert_id"], alert["state"], alert["feature"], alert["detector"],
+                         alert["statistic"], alert["severity"])  # fmt: skip
+                result.outputs.append(Output(topic=self.alerts_topic, schema=ALERT_SCHEMA,
+                                             value=alert, key=alert["alert_id"]))  # fmt: skip
+            self.metrics.open_episodes.set(len(tracker.episodes))
+            self.metrics.windows_closed.inc(outcome.closed_windows)
+            self.metrics.late_reports.inc(outcome.late_reports)
+            if outcome.foreign_reports:
+                self.metrics.state_resets.labels("foreign_report").inc(outcome.foreign_reports)
+            document = {
+                "layout": _LAYOUT,
+                "reference": self.reference.fingerprint,
+                "tracker": tracker.to_dict(),
+            }
+            self._save(state.store(EPISODE_STORE), _TRACKER_KEY, partition, document, tracker)
+
+    def _load_tracker(self, partition: int, state: State) -> EpisodeTracker:
+        raw = state.store(EPISODE_STORE).get(partition, _TRACKER_KEY)
+        cached = self._cache.pop((_TRACKER_KEY, partition), None)
+        if cached is not None and raw is not None and (cached[0] is raw or cached[0] == raw):
+            tracker: EpisodeTracker = cached[1]
+            return tracker
+        tracker = EpisodeTracker(self.reference, self.tests)
+        if raw is None:
+            return tracker
+        document = self._decode(raw, f"episodes/{partition}")
+        if document is None:
+            return tracker
+        if document.get("layout") != _LAYOUT or document.get("reference") != (
+            self.reference.fingerprint
+        ):
+            log.warning("episode state was for another reference; open episodes are dropped")
+            self.metrics.state_resets.labels("reference").inc()
+            return tracker
+        tracker.load(document["tracker"])
+        return tracker
+
+    # -- state bytes ---------------------------------------------------------------
+
+    def _decode(self, raw: bytes, what: str) -> dict[str, Any] | None:
+        try:
+            document = self._codec.loads(raw)
+        except StateIntegrityError as exc:
+            log.error("drift state %s rejected (%s); starting it afresh", what, exc)
+            self.metrics.state_resets.labels("signature").inc()
+            return None
+        if not isinstance(document, dict):
+            self.metrics.state_resets.labels("signature").inc()
+            return None
+        return document
+
+    def _save(
+        self, store: Any, key: bytes, partition: int, document: dict[str, Any], value: Any
+    ) -> None:
+        raw = self._codec.dumps(document)
+        store.put(partition, key, raw)
+        self._cache[(key, partition)] = (raw, value)
+
+
+def _bucket(reference: Any, value: str | None) -> int:
+    if value is None or value == "":
+        return -1
+    return int(reference.bucket(value))
+
+
+def _fingerprint(default: DetectorParams, overrides: Mapping[str, DetectorParams]) -> str:
+    parts = [default.fingerprint()] + [
+        f"{k}={v.fingerprint()}" for k, v in sorted(overrides.items())
+    ]
+    return "|".join(parts)

@@ -1,0 +1,87 @@
+"""Settings of the drift service (env prefix ``STREAMML_DRIFT_``, nested with ``__``).
+
+Example: ``STREAMML_DRIFT_REFERENCE_PATH=models/fraud/3``,
+``STREAMML_DRIFT_TESTS__PSI_ALERT=0.3``, ``STREAMML_DRIFT_DETECTORS__ADWIN_DELTA=0.001``,
+``STREAMML_DRIFT_FEATURE_DETECTORS='{"amount": {"ph_threshold": 80}}'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.drift.detectors import DetectorParams
+from services.drift.episodes import WindowTestParams
+from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+
+DEV_STATE_KEY = "streamml-dev-drift-state-key"
+
+
+class DriftSettings(BaseSettings):
+    """What the drift service reads, what it compares against, and how sensitive it is."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMML_DRIFT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="Kafka connection (STREAMML_KAFKA_*)."
+    )
+    runtime: RuntimeSettings = Field(
+        default_factory=RuntimeSettings, description="The exactly-once processing loop."
+    )
+    http: HttpSettings = Field(
+        default_factory=HttpSettings, description="Metrics and health endpoints."
+    )
+    log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ...).")
+    log_format: Literal["kv", "json"] = Field(default="kv", description="Log line format.")
+
+    reference_path: Path = Field(
+        default=Path("models/current"),
+        description="Model version directory, its metadata.json, or a standalone reference "
+        "JSON with the same keys: the training distributions live traffic is compared with.",
+    )
+    features_topic: str = Field(default="features", description="FeatureVector input (logical).")
+    predictions_topic: str = Field(
+        default="predictions", description="Prediction input (logical); co-partitioned."
+    )
+    monitor_predictions: bool = Field(
+        default=True, description="Also monitor the score and the positive-decision share."
+    )
+    windows_topic: str = Field(
+        default="drift.windows",
+        description="Internal 1-partition topic of per-partition window reports (logical).",
+    )
+    alerts_topic: str = Field(default="drift.alerts", description="DriftAlert output (logical).")
+    window_ms: int = Field(
+        default=60_000, ge=1, description="Event-time tumbling window length in milliseconds."
+    )
+    source_partitions: int = Field(
+        default=0,
+        ge=0,
+        description="Partitions of the features topic; 0 = read from the broker at start. "
+        "A merged window is tested once every partition has reported it.",
+    )
+    include_replayed: bool = Field(
+        default=False,
+        description="Count records carrying replay.*/redrive.* headers (an operator replay "
+        "would otherwise look like drift, or count twice).",
+    )
+    detectors: DetectorParams = Field(
+        default_factory=DetectorParams, description="Streaming detector defaults."
+    )
+    feature_detectors: dict[str, DetectorParams] = Field(
+        default_factory=dict,
+        description="Per-feature detector parameters (feature name -> parameters), JSON.",
+    )
+    tests: WindowTestParams = Field(
+        default_factory=WindowTestParams, description="Window tests and alert episodes."
+    )
+    state_key: SecretStr = Field(
+        default=SecretStr(DEV_STATE_KEY),
+        description="HMAC key signing the detector state in the changelog; set a secret in "
+        "production (state signed with another key is not loaded, detectors start afresh).",
+    )

@@ -1,0 +1,190 @@
+"""Pinned regression scenarios: seeded synthetic streams with known change points."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.drift.episodes import WindowTestParams
+from streamml.processor import Record
+from tests.unit.drift.harness import (
+    CHANNELS,
+    PREDICTIONS,
+    Harness,
+    channel_stream,
+    make_processor,
+    make_reference,
+    stream_records,
+)
+
+NAMES = ["f0", "f1", "f2", "f3"]
+CHANGE = 20_000
+
+
+def test_abrupt_one_sd_shift_opens_an_alert_within_2000_records() -> None:
+    rng = np.random.default_rng(101)
+    values = rng.normal(size=(30_000, 4))
+    values[CHANGE:, 2] += 1.0
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(stream_records(values, NAMES), batch=100)
+
+    opened = harness.opened()
+    assert [a["feature"] for a in opened] == ["f2"]
+    position = harness.alert_positions[harness.alerts.index(opened[0])]
+    assert CHANGE < position <= CHANGE + 2_000
+    assert opened[0]["window_start"] >= CHANGE * 10 - 5_000
+    assert float(opened[0]["details"]["window_mean"]) > 0.5
+
+
+def test_gradual_drift_is_detected() -> None:
+    rng = np.random.default_rng(202)
+    values = rng.normal(size=(40_000, 4))
+    ramp = np.clip((np.arange(40_000) - 10_000) / 20_000, 0, 1)  # 0 -> 1 sd over 20k records
+    values[:, 1] += ramp
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(stream_records(values, NAMES), batch=250)
+
+    opened = harness.opened()
+    assert [a["feature"] for a in opened] == ["f1"]
+    position = harness.alert_positions[harness.alerts.index(opened[0])]
+    assert 10_000 < position < 30_000
+
+
+def test_stationary_200k_records_raise_no_alert() -> None:
+    rng = np.random.default_rng(303)
+    values = rng.normal(size=(200_000, 4))
+    channels = channel_stream(rng, 200_000, CHANNELS)
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(stream_records(values, NAMES, channels=channels), batch=1_000)
+
+    assert harness.alerts == []
+    assert len(harness.reports) >= 390  # every window was closed and tested
+    assert sum(len(r["detections"]) for r in harness.reports) == 0
+
+
+def test_categorical_change_is_detected_by_the_categorical_test() -> None:
+    rng = np.random.default_rng(404)
+    n = 20_000
+    values = rng.normal(size=(n, 4))
+    shifted = {"pos": 0.3, "ecommerce": 0.6, "atm": 0.05, "moto": 0.05}
+    channels = channel_stream(rng, 10_000, CHANNELS) + channel_stream(rng, 10_000, shifted)
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(stream_records(values, NAMES, channels=channels))
+
+    opened = harness.opened()
+    assert [(a["feature"], a["detector"]) for a in opened] == [("channel", "psi")]
+    assert opened[0]["statistic"] >= 0.1
+    assert opened[0]["p_value"] is not None and opened[0]["p_value"] < 1e-6
+
+
+def test_one_drift_across_four_partitions_gives_one_alert() -> None:
+    rng = np.random.default_rng(505)
+    values = rng.normal(size=(40_000, 4))
+    values[CHANGE:, 0] += 1.0
+    harness = Harness(make_processor(make_reference(), partitions=4), partitions=4)
+    harness.feed_all(stream_records(values, NAMES, partitions=4), batch=400)
+
+    opened = harness.opened()
+    assert len(opened) == 1
+    assert opened[0]["feature"] == "f0"
+    assert opened[0]["details"]["partitions"] == "0,1,2,3"
+    assert opened[0]["first_offset"] is None  # several partitions: offsets are in details
+    # every partition's ADWIN saw it, still one episode
+    fired = {r["source_partition"] for r in harness.reports for d in r["detections"]}
+    assert fired == {0, 1, 2, 3}
+
+
+def test_partitions_reporting_out_of_step_give_the_same_alerts() -> None:
+    rng = np.random.default_rng(606)
+    values = rng.normal(size=(24_000, 4))
+    values[12_000:, 3] -= 1.0
+    records = stream_records(values, NAMES, partitions=2)
+    even = Harness(make_processor(make_reference(), partitions=2), partitions=2)
+    even.feed_all(records, batch=300)
+    skewed = Harness(make_processor(make_reference(), partitions=2), partitions=2)
+    p0 = [r for r in records if r.partition == 0]
+    p1 = [r for r in records if r.partition == 1]
+    # partition 1 runs two windows behind partition 0 the whole time
+    lag = 1_000
+    order = p0[:lag] + [r for pair in zip(p0[lag:], p1, strict=False) for r in pair] + p1[-lag:]
+    skewed.feed_all(order, batch=300)
+    assert [a for a in skewed.alerts] == [a for a in even.alerts]
+    assert len(even.opened()) == 1
+
+
+def test_episode_resolves_after_clean_windows() -> None:
+    rng = np.random.default_rng(707)
+    values = rng.normal(size=(30_000, 4))
+    values[10_000:15_000, 0] += 2.0
+    tests = WindowTestParams(resolve_after_windows=3)
+    harness = Harness(make_processor(make_reference(), tests=tests))
+    harness.feed_all(stream_records(values, NAMES))
+
+    states = [(a["state"], a["feature"]) for a in harness.alerts]
+    assert states[0] == ("open", "f0")
+    assert ("resolved", "f0") in states
+    ids = {a["alert_id"] for a in harness.alerts if a["feature"] == "f0"}
+    assert len(ids) == 1  # one episode, one id for open/updated/resolved
+    resolved = next(a for a in harness.alerts if a["state"] == "resolved")
+    assert "psi=" in resolved["details"]["peak"]
+    # resolved only after the shift ended, and no new episode afterwards
+    assert harness.alert_positions[harness.alerts.index(resolved)] > 15_000
+    assert len(harness.opened()) == 1
+
+
+def test_replayed_records_do_not_trigger_alerts() -> None:
+    rng = np.random.default_rng(808)
+    values = rng.normal(size=(20_000, 4))
+    values[10_000:, 0] += 3.0  # what an operator replays: drifted-looking records
+    replay = {i: (("replay.id", b"r1"),) for i in range(10_000, 20_000)}
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(stream_records(values, NAMES, headers=replay))
+    assert harness.alerts == []
+
+    counting = Harness(make_processor(make_reference(), include_replayed=True))
+    counting.feed_all(stream_records(values, NAMES, headers=replay))
+    assert [a["feature"] for a in counting.opened()] == ["f0"]
+
+
+def test_missing_values_raise_the_missing_rate_test() -> None:
+    rng = np.random.default_rng(909)
+    values = rng.normal(size=(20_000, 4))
+    holes = rng.random(10_000) < 0.2
+    values[10_000:, 3][holes] = np.nan
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(stream_records(values, NAMES))
+    opened = harness.opened()
+    assert [(a["feature"], a["detector"]) for a in opened] == [("f3", "missing_rate")]
+    assert 0.15 < opened[0]["statistic"] < 0.25
+
+
+def _prediction(offset: int, score: float, threshold: float = 0.3) -> Record:
+    return Record(
+        topic=PREDICTIONS, partition=0, offset=offset, timestamp_ms=offset * 10, key=b"k",
+        value={"event_time": offset * 10, "model_name": "synthetic", "model_version": "1",
+               "score": score, "decision": score >= threshold, "route": "primary"},
+        headers=(), schema="Prediction",
+    )  # fmt: skip
+
+
+def test_score_and_positive_share_shift_is_detected() -> None:
+    rng = np.random.default_rng(1010)
+    scores = np.r_[rng.beta(1, 12, size=10_000), rng.beta(2, 6, size=10_000)]
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all([_prediction(i, s) for i, s in enumerate(scores.tolist())])
+    features = {a["feature"] for a in harness.opened()}
+    assert features == {"score", "decision"}
+    decision = next(a for a in harness.opened() if a["feature"] == "decision")
+    assert decision["detector"] == "positive_rate"
+    assert decision["statistic"] > decision["threshold"]
+
+
+def test_predictions_of_other_models_are_not_compared_with_this_reference() -> None:
+    rng = np.random.default_rng(1111)
+    harness = Harness(make_processor(make_reference()))
+    records = []
+    for i, s in enumerate(rng.beta(5, 2, size=5_000).tolist()):  # a very different model
+        record = _prediction(i, s)
+        value = dict(record.value, model_name="rules", model_version="0", route="rules")
+        records.append(Record(record.topic, 0, i, 0, b"k", value, (), "Prediction"))
+    harness.feed_all(records)
+    assert harness.alerts == [] and harness.reports == []
