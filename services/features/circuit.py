@@ -105,6 +105,21 @@ class FailStopCircuit:
         )
         return self.trip_reason
 
+    def snapshot(self) -> tuple[tuple[bool, ...], int, CircuitState, str, str]:
+        """The circuit's state, to :meth:`restore` if a batch is processed again."""
+        return (
+            tuple(self._outcomes),
+            self._invalid,
+            self._state,
+            self._last_reason,
+            self.trip_reason,
+        )
+
+    def restore(self, snapshot: tuple[tuple[bool, ...], int, CircuitState, str, str]) -> None:
+        outcomes, self._invalid, self._state, self._last_reason, self.trip_reason = snapshot
+        self._outcomes.clear()
+        self._outcomes.extend(outcomes)
+
     def resume(self, *, probe: bool) -> None:
         """Close (operator) or half-open (timed probe) the circuit, with a fresh window."""
         self._outcomes.clear()

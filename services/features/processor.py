@@ -24,16 +24,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.features import metrics
 from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.dedup import DedupStore
 from services.features.entity_state import NO_TIME, EntityHistory
-from services.features.feature_set import FeatureSet, field_getter
+from services.features.feature_set import FeatureSet, demo_feature_set, field_getter
 from services.features.validation import DEFAULT_RULES, EventTimeBounds, Rule, Violation, check
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
 from streamml.state import KeyValueStore, State
+
+if TYPE_CHECKING:
+    from services.features.settings import FeaturesSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,33 @@ class FeaturesProcessor(Processor):
         self._dedup: DedupStore | None = None
         self._dedup_backing: KeyValueStore | None = None
         metrics.CIRCUIT_STATE.set(0)
+
+    @classmethod
+    def from_settings(cls, settings: FeaturesSettings) -> FeaturesProcessor:
+        """The processor as the service's settings configure it."""
+        circuit = None
+        if settings.circuit.enabled:
+            c = settings.circuit
+            circuit = FailStopCircuit(
+                window=c.window,
+                threshold=c.threshold,
+                min_records=c.min_records,
+                probe_after_s=c.probe_after_s,
+                probe_records=c.probe_records,
+            )
+        retention_ms = settings.dedup_retention_s * 1000
+        return cls(
+            feature_set=demo_feature_set(allowed_lateness_ms=settings.allowed_lateness_ms),
+            output_topic=settings.kafka.topic(settings.output_topic),
+            time_bounds=EventTimeBounds(
+                max_future_ms=settings.max_future_s * 1000, max_past_ms=retention_ms
+            ),
+            dedup_field=settings.dedup_field,
+            dedup_retention_ms=retention_ms,
+            circuit=circuit,
+            max_entity_events=settings.max_entity_events,
+            include_names=settings.include_names,
+        )
 
     # -- runtime hooks ----------------------------------------------------------------
 
@@ -131,23 +161,30 @@ class FeaturesProcessor(Processor):
         entities = state.store(ENTITIES_STORE)
         dedup = self._dedup_for(state)
         now = self._clock()
-        for index, record in enumerate(records):
-            metrics.LAST_EVENT.touch(record.partition, now)
-            violation = self._one(record, entities, dedup, now, result)
-            if circuit is None:
-                continue
-            reason = violation.reason if violation is not None else ""
-            tripped = circuit.record(invalid=violation is not None, reason=reason)
-            if tripped is not None:
-                metrics.CIRCUIT_TRIPS.inc()
-                metrics.CIRCUIT_STATE.set(int(circuit.state))
-                log.error(
-                    "fail-stop circuit open: %s; holding %d records of this batch",
-                    tripped,
-                    len(records) - index - 1,
-                )
-                result.halt = self._halt(tripped, records[index + 1 :])
-                break
+        # If this raises, the runtime rolls the state back and processes the records again
+        # one by one; the circuit must not count them twice.
+        before = circuit.snapshot() if circuit is not None else None
+        try:
+            for index, record in enumerate(records):
+                metrics.LAST_EVENT.touch(record.partition, now)
+                violation = self._one(record, entities, dedup, now, result)
+                if circuit is None:
+                    continue
+                reason = violation.reason if violation is not None else ""
+                tripped = circuit.record(invalid=violation is not None, reason=reason)
+                if tripped is not None:
+                    metrics.CIRCUIT_TRIPS.inc()
+                    log.error(
+                        "fail-stop circuit open: %s; holding %d records of this batch",
+                        tripped,
+                        len(records) - index - 1,
+                    )
+                    result.halt = self._halt(tripped, records[index + 1 :])
+                    break
+        except Exception:
+            if circuit is not None and before is not None:
+                circuit.restore(before)
+            raise
         if circuit is not None:
             metrics.INVALID_SHARE.set(circuit.invalid_share)
             metrics.CIRCUIT_STATE.set(int(circuit.state))

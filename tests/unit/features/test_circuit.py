@@ -68,3 +68,14 @@ def test_probe_reopens_on_dirty_data_as_soon_as_it_cannot_pass() -> None:
 def test_bad_configuration_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         FailStopCircuit(**kwargs)  # type: ignore[arg-type]
+
+
+def test_snapshot_restore_undoes_counting() -> None:
+    c = FailStopCircuit(window=10, threshold=0.5, min_records=3)
+    c.record(invalid=True)
+    saved = c.snapshot()
+    c.record(invalid=True)
+    assert c.record(invalid=True) is not None
+    c.restore(saved)
+    assert c.state is CircuitState.CLOSED and c.invalid_share == 1.0
+    assert c.record(invalid=False) is None

@@ -348,3 +348,16 @@ def test_corrupt_entity_state_raises_so_the_runtime_isolates_the_record() -> Non
     state.store("entities").put(0, e["entity_id"].encode(), b"garbage")
     with pytest.raises(Exception, match="entity state"):
         proc.process(_records([e]), state)
+
+
+def test_a_raising_batch_does_not_count_twice_in_the_circuit() -> None:
+    circuit = FailStopCircuit(window=100, threshold=0.5, min_records=4)
+    proc = _processor(circuit=circuit)
+    state = _state(proc)
+    events = _events(3)
+    bad = [dict(copy.deepcopy(e), event_type="x") for e in events]
+    state.store("entities").put(0, events[0]["entity_id"].encode(), b"garbage")
+    good_but_corrupt_state = events[0]
+    with pytest.raises(Exception, match="entity state"):
+        proc.process(_records([*bad, good_but_corrupt_state]), state)
+    assert circuit.invalid_share == 0.0
