@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -29,6 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer._click import exceptions as click_errors  # typer vendors click (0.29+)
 
 from streamml.deadletter import DLQ_SUFFIX, H_SOURCE_TOPIC
 from streamml.errors import ConfigError, StreamMLError
@@ -752,3 +753,32 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(offsets_app, name="offsets")
     app.add_typer(topics_app, name="topics")
+
+
+def run_one_line(app: typer.Typer, args: Sequence[str] | None = None) -> int:
+    """Run ``app`` so that typer/click usage errors are one ``error: ...`` line too (exit 2).
+
+    For the root CLI's ``main()``: click's own usage errors (an option that is not an
+    integer, an unknown option) otherwise print a multi-line usage box.
+    """
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(
+            args=list(args) if args is not None else None,
+            prog_name="streamml",
+            standalone_mode=False,
+        )
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click_errors.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        typer.echo(f"error: {where}{' '.join(exc.format_message().split())}", err=True)
+        return EXIT_USAGE
+    except typer.Abort:
+        typer.echo("aborted: nothing changed", err=True)
+        return EXIT_FAILED
+    except click_errors.ClickException as exc:
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code
+    return result if isinstance(result, int) else 0

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from streamml.ops.cli import confirm, register
+from streamml.ops.cli import confirm, register, run_one_line
 from streamml.ops.common import UsageError
 
 NO_BROKER = ["--bootstrap", "127.0.0.1:1"]
@@ -85,3 +85,22 @@ def test_writing_without_a_terminal_needs_yes() -> None:
 def test_typer_type_errors_exit_2(app: typer.Typer, args: list[str]) -> None:
     result = CliRunner().invoke(app, [*args, *NO_BROKER])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["replay", "events", "--from-offset", "abc"], "Invalid value for '--from-offset'"),
+        (["replay", "events", "--bogus"], "No such option: --bogus"),
+        (["dlq", "nope"], "No such command 'nope'"),
+        (["replay", "events"], "give a range"),
+    ],
+)
+def test_run_one_line_makes_click_usage_errors_one_line(
+    app: typer.Typer, args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_one_line(app, [*args, *NO_BROKER]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert fragment in captured.err
