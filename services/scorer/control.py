@@ -100,6 +100,48 @@ class ControlApplier:
         self._routes = routes
         self._expected_hash = expected_feature_set_hash
 
+    @property
+    def routes(self) -> ModelRoutes:
+        return self._routes
+
+    def bootstrap(
+        self,
+        configured: Mapping[str, tuple[str | None, str | None]],
+        control: Mapping[str, tuple[int, Mapping[str, Any]]],
+        *,
+        canary_share: float,
+    ) -> None:
+        """The start-up route table: model.control's instruction per role, else ``configured``.
+
+        ``configured`` maps role -> (model name or None, version or None = latest);
+        ``control`` maps role -> (offset, last instruction) as read from the topic. A
+        refused instruction falls back to the configured version, never to nothing.
+        """
+        for role in ROLES:
+            name, version = configured.get(role, (None, None))
+            if role in control:
+                offset, value = control[role]
+                if self.apply(value, offset) == "applied" or value.get("action") == "clear":
+                    continue
+                log.warning("model.control's %s is refused; trying the configured one", role)
+            if not name:
+                continue
+            if role == "canary" and canary_share <= 0:
+                log.warning("canary model %s is configured with share 0; not routing to it", name)
+                continue
+            try:
+                model = self.load_for_role(role, name, version or None)
+            except ArtifactError as exc:
+                log.error(
+                    "refusing configured %s %s/%s (%s): %s",
+                    role, name, version or "latest", exc.reason, exc,
+                )  # fmt: skip
+                continue
+            _, table = self._routes.current()
+            share = canary_share if role == "canary" else None
+            self._routes.publish(table.with_role(role, RouteEntry(model, -1), canary_share=share))
+            log.info("%s is %s (from settings)", role, model.label)
+
     def load_for_role(self, role: str, name: str, version: str | None) -> OnnxModel:
         """Verify, load and feature-set-check a version for ``role``; raise ArtifactError."""
         try:

@@ -1,0 +1,167 @@
+"""Following ``model.control``: every instance reads all of it, from the beginning.
+
+Not group-consumed: each scorer instance assigns itself every partition of the control
+topic at the earliest offset, so all instances see every instruction and converge on the
+same route table. Nothing is committed; a restart reads the (compacted) topic again.
+Reads are ``read_committed``: an auto-rollback a scorer writes inside its transaction is
+seen only once that transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from services.scorer import metrics
+from services.scorer.control import SCHEMA
+from streamml.codec import AvroCodec
+from streamml.errors import BrokerError, DecodeError
+from streamml.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Instruction = tuple[int, dict[str, Any]]
+"""(offset, decoded ModelControl value)."""
+
+
+class ControlReader:
+    """Reads a control topic from the beginning; knows when it has caught up."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, codec: AvroCodec) -> None:
+        self.topic = topic
+        self._codec = codec
+        self._consumer = Consumer(
+            {
+                **kafka.client_config(),
+                "group.id": f"{topic}.reader.{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+        self._partitions: list[int] = []
+        self._at_end: set[int] = set()
+
+    def assign(self, timeout_s: float = 10.0) -> bool:
+        """Assign every partition from the beginning; False if the topic does not exist."""
+        try:
+            metadata = self._consumer.list_topics(self.topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read metadata of {self.topic}: {exc}") from exc
+        found = metadata.topics.get(self.topic)
+        if found is None or found.error is not None or not found.partitions:
+            return False
+        self._partitions = sorted(found.partitions)
+        self._consumer.assign(
+            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._partitions]
+        )
+        return True
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self._partitions)
+
+    @property
+    def caught_up(self) -> bool:
+        return bool(self._partitions) and self._at_end >= set(self._partitions)
+
+    def poll(self, timeout_s: float) -> tuple[Instruction | None, str | None]:
+        """One instruction (or None) and the role of a tombstone (or None)."""
+        message = self._consumer.poll(timeout_s)
+        if message is None:
+            return None, None
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                self._at_end.add(int(message.partition() or 0))
+            else:
+                log.warning("model.control read error: %s", error)
+            return None, None
+        offset = int(message.offset() or 0)
+        raw = message.value()
+        if raw is None:
+            key = message.key()
+            role = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            return None, role
+        try:
+            value = self._codec.decode(raw, SCHEMA, topic=self.topic)
+        except DecodeError as exc:
+            log.error("undecodable model.control record at offset %d: %s", offset, exc)
+            metrics.CONTROL_RECORDS.labels("invalid").inc()
+            return None, None
+        return (offset, value), None
+
+    def latest_by_role(self, timeout_s: float) -> dict[str, Instruction]:
+        """Read to the end: the last instruction per role (what compaction will keep)."""
+        latest: dict[str, Instruction] = {}
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"could not read {self.topic} to its end within {timeout_s:g}s")
+            instruction, tombstone = self.poll(0.5)
+            if instruction is not None:
+                latest[str(instruction[1].get("role"))] = instruction
+            elif tombstone is not None:
+                latest.pop(tombstone, None)
+        return latest
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class ControlFollower:
+    """A daemon thread applying every new instruction as it arrives."""
+
+    def __init__(
+        self,
+        reader: ControlReader,
+        apply: Callable[[Mapping[str, Any], int], str],
+        *,
+        clear_role: Callable[[str], object],
+        poll_timeout_s: float = 0.5,
+        retry_assign_s: float = 5.0,
+    ) -> None:
+        self._reader = reader
+        self._apply = apply
+        self._clear_role = clear_role
+        self._poll_timeout_s = poll_timeout_s
+        self._retry_assign_s = retry_assign_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._reader.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._reader.assigned:
+                    if not self._reader.assign():
+                        log.warning(
+                            "control topic %s does not exist yet; retrying in %gs",
+                            self._reader.topic,
+                            self._retry_assign_s,
+                        )
+                        self._stop.wait(self._retry_assign_s)
+                    continue
+                instruction, tombstone = self._reader.poll(self._poll_timeout_s)
+                if instruction is not None:
+                    self._apply(instruction[1], instruction[0])
+                elif tombstone is not None:
+                    self._clear_role(tombstone)
+            except Exception:  # the follower must outlive any single bad instruction
+                log.exception("model.control follower error; continuing")
+                self._stop.wait(1.0)
