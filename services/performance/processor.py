@@ -64,9 +64,11 @@ OTHER = 0  # segment value id of "other" (values past the cap)
 OTHER_NAME = "other"
 MISSING_NAME = "unknown"
 
-_HEAD = struct.Struct("<BqqbBB")  # kind, time, labeled_at, label, corrections, predictions
+_HEAD = struct.Struct("<BqBB")  # kind, time, labels in the history, predictions
+_LABEL = struct.Struct("<bq")  # label, labeled_at
+MAX_LABELS = 16  # first label + corrections kept per event
 _ORIGIN = struct.Struct("<qqiHHHH")  # offset, timestamp, partition, 4 string lengths
-_W = struct.Struct("<qqqqq")  # seq, prediction watermark, label watermark, boundary, min ts
+_W = struct.Struct("<qqq")  # seq, boundary, min ts; then one watermark per input topic
 _GROUP = struct.Struct("<HBH")  # model id, segment field index, segment value id
 _BUCKET_KEY = struct.Struct("<q")
 _BUCKET = struct.Struct("<qqq")  # predictions, expired, corrections
@@ -107,12 +109,15 @@ class LabelOrigin:
 @dataclass(slots=True)
 class Entry:
     kind: int
-    time: int  # PENDING: event time; EARLY_LABEL: labeled_at; TOMBSTONE: its deadline
-    labeled_at: int = NO_TIME
-    label: int = NO_LABEL
-    corrections: int = 0
+    time: int  # PENDING: event time; EARLY_LABEL: first labeled_at; TOMBSTONE: its deadline
     predictions: list[Prediction] = field(default_factory=list)
+    labels: list[tuple[int, int]] = field(default_factory=list)  # (label, labeled_at) in order
     origin: LabelOrigin | None = None
+
+    @property
+    def label(self) -> int:
+        """The latest label, or NO_LABEL."""
+        return self.labels[-1][0] if self.labels else NO_LABEL
 
 
 @dataclass(slots=True)
@@ -129,12 +134,11 @@ class Sample:
 
 @dataclass(slots=True)
 class Correction:
-    """A label change waiting for the watermark; old is what cumulative counted."""
+    """A label change waiting for the watermark; ``old`` is the label it replaces."""
 
     ts: int
     old: int
     new: int
-    count: int
     score: float
     decision: bool
     segments: tuple[int, ...]
@@ -146,8 +150,7 @@ class PartitionView:
 
     partition: int
     seq: int = 0
-    prediction_wm: int = NO_TIME
-    label_wm: int = NO_TIME
+    marks: list[int] = field(default_factory=list)  # max event time per input topic
     boundary: int = NO_TIME
     min_ts: int = NO_TIME
     models: list[list[Any]] = field(default_factory=list)  # id -> [name, version, route, thr]
@@ -163,10 +166,15 @@ class PartitionView:
     dirty_buckets: set[tuple[int, Group]] = field(default_factory=set)
     dirty_cumulative: set[Group] = field(default_factory=set)
 
-    def watermark(self, lateness: int) -> int:
-        if NO_TIME in (self.prediction_wm, self.label_wm):
-            return NO_TIME
-        return min(self.prediction_wm, self.label_wm) - lateness
+    def watermark(self, required: Sequence[bool], lateness: int) -> int:
+        """Smallest per-topic maximum; NO_TIME until every required topic has a record."""
+        seen = []
+        for mark, needed in zip(self.marks, required, strict=True):
+            if mark != NO_TIME:
+                seen.append(mark)
+            elif needed:
+                return NO_TIME
+        return min(seen) - lateness
 
     def segment_name(self, field_index: int, value_id: int) -> str:
         if value_id == OTHER:
@@ -197,6 +205,7 @@ class PerformanceProcessor(Processor):
         *,
         prediction_topics: Iterable[str],
         label_topics: Iterable[str],
+        optional_topics: Iterable[str] = (),
         report_topic: str,
         alert_topic: str,
         clock: Callable[[], float] = time.time,
@@ -206,6 +215,14 @@ class PerformanceProcessor(Processor):
         self.settings = settings
         self._prediction_topics = frozenset(prediction_topics)
         self._label_topics = frozenset(label_topics)
+        # Each input topic is a stream with its own watermark. An optional topic (the shadow
+        # predictions, empty when no shadow model runs) holds the watermark back only once
+        # it has delivered a record on that partition.
+        self._topics = sorted(self._prediction_topics | self._label_topics)
+        self._stream = {topic: i for i, topic in enumerate(self._topics)}
+        optional = frozenset(optional_topics)
+        self._required = [topic not in optional for topic in self._topics]
+        self._w = struct.Struct(_W.format + "q" * len(self._topics))
         self._report_topic = report_topic
         self._alert_topic = alert_topic
         self._clock = clock
@@ -219,9 +236,12 @@ class PerformanceProcessor(Processor):
         self._window_ms = int(settings.window_duration.total_seconds() * 1000)
         self._count_window = settings.window_kind == "count"
         self._fields = list(settings.segment_fields)
+        # Values tracked per field and partition (first seen); the reported ones are chosen
+        # among them at each boundary, deterministically (see _shown_segments).
+        self._track_values = max(4 * settings.segment_max_values, 50)
         self._prediction = struct.Struct("<HdB" + "H" * len(self._fields))
         self._sample = struct.Struct("<qdBbq" + "H" * len(self._fields))
-        self._correction = struct.Struct("<qbbidB" + "H" * len(self._fields))
+        self._correction = struct.Struct("<qbbdB" + "H" * len(self._fields))
         self._monitor = SloMonitor(
             slo_min=settings.slo_min,
             slo_max=settings.slo_max,
@@ -293,7 +313,7 @@ class PerformanceProcessor(Processor):
     def _touch(self, partition: int) -> PartitionView:
         """The partition's view, in step with its stores; its sequence number moves on."""
         raw = self._meta.get(partition, _K_W)
-        stored_seq = _W.unpack(raw)[0] if raw is not None else 0
+        stored_seq = _W.unpack_from(raw)[0] if raw is not None else 0
         view = self._views.get(partition)
         if view is None or view.seq != stored_seq:
             if view is not None:
@@ -304,11 +324,13 @@ class PerformanceProcessor(Processor):
 
     def _load(self, partition: int) -> PartitionView:
         view = PartitionView(partition)
+        view.marks = [NO_TIME] * len(self._topics)
         view.segment_ids = [{} for _ in self._fields]
         view.segment_names = [{} for _ in self._fields]
         raw = self._meta.get(partition, _K_W)
         if raw is not None:
-            view.seq, view.prediction_wm, view.label_wm, view.boundary, view.min_ts = _W.unpack(raw)
+            view.seq, view.boundary, view.min_ts, *marks = self._w.unpack(raw)
+            view.marks = list(marks)
         models: dict[int, list[Any]] = {}
         for key, value in self._meta.items(partition):
             if key[:1] == _P_MODEL:
@@ -329,9 +351,10 @@ class PerformanceProcessor(Processor):
                 if ts > view.boundary:
                     view.unreleased.add(key[1:])
             elif prefix == _P_CORRECTION:
-                ts, old, new, count, score, decision, *segments = self._correction.unpack(value)
-                view.corrections[key[1:]] = Correction(ts, old, new, count, score,
-                                                       bool(decision), tuple(segments))  # fmt: skip
+                ts, old, new, score, decision, *segments = self._correction.unpack(value)
+                view.corrections[key[1:]] = Correction(
+                    ts, old, new, score, bool(decision), tuple(segments)
+                )
             elif prefix == _P_BUCKET:
                 k = _BUCKET_KEY.unpack(key[1:9])[0]
                 group: Group = _GROUP.unpack(key[9:])
@@ -358,18 +381,17 @@ class PerformanceProcessor(Processor):
         self._meta.put(
             p,
             _K_W,
-            _W.pack(view.seq, view.prediction_wm, view.label_wm, view.boundary, view.min_ts),
+            self._w.pack(view.seq, view.boundary, view.min_ts, *view.marks),
         )
 
     # -- entries of the join store -----------------------------------------------
 
     def _pack(self, entry: Entry) -> bytes:
-        parts = [
-            _HEAD.pack(entry.kind, entry.time, entry.labeled_at, entry.label,
-                       min(entry.corrections, 255), len(entry.predictions))
-        ]  # fmt: skip
+        parts = [_HEAD.pack(entry.kind, entry.time, len(entry.labels), len(entry.predictions))]
         for model_id, score, decision, segments in entry.predictions:
             parts.append(self._prediction.pack(model_id, score, decision, *segments))
+        for label, labeled_at in entry.labels:
+            parts.append(_LABEL.pack(label, labeled_at))
         if entry.origin is not None:
             o = entry.origin
             strings = [s.encode() for s in (o.event_id, o.entity_id, o.source, o.topic)]
@@ -379,14 +401,17 @@ class PerformanceProcessor(Processor):
         return b"".join(parts)
 
     def _unpack(self, raw: bytes) -> Entry:
-        kind, at, labeled_at, label, corrections, count = _HEAD.unpack_from(raw)
-        entry = Entry(kind, at, labeled_at, label, corrections)
+        kind, at, labels, count = _HEAD.unpack_from(raw)
+        entry = Entry(kind, at)
         offset = _HEAD.size
         size = self._prediction.size
         for _ in range(count):
             model_id, score, decision, *segments = self._prediction.unpack_from(raw, offset)
             entry.predictions.append((model_id, score, bool(decision), tuple(segments)))
             offset += size
+        for _ in range(labels):
+            entry.labels.append(_LABEL.unpack_from(raw, offset))
+            offset += _LABEL.size
         if offset < len(raw):
             record_offset, ts, partition, *lengths = _ORIGIN.unpack_from(raw, offset)
             offset += _ORIGIN.size
@@ -451,7 +476,7 @@ class PerformanceProcessor(Processor):
             known = view.segment_ids[index]
             value_id = known.get(seg)
             if value_id is None:
-                if seg == OTHER_NAME or len(known) >= self.settings.segment_max_values:
+                if seg == OTHER_NAME or len(known) >= self._track_values:
                     value_id = OTHER
                 else:
                     value_id = len(known) + 1
@@ -499,7 +524,8 @@ class PerformanceProcessor(Processor):
         value = record.value
         t = _millis(value["event_time"])
         self._seen(view, t)
-        view.prediction_wm = max(view.prediction_wm, t)
+        stream = self._stream[record.topic]
+        view.marks[stream] = max(view.marks[stream], t)
         digest = event_digest(str(value["event_id"]))
         model_id = self._model_id(view, value)
         route = view.models[model_id][2]
@@ -530,10 +556,17 @@ class PerformanceProcessor(Processor):
                 self._orphan(entry, "the prediction came after early_label_grace")
                 entry = None
             else:
-                entry = Entry(PENDING, t, entry.time, entry.label, entry.corrections)
+                # The same horizon rule as for a label that comes second.
+                joined = [(y, a) for y, a in entry.labels if a - t <= self._horizon]
+                for y, a in entry.labels:
+                    if a - t > self._horizon:
+                        self._dead_label(entry, y, a, "late", f"labeled {a - t} ms after the "
+                                         f"event; label_horizon is {self._horizon} ms")  # fmt: skip
+                entry = Entry(PENDING, t, labels=joined)
                 entry.predictions.append(prediction)
                 self._count(view, t, groups, 0)
-                self._join_sample(view, digest, entry, prediction, corrections=entry.corrections)
+                if joined:
+                    self._join_sample(view, digest, entry, prediction)
                 self._join.put(view.partition, digest, self._pack(entry))
                 self._index(view, digest, t + self._horizon)
                 return
@@ -550,28 +583,53 @@ class PerformanceProcessor(Processor):
             return
         entry.predictions.append(prediction)
         self._count(view, t, groups, 0)
-        if entry.label != NO_LABEL:
-            self._join_sample(view, digest, entry, prediction, corrections=0)
+        if entry.labels:
+            self._join_sample(view, digest, entry, prediction)
         self._join.put(view.partition, digest, self._pack(entry))
 
     def _join_sample(
-        self,
-        view: PartitionView,
-        digest: bytes,
-        entry: Entry,
-        prediction: Prediction,
-        *,
-        corrections: int,
+        self, view: PartitionView, digest: bytes, entry: Entry, prediction: Prediction
     ) -> None:
+        """A prediction met its label: a sample with the first label, then each correction.
+
+        Replaying the label history (instead of taking the latest label) gives every
+        contribution the same event time whichever of prediction and labels came first.
+        """
         model_id, score, decision, segments = prediction
-        ts = self._effective(view, max(entry.time, entry.labeled_at))
-        sample = Sample(ts, score, decision, entry.label, entry.labeled_at - entry.time, segments)
+        first, first_at = entry.labels[0]
+        ts = self._effective(view, max(entry.time, first_at))
+        sample = Sample(ts, score, decision, first, first_at - entry.time, segments)
         key = digest + _MODEL_ID.pack(model_id)
         view.samples[key] = sample
         view.unreleased.add(key)
         self._put_sample(view, key, sample)
-        for _ in range(corrections):
-            self._count(view, ts, self._groups(model_id, segments), 2)
+        for seq in range(1, len(entry.labels)):
+            self._correct(view, key, seq=seq, old=entry.labels[seq - 1][0],
+                          new=entry.labels[seq], sample_ts=sample.ts,
+                          prediction=prediction)  # fmt: skip
+
+    def _correct(
+        self,
+        view: PartitionView,
+        key: bytes,
+        *,
+        seq: int,
+        old: int,
+        new: tuple[int, int],
+        sample_ts: int,
+        prediction: Prediction,
+    ) -> None:
+        model_id, score, decision, segments = prediction
+        ts = self._effective(view, max(new[1], sample_ts))
+        fix = Correction(ts, old, new[0], score, decision, segments)
+        fix_key = key + bytes([seq])
+        view.corrections[fix_key] = fix
+        self._metrics.put(
+            view.partition,
+            _P_CORRECTION + fix_key,
+            self._correction.pack(ts, old, fix.new, score, decision, *segments),
+        )
+        self._count(view, ts, self._groups(model_id, segments), 2)
 
     def _put_sample(self, view: PartitionView, key: bytes, s: Sample) -> None:
         self._metrics.put(
@@ -584,7 +642,8 @@ class PerformanceProcessor(Processor):
         value = record.value
         a = _millis(value["labeled_at"])
         self._seen(view, a)
-        view.label_wm = max(view.label_wm, a)
+        stream = self._stream[record.topic]
+        view.marks[stream] = max(view.marks[stream], a)
         label = value["label"]
         if label not in (0, 1):
             result.rejections.append(
@@ -597,7 +656,7 @@ class PerformanceProcessor(Processor):
             origin = LabelOrigin(str(value["event_id"]), str(value["entity_id"]),
                                  str(value.get("source") or ""), record.topic,
                                  record.partition, record.offset, record.timestamp_ms)  # fmt: skip
-            entry = Entry(EARLY_LABEL, a, a, label, origin=origin)
+            entry = Entry(EARLY_LABEL, a, labels=[(label, a)], origin=origin)
             self._join.put(view.partition, digest, self._pack(entry))
             self._index(view, digest, a + self._grace)
             return
@@ -605,72 +664,69 @@ class PerformanceProcessor(Processor):
         if entry.kind == TOMBSTONE:
             self._late(record, result, "its prediction expired (label_horizon passed)")
             return
-        if entry.kind == EARLY_LABEL:
-            if label == entry.label:
-                self._event("duplicate_label")
-                return
-            self._event("correction")
-            entry.label = label
-            entry.corrections += 1
-            self._join.put(view.partition, digest, self._pack(entry))
-            return
         if label == entry.label:
             self._event("duplicate_label")
             return
-        if a - entry.time > self._horizon:
+        if entry.kind == PENDING and a - entry.time > self._horizon:
             self._late(record, result, f"labeled {a - entry.time} ms after the event; "
                        f"label_horizon is {self._horizon} ms")  # fmt: skip
             return
-        if entry.label == NO_LABEL:
-            entry.label = label
-            entry.labeled_at = a
+        if len(entry.labels) >= MAX_LABELS:
+            result.rejections.append(
+                Rejection(record, "corrections.limit",
+                          f"event already has {MAX_LABELS} labels; this one is not used", "join")
+            )  # fmt: skip
+            return
+        old = entry.label
+        entry.labels.append((label, a))
+        self._join.put(view.partition, digest, self._pack(entry))
+        if entry.kind == EARLY_LABEL or not entry.predictions:
+            if old != NO_LABEL:
+                self._event("correction")
+            return
+        if old == NO_LABEL:
             for prediction in entry.predictions:
-                self._join_sample(view, digest, entry, prediction, corrections=0)
-            self._join.put(view.partition, digest, self._pack(entry))
+                self._join_sample(view, digest, entry, prediction)
             return
         self._event("correction")
-        old = entry.label
-        entry.label = label
-        entry.corrections += 1
-        self._join.put(view.partition, digest, self._pack(entry))
-        ts = self._effective(view, a)
-        for model_id, score, decision, segments in entry.predictions:
-            key = digest + _MODEL_ID.pack(model_id)
-            pending = view.corrections.get(key)
-            if pending is None:
-                pending = Correction(ts, old, label, 1, score, decision, segments)
-            else:
-                pending = Correction(max(ts, pending.ts), pending.old, label, pending.count + 1,
-                                     score, decision, segments)  # fmt: skip
-            view.corrections[key] = pending
-            self._metrics.put(
-                view.partition,
-                _P_CORRECTION + key,
-                self._correction.pack(pending.ts, pending.old, pending.new, pending.count,
-                                      score, decision, *segments),
-            )  # fmt: skip
-            self._count(view, ts, self._groups(model_id, segments), 2)
+        first_at = entry.labels[0][1]
+        for prediction in entry.predictions:
+            key = digest + _MODEL_ID.pack(prediction[0])
+            sample_ts = self._effective(view, max(entry.time, first_at))
+            sample = view.samples.get(key)
+            if sample is not None:
+                sample_ts = sample.ts
+            self._correct(view, key, seq=len(entry.labels) - 1, old=old, new=(label, a),
+                          sample_ts=sample_ts, prediction=prediction)  # fmt: skip
 
     def _late(self, record: Record, result: Result, why: str) -> None:
         self._event("late_label")
         result.rejections.append(Rejection(record, "late", f"label too late: {why}", "join"))
 
     def _orphan(self, entry: Entry, why: str) -> None:
-        """Dead-letter a label that waited in state (its source record is from an old batch)."""
-        self._event("orphan_label")
+        label, labeled_at = entry.labels[-1]
+        self._dead_label(entry, label, labeled_at, "orphan",
+                         f"no prediction for this event_id: {why}")  # fmt: skip
+
+    def _dead_label(
+        self, entry: Entry, label: int, labeled_at: int, reason: str, message: str
+    ) -> None:
+        """Dead-letter a label that waited in state (its record is from an earlier batch, so
+        it is re-encoded from what the state kept, not copied byte for byte)."""
+        self._event(f"{reason}_label")
         origin = entry.origin
         assert origin is not None
         value = {
             "event_id": origin.event_id,
             "entity_id": origin.entity_id,
-            "label": entry.label,
-            "labeled_at": entry.labeled_at,
+            "label": label,
+            "labeled_at": labeled_at,
             "source": origin.source,
         }
         headers = dead_letter_headers(
             [],
-            error_class="orphan",
-            message=f"no prediction for event_id {origin.event_id}: {why}",
+            error_class=reason,
+            message=f"event_id {origin.event_id}: {message}",
             service="performance",
             stage="join",
             topic=origin.topic,
@@ -690,7 +746,7 @@ class PerformanceProcessor(Processor):
 
     def _advance(self, touched: dict[int, PartitionView], result: Result) -> None:
         views = [touched.get(p) or self._touch_into(p, touched) for p in sorted(self._owned)]
-        marks = [v.watermark(self._lateness) for v in views]
+        marks = [v.watermark(self._required, self._lateness) for v in views]
         if not views or NO_TIME in marks:
             return  # some stream of some partition has not started: no event-time progress
         watermark = min(marks)
@@ -703,7 +759,10 @@ class PerformanceProcessor(Processor):
         for v in views:
             v.boundary = boundary
         last_k = boundary // self._interval
-        to_k = watermark // self._interval
+        # A boundary is passed only once the watermark is strictly beyond it: then every
+        # record at or before it has been read on every stream (streams are in time order
+        # within allowed_lateness), whatever batches the consumer happened to form.
+        to_k = (watermark - 1) // self._interval
         if to_k <= last_k:
             return
         alert_state = self._load_alerts(views)
@@ -750,7 +809,7 @@ class PerformanceProcessor(Processor):
                 self._join.delete(p, digest)
                 continue
             if entry.kind == PENDING:
-                if entry.label == NO_LABEL:
+                if not entry.labels:
                     for model_id, _, _, segments in entry.predictions:
                         self._count(view, deadline, self._groups(model_id, segments), 1)
                     self._event("expired_unlabeled")
@@ -778,18 +837,21 @@ class PerformanceProcessor(Processor):
                 c = self._cumulative(view, group)
                 c.add_labeled(s.score, s.decision, s.label, 1, s.delay)
                 c.seen(s.ts)
-        for key in sorted(k for k, c in view.corrections.items() if c.ts <= end):
-            fix = view.corrections.pop(key)
-            self._metrics.delete(view.partition, _P_CORRECTION + key)
+        due = sorted((c.ts, k) for k, c in view.corrections.items() if c.ts <= end)
+        for _, fix_key in due:
+            fix = view.corrections.pop(fix_key)
+            self._metrics.delete(view.partition, _P_CORRECTION + fix_key)
+            key = fix_key[:18]
             model_id = _MODEL_ID.unpack(key[16:])[0]
             sample = view.samples.get(key)
+            # A correction is never earlier than its sample, so the sample is counted already;
+            # when it has left the window, ``old`` is what cumulative holds for it.
+            counted = fix.old
             if sample is not None:
-                counted = sample.label if key not in view.unreleased else None
+                counted = sample.label
                 sample.label = fix.new
                 self._put_sample(view, key, sample)
-            else:
-                counted = fix.old
-            if counted is not None and counted != fix.new:
+            if counted != fix.new:
                 for group in self._groups(model_id, fix.segments):
                     c = self._cumulative(view, group)
                     c.add_labeled(fix.score, fix.decision, counted, -1)
@@ -817,6 +879,29 @@ class PerformanceProcessor(Processor):
         cumulative: dict[tuple[str, str, str, str | None, str | None], Cumulative] = {}
         segment_values: dict[tuple[str, str, str], set[tuple[str, str]]] = {}
         lower = end - self._window_ms
+        # Per partition cumulative counters, by names (ids differ between partitions and
+        # runs), merged in name order so float sums come out bit-identical every time.
+        parts: list[tuple[tuple[str, str, str, int, str], int, Cumulative]] = []
+        popularity: dict[tuple[int, str], int] = {}
+        for v in views:
+            for model_id, index, value_id in v.cumulative:
+                c = v.cumulative[(model_id, index, value_id)]
+                name, version, route = v.models[model_id][:3]
+                seg = "" if index == MODEL_LEVEL else v.segment_name(index, value_id)
+                parts.append(((name, version, route, index, seg), v.partition, c))
+                if index != MODEL_LEVEL:
+                    popularity[(index, seg)] = popularity.get((index, seg), 0) + c.predictions
+        shown = self._shown_segments(popularity)
+        for (name, version, route, index, seg), _, c in sorted(parts, key=lambda x: x[:2]):
+            if index == MODEL_LEVEL:
+                seg_field, seg_value = None, None
+            else:
+                seg_field, seg_value = self._fields[index], shown(index, seg)
+                segment_values.setdefault((name, version, route), set()).add((seg_field, seg_value))
+            total = cumulative.get((name, version, route, seg_field, seg_value))
+            if total is None:
+                total = cumulative[(name, version, route, seg_field, seg_value)] = Cumulative()
+            total.merge(c)
         for v in views:
             for name, version, route, threshold in v.models:
                 names.setdefault((name, version, route), threshold)
@@ -825,23 +910,10 @@ class PerformanceProcessor(Processor):
                     continue
                 name, version, route = v.models[_MODEL_ID.unpack(key[16:])[0]][:3]
                 model = (name, version, route)
-                segs = tuple(v.segment_name(i, vid) for i, vid in enumerate(s.segments))
+                segs = tuple(shown(i, v.segment_name(i, vid)) for i, vid in enumerate(s.segments))
                 window.setdefault(model, []).append(
-                    (s.ts, key, s.score, s.decision, s.label, s.delay, segs)
+                    (s.ts, key[:16], s.score, s.decision, s.label, s.delay, segs)
                 )
-            for (model_id, index, value_id), c in v.cumulative.items():
-                name, version, route = v.models[model_id][:3]
-                if index == MODEL_LEVEL:
-                    seg_field, seg_value = None, None
-                else:
-                    seg_field, seg_value = self._fields[index], v.segment_name(index, value_id)
-                    segment_values.setdefault((name, version, route), set()).add(
-                        (seg_field, seg_value)
-                    )
-                total = cumulative.get((name, version, route, seg_field, seg_value))
-                if total is None:
-                    total = cumulative[(name, version, route, seg_field, seg_value)] = Cumulative()
-                total.merge(c)
         model_reports: list[dict[str, Any]] = []
         self._window_starts: list[int] = []
         for model in sorted(names):
@@ -852,7 +924,7 @@ class PerformanceProcessor(Processor):
             else:
                 start = lower
             self._window_starts.append(start)
-            counts = self._window_counts(views, model, start, end)
+            counts = self._window_counts(views, model, start, end, shown)
             threshold = names[model]
             groups: list[tuple[str | None, str | None]] = [(None, None)]
             groups += sorted(segment_values.get(model, set()))
@@ -887,8 +959,31 @@ class PerformanceProcessor(Processor):
                        key=alert["alert_id"].encode())
             )  # fmt: skip
 
+    def _shown_segments(
+        self, popularity: Mapping[tuple[int, str], int]
+    ) -> Callable[[int, str], str]:
+        """Which segment values are reported by name: per field the ``segment_max_values``
+        with the most predictions so far (ties by name); the rest are reported as 'other'.
+        Decided from committed counters at each boundary, so it is the same in every run."""
+        cap = self.settings.segment_max_values
+        ranked: dict[int, list[tuple[int, str]]] = {}
+        for (index, seg), count in popularity.items():
+            if seg != OTHER_NAME:
+                ranked.setdefault(index, []).append((-count, seg))
+        keep = {index: {seg for _, seg in sorted(items)[:cap]} for index, items in ranked.items()}
+
+        def shown(index: int, seg: str) -> str:
+            return seg if seg in keep.get(index, ()) else OTHER_NAME
+
+        return shown
+
     def _window_counts(
-        self, views: Sequence[PartitionView], model: tuple[str, str, str], start: int, end: int
+        self,
+        views: Sequence[PartitionView],
+        model: tuple[str, str, str],
+        start: int,
+        end: int,
+        shown: Callable[[int, str], str],
     ) -> dict[tuple[str | None, str | None], tuple[int, int, int]]:
         """Predictions, expired and corrections per segment in the intervals of the window."""
         first_k = _ceil_div(start, self._interval) if self._count_window else (
@@ -909,7 +1004,7 @@ class PerformanceProcessor(Processor):
                         continue
                     name: tuple[str | None, str | None] = (
                         (None, None) if index == MODEL_LEVEL
-                        else (self._fields[index], v.segment_name(index, value_id))
+                        else (self._fields[index], shown(index, v.segment_name(index, value_id)))
                     )  # fmt: skip
                     total = totals.setdefault(name, [0, 0, 0])
                     for column in range(3):

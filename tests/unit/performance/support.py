@@ -44,6 +44,7 @@ def processor(**overrides: Any) -> PerformanceProcessor:
         settings(**overrides),
         prediction_topics=[PREDICTIONS, SHADOW],
         label_topics=[LABELS],
+        optional_topics=[SHADOW],
         report_topic=REPORTS,
         alert_topic=ALERTS,
         clock=lambda: 1.0,
@@ -143,8 +144,12 @@ def reports(result: Result, **match: Any) -> list[dict[str, Any]]:
 
 
 def tick(t: int, *, partition: int = 0) -> list[Record]:
-    """Records that move both streams of a partition to event time ``t`` (no join effect)."""
+    """Records that move both streams of a partition just past event time ``t``."""
+    t += 1
     return [
         prediction(f"tick-p-{t}-{partition}", t, 0.5, route="rules", partition=partition),
+        prediction(
+            f"tick-s-{t}-{partition}", t, 0.5, route="shadow", version="tick", partition=partition
+        ),
         label(f"tick-l-{t}-{partition}", t, 0, partition=partition),
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.performance.processor import JOIN_STORE
+from services.performance.processor import JOIN_STORE, event_digest
 from streamml.processor import Output
 
 from .support import (
@@ -103,7 +103,9 @@ def test_primary_and_shadow_both_join_one_label() -> None:
             tick(T0 + 2 * MIN),
         ],
     )
-    shadow = reports(result, route="shadow", window="sliding", segment_field=None)[-1]
+    shadow = reports(
+        result, route="shadow", model_version="2", window="sliding", segment_field=None
+    )[-1]
     assert (shadow["labeled"], shadow["recall"]) == (1, 0.0)
     assert _latest(result, window="sliding")["recall"] == 1.0
 
@@ -199,10 +201,11 @@ def test_state_is_bounded_by_the_horizon() -> None:
     proc, state = processor(), new_state()
     preds = [prediction(f"e{i}", T0 + i, 0.5) for i in range(50)]
     run(proc, state, [preds] + [tick(T0 + m * MIN) for m in range(1, 200, 10)])
-    # Everything but the last ticks (and their tombstones) has been forgotten.
+    # The 50 predictions expired at 2 h and their tombstones were dropped 1 h later.
     join = state.store(JOIN_STORE)
     remaining = {k for k, _ in join.items(0)}
-    assert len(remaining) < 40
+    assert not remaining & {event_digest(f"e{i}") for i in range(50)}
+    assert {event_digest("tick-p-" + str(T0 + 191 * MIN + 1) + "-0")} <= remaining
 
 
 def test_bad_label_value_is_rejected() -> None:
