@@ -31,7 +31,13 @@ from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.dedup import DedupStore
 from services.features.entity_state import NO_TIME, EntityHistory
 from services.features.feature_set import FeatureSet, demo_feature_set, field_getter
-from services.features.validation import DEFAULT_RULES, EventTimeBounds, Rule, Violation, check
+from services.features.validation import (
+    DEFAULT_RULES,
+    EventTimeBounds,
+    Rule,
+    RuleSet,
+    Violation,
+)
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
 from streamml.state import KeyValueStore, State
 
@@ -67,7 +73,7 @@ class FeaturesProcessor(Processor):
     ) -> None:
         self.feature_set = feature_set
         self.output_topic = output_topic
-        self._rules = tuple(rules)
+        self._rules = RuleSet(rules)
         # Events older than the dedup horizon could be duplicates whose key expired, so
         # the past bound defaults to the retention: they go to the DLQ instead.
         self._bounds = time_bounds or EventTimeBounds(max_past_ms=dedup_retention_ms)
@@ -221,7 +227,7 @@ class FeaturesProcessor(Processor):
         if dedup.seen(partition, digest):
             metrics.DUPLICATES.labels("replay" if record.is_replay else "live").inc()
             return None
-        violation = check(event, self._rules)
+        violation = self._rules.check(event)
         if violation is None:
             event_time = int(event["event_time"])
             violation = self._bounds.check(event_time, dedup.partition_max(partition))
