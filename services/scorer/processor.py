@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,10 @@ class _Vector:
     value: Mapping[str, Any]
     entity_id: str
     feature_set_hash: str
-    values: list[float]
+    values: Sequence[float]
+    matrix: np.ndarray[Any, Any] | None = None
+    """The float64 matrix of the batch's vectors of this width, and this vector's row."""
+    row: int = -1
 
 
 @dataclass(frozen=True)
@@ -203,9 +207,10 @@ class ScorerProcessor(Processor):
                 batch.reasons[i] = f"canary_{why}"
             main_idx = sorted(main_idx + failed)
         self._score_hierarchy(batch, main_idx)
+        routes: Counter[str] = Counter()
         for vec, prediction in zip(vectors, batch.served, strict=True):
             assert prediction is not None  # the rules route always answers
-            metrics.PREDICTIONS.labels(prediction["route"]).inc()
+            routes[prediction["route"]] += 1
             result.outputs.append(
                 Output(
                     topic=self._predictions_topic,
@@ -215,6 +220,8 @@ class ScorerProcessor(Processor):
                     headers=vec.record.replay_headers(),
                 )
             )
+        for route, count in routes.items():
+            metrics.PREDICTIONS.labels(route).inc(count)
         if table.shadow is not None:
             result.outputs.extend(self._score_shadow(table.shadow, batch))
         if canary is not None and canary_idx:
@@ -268,16 +275,21 @@ class ScorerProcessor(Processor):
         self, records: Sequence[Record], table: RouteTable, rejections: list[Rejection]
     ) -> list[_Vector]:
         models = table.models()
+        by_hash: dict[str, OnnxModel | None] = {}
         vectors: list[_Vector] = []
         for record in records:
             value = record.value
             values = value.get("values")
-            names = value.get("names") or []
+            names = value.get("names")
             fs_hash = str(value.get("feature_set_hash", ""))
             if not values:
                 rejections.append(Rejection(record, "validation.empty", "no feature values"))
                 continue
-            expected = next((m for m in models if m.feature_set_hash == fs_hash), None)
+            if fs_hash in by_hash:
+                expected = by_hash[fs_hash]
+            else:
+                expected = next((m for m in models if m.feature_set_hash == fs_hash), None)
+                by_hash[fs_hash] = expected
             if expected is not None and len(values) != expected.n_inputs:
                 rejections.append(
                     Rejection(
@@ -299,10 +311,11 @@ class ScorerProcessor(Processor):
                     )
                 )
                 continue
-            vectors.append(_Vector(record, value, str(value["entity_id"]), fs_hash, list(values)))
+            vectors.append(_Vector(record, value, str(value["entity_id"]), fs_hash, values))
         if not vectors:
             return vectors
-        # One vectorised range check per width instead of a Python loop over every value.
+        # One matrix per width (normally one per batch): the range check runs vectorised,
+        # and the model routes slice their rows from it instead of rebuilding arrays.
         bad: set[int] = set()
         by_width: dict[int, list[int]] = {}
         for i, vec in enumerate(vectors):
@@ -311,6 +324,9 @@ class ScorerProcessor(Processor):
             matrix = np.array([vectors[i].values for i in indices], dtype=np.float64)
             ok = np.isfinite(matrix).all(axis=1) & (np.abs(matrix) <= _FLOAT32_MAX).all(axis=1)
             bad.update(indices[j] for j in np.flatnonzero(~ok))
+            for row, i in enumerate(indices):
+                vectors[i].matrix = matrix
+                vectors[i].row = row
         for i in sorted(bad):
             rejections.append(
                 Rejection(
@@ -319,6 +335,8 @@ class ScorerProcessor(Processor):
                     "a feature value is NaN, infinite or beyond float32 range",
                 )
             )
+        if not bad:
+            return vectors
         return [vec for i, vec in enumerate(vectors) if i not in bad]
 
     # -- routes ----------------------------------------------------------------------------
@@ -358,8 +376,7 @@ class ScorerProcessor(Processor):
         eligible = [i for i in indices if vectors[i].feature_set_hash == model.feature_set_hash]
         if not eligible:
             return eligible, None
-        matrix = np.array([vectors[i].values for i in eligible], dtype=np.float32)
-        run = self._run(model, matrix, budget=budget)
+        run = self._run(model, _rows(vectors, eligible), budget=budget)
         metrics.MODEL_BATCH_SECONDS.labels(route).observe(run.latency_ms / 1000.0)
         return eligible, run
 
@@ -576,8 +593,17 @@ class ScorerProcessor(Processor):
             "latency_ms": latency_ms,
             "feature_set_hash": vec.feature_set_hash,
             "features_computed_at": None if computed_at is None else _millis(computed_at),
-            "segments": dict(value.get("categories") or {}),
+            "segments": value.get("categories") or {},
         }
+
+
+def _rows(vectors: list[_Vector], indices: list[int]) -> np.ndarray[Any, Any]:
+    """The float32 input matrix of ``vectors[indices]``, in that order."""
+    shared = vectors[indices[0]].matrix
+    if shared is not None and all(vectors[i].matrix is shared for i in indices):
+        rows = np.fromiter((vectors[i].row for i in indices), dtype=np.intp, count=len(indices))
+        return shared[rows].astype(np.float32)
+    return np.array([vectors[i].values for i in indices], dtype=np.float32)
 
 
 def _same(a: RouteEntry | None, b: RouteEntry | None) -> bool:
