@@ -66,6 +66,7 @@ def _run_service(
     n_events: int,
     partitions: int,
     duplicates: float,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Pre-produce the input, start one instance, time its committed output."""
     prefix = f"bench{uuid.uuid4().hex[:6]}."
@@ -82,6 +83,7 @@ def _run_service(
             f"{env_prefix}RUNTIME__INSTANCE_ID": "bench",
             f"{env_prefix}RUNTIME__BATCH_MAX_RECORDS": "1000",
             f"{env_prefix}LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
         },
         http_port=port,
     ).start()
@@ -102,12 +104,15 @@ def _run_service(
     }
 
 
-def measure_features_service(bootstrap: str, n_events: int, partitions: int) -> dict[str, Any]:
+def measure_features_service(
+    bootstrap: str, n_events: int, partitions: int, *, include_names: bool = True
+) -> dict[str, Any]:
     """Events/s of one features instance (5% duplicates in the input)."""
     return _run_service(
         bootstrap,
         args=["-m", "services.features"],
         env_prefix="STREAMML_FEATURES_",
+        extra_env={"STREAMML_FEATURES_INCLUDE_NAMES": str(include_names).lower()},
         output="features",
         n_events=n_events,
         partitions=partitions,
@@ -187,12 +192,20 @@ def main() -> None:
     for partitions in (1, 4):
         figures = measure_features_service(bootstrap, args.events, partitions)
         print(f"features {partitions}p: {figures}", flush=True)
+        # The same without feature names in each vector (FeatureVector.names may be empty;
+        # consumers then take the order from feature_set_hash): names are 60% of the bytes.
+        no_names = measure_features_service(bootstrap, args.events, partitions, include_names=False)
+        print(f"features {partitions}p without names: {no_names}", flush=True)
         noop = float(measure_noop_runtime(bootstrap, args.events, partitions))
         print(f"noop {partitions}p: {noop:.1f} events/s", flush=True)
         results[f"partitions_{partitions}"] = {
             "features": figures,
+            "features_without_names": no_names,
             "noop_events_per_s": round(noop, 1),
             "share_of_noop": round(figures["events_per_s"] / noop, 3) if noop else None,
+            "share_of_noop_without_names": (
+                round(no_names["events_per_s"] / noop, 3) if noop else None
+            ),
         }
     print(json.dumps(results))
 

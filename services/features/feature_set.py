@@ -231,13 +231,19 @@ class OneHot(Transform):
         return (*(f"{self.name}={v}" for v in self.values), f"{self.name}=__other__")
 
     @cached_property
-    def _index(self) -> dict[str, int]:
-        return {v: i for i, v in enumerate(self.values)}
+    def _memo(self) -> dict[Any, tuple[float, ...]]:
+        width = len(self.values) + 1
+        return {
+            v: tuple(1.0 if i == j else 0.0 for j in range(width))
+            for i, v in enumerate(self.values)
+        }
+
+    @cached_property
+    def _other(self) -> tuple[float, ...]:
+        return (0.0,) * len(self.values) + (1.0,)
 
     def compute(self, value: Any) -> Sequence[float]:
-        out = [0.0] * (len(self.values) + 1)
-        out[self._index.get(value, len(self.values))] = 1.0
-        return out
+        return self._memo.get(value, self._other)
 
 
 @lru_cache(maxsize=65_536)
@@ -261,10 +267,19 @@ class HashedOneHot(Transform):
     def names(self) -> tuple[str, ...]:
         return tuple(f"{self.name}#{i}" for i in range(self.buckets))
 
+    @cached_property
+    def _memo(self) -> dict[Any, tuple[float, ...]]:
+        return {}
+
     def compute(self, value: Any) -> Sequence[float]:
-        out = [0.0] * self.buckets
-        out[stable_bucket(str(value or ""), self.buckets)] = 1.0
-        return out
+        memo = self._memo
+        found = memo.get(value)
+        if found is None:
+            if len(memo) >= 65_536:  # open vocabulary: keep the cache bounded
+                memo.clear()
+            hot = stable_bucket(str(value or ""), self.buckets)
+            found = memo[value] = tuple(1.0 if i == hot else 0.0 for i in range(self.buckets))
+        return found
 
 
 # -- per-entity aggregates ---------------------------------------------------------------

@@ -170,10 +170,12 @@ class FeaturesProcessor(Processor):
         # If this raises, the runtime rolls the state back and processes the records again
         # one by one; the circuit must not count them twice.
         before = circuit.snapshot() if circuit is not None else None
+        # Largest accepted event time per partition, read once and written once per batch.
+        maxima: dict[int, int | None] = {}
         try:
             for index, record in enumerate(records):
                 metrics.LAST_EVENT.touch(record.partition, now)
-                violation = self._one(record, entities, dedup, now, result)
+                violation = self._one(record, entities, dedup, maxima, now, result)
                 if circuit is None:
                     continue
                 reason = violation.reason if violation is not None else ""
@@ -191,6 +193,11 @@ class FeaturesProcessor(Processor):
             if circuit is not None and before is not None:
                 circuit.restore(before)
             raise
+        for partition, latest in maxima.items():
+            if latest is not None:
+                expired = dedup.advance(partition, latest)
+                if expired:
+                    metrics.DEDUP_EXPIRED.inc(expired)
         if circuit is not None:
             metrics.INVALID_SHARE.set(circuit.invalid_share)
             metrics.CIRCUIT_STATE.set(int(circuit.state))
@@ -200,11 +207,12 @@ class FeaturesProcessor(Processor):
         probe = self.circuit.probe_after_s if self.circuit is not None else None
         return Halt(reason=reason, unconsumed=tuple(unconsumed), probe_after_s=probe)
 
-    def _one(
+    def _one(  # noqa: PLR0917 (the hot path: positional on purpose)
         self,
         record: Record,
         entities: KeyValueStore,
         dedup: DedupStore,
+        maxima: dict[int, int | None],
         now: float,
         result: Result,
     ) -> Violation | None:
@@ -230,7 +238,11 @@ class FeaturesProcessor(Processor):
         violation = self._rules.check(event)
         if violation is None:
             event_time = int(event["event_time"])
-            violation = self._bounds.check(event_time, dedup.partition_max(partition))
+            if partition in maxima:
+                partition_max = maxima[partition]
+            else:
+                partition_max = maxima[partition] = dedup.partition_max(partition)
+            violation = self._bounds.check(event_time, partition_max)
         if violation is not None:
             return self._reject(record, result, violation)
 
@@ -263,9 +275,8 @@ class FeaturesProcessor(Processor):
             metrics.ENTITY_HISTORY_CAPPED.inc(capped)
         entities.put(partition, entity_key, history.to_bytes())
         dedup.remember(partition, digest, event_time)
-        expired = dedup.advance(partition, event_time)
-        if expired:
-            metrics.DEDUP_EXPIRED.inc(expired)
+        if partition_max is None or event_time > partition_max:
+            maxima[partition] = event_time
 
         computed_at = int(now * 1000)
         metrics.FEATURE_AGE.observe(max(computed_at - event_time, 0) / 1000.0)

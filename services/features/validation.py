@@ -208,12 +208,17 @@ class RuleSet:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
-        self._compiled = tuple((rule.get, rule.violated, rule) for rule in self.rules)
+        fields = list(dict.fromkeys(rule.field for rule in self.rules))
+        self._getters = tuple(field_getter(path) for path in fields)
+        self._compiled = tuple(
+            (fields.index(rule.field), rule.violated, rule) for rule in self.rules
+        )
 
     def check(self, event: Event) -> Violation | None:
         """The first rule ``event`` breaks, or None."""
-        for get, violated, rule in self._compiled:
-            if violated(get(event)) is not None:
+        values = [get(event) for get in self._getters]
+        for index, violated, rule in self._compiled:
+            if violated(values[index]) is not None:
                 return rule.check(event)
         return None
 
