@@ -186,6 +186,12 @@ def test_crashed_replay_resumes_without_duplicates_or_gaps(
 
     stored = read_log(kafka, f"{topic_prefix}operator.redrive.log", idle_timeout_s=10)
     assert stored[f"replay/{plan.replay_id}"]["progress"] == {"0": 20}
+    wrong = ops_cli(
+        kafka_bootstrap, topic_prefix, "replay", "labels", "--resume", plan.replay_id, "--yes"
+    )
+    assert wrong.exit_code == 2 and "copies from" in wrong.stderr
+    unknown = ops_cli(kafka_bootstrap, topic_prefix, "replay", "events", "--resume", "nope")
+    assert unknown.exit_code == 2 and "no replay 'nope'" in unknown.stderr
     resumed = ops_cli(
         kafka_bootstrap, topic_prefix, "replay", "events", "--resume", plan.replay_id, "--yes"
     )

@@ -199,6 +199,11 @@ def replay_command(
         if any(v is not None for v in given):
             raise UsageError("--resume continues a stored plan; give no range, --target or -p")
         plan = replay.load_plan(kafka, resume, ops)
+        if plan.source != kafka.topic(topic):
+            raise UsageError(
+                f"replay {resume} copies from {plan.source}, not {kafka.topic(topic)}; "
+                "check the id and --prefix"
+            )
         if plan.done:
             out.print(
                 f"replay {plan.replay_id} already completed ({plan.copied} records); nothing to do"
