@@ -236,9 +236,10 @@ def replay_command(
         writer = replay.start(kafka, plan, ops)
     else:
         writer = TransactionalWriter(kafka, f"streamml-ops-replay-{plan.replay_id}")
+    again = f" --prefix {prefix}" if prefix else ""
     err.print(
         f"replay id {plan.replay_id}; if interrupted: streamml replay {topic} "
-        f"--resume {plan.replay_id}"
+        f"--resume {plan.replay_id}{again}"
     )
     columns = (
         TextColumn("replay"),
