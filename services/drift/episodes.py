@@ -62,11 +62,12 @@ class WindowTestParams(BaseModel):
         "Bonferroni or none.",
     )
     ks_min_d: float = Field(
-        default=0.1,
+        default=0.15,
         ge=0,
         le=1,
         description="KS fires only when D is also at least this (effect size): with large "
-        "windows any training/serving skew is 'significant'.",
+        "windows any training/serving skew is 'significant', and with small ones a per-window "
+        "0.05 level alone would fire several times a day (see drift-tests decision).",
     )
     missing_rate: float = Field(
         default=0.05, gt=0, le=1, description="Share of missing/invalid values that fires."
@@ -84,10 +85,11 @@ class WindowTestParams(BaseModel):
         default=3, ge=1, description="Clean evaluated windows in a row that resolve an episode."
     )
     idle_windows: int = Field(
-        default=5,
+        default=60,
         ge=1,
         description="Close a window without a partition's report once another partition is "
-        "this many windows ahead (the missing one is idle or far behind).",
+        "this many windows ahead (the missing one is idle). Large, so that partitions "
+        "catching up unevenly after downtime do not get their windows closed early.",
     )
     stream_detector_severity: Severity = Field(
         default="warn", description="Severity of an ADWIN/Page-Hinkley/KSWIN detection."

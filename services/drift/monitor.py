@@ -88,7 +88,9 @@ class StreamMonitor:
         self.categorical = tuple(categorical)
         self._params = [params.get(ref.name, default_params) for ref in self.numeric]
         self.detectors: list[StreamDetectors | None] = [
-            StreamDetectors(p, seed=partition) if run_detectors and ref.std > 0 else None
+            StreamDetectors(p, seed=partition)
+            if run_detectors and (len(ref.pit_scores) or ref.std > 0)
+            else None
             for p, ref in zip(self._params, self.numeric, strict=True)
         ]
         self.seen = 0
@@ -165,12 +167,14 @@ class StreamMonitor:
             self.psi_counts[j] += np.bincount(
                 np.searchsorted(ref.edges, column, side="right"), minlength=ref.bins
             )
-            self.ks_counts[j] += np.bincount(
-                np.searchsorted(ref.ks_grid, column, side="left"), minlength=ref.ks_bins
-            )
+            ks_index = np.searchsorted(ref.ks_grid, column, side="left")
+            self.ks_counts[j] += np.bincount(ks_index, minlength=ref.ks_bins)
             detectors = self.detectors[j]
             if detectors is not None and len(column):
-                standardised = ((column - ref.mean) / ref.std).tolist()
+                if len(ref.pit_scores):
+                    standardised = ref.pit_scores[ks_index].tolist()
+                else:  # no reference sample: standardise by the training moments
+                    standardised = ((column - ref.mean) / ref.std).tolist()
                 hits = detectors.update_many(standardised)
                 if hits:
                     positions = np.flatnonzero(ok)

@@ -70,6 +70,11 @@ class NumericReference:
     """Distinct quantiles of the reference sample where the CDFs are compared."""
     ks_reference_cdf: FloatArray
     """Reference sample CDF at each ``ks_grid`` point."""
+    pit_scores: FloatArray
+    """Per KS-grid interval, the standardised mid reference CDF (probability integral
+    transform): what the streaming detectors see instead of the raw value. Mean 0 and
+    sd 1 under the reference whatever its shape, so heavy tails and skew (amounts) do not
+    set off ADWIN or Page-Hinkley, and one parameter set fits every feature."""
     sample_size: int
     mean: float
     std: float
@@ -216,10 +221,23 @@ def _numeric(name: str, doc: Any) -> NumericReference:
         expected=_floored(counts / counts.sum()),
         ks_grid=grid,
         ks_reference_cdf=ref_cdf,
+        pit_scores=_pit_scores(ref_cdf),
         sample_size=len(sample),
         mean=mean,
         std=std if math.isfinite(std) else 0.0,
     )
+
+
+def _pit_scores(reference_cdf: FloatArray) -> FloatArray:
+    if len(reference_cdf) == 0:
+        return np.empty(0)
+    bounds = np.concatenate([[0.0], reference_cdf, [1.0]])
+    mass = np.diff(bounds)
+    middle = (bounds[:-1] + bounds[1:]) / 2
+    mean = float(np.dot(mass, middle))  # 0.5 by construction
+    std = math.sqrt(max(float(np.dot(mass, (middle - mean) ** 2)), 1e-12))
+    scores: FloatArray = (middle - mean) / std
+    return scores
 
 
 def _categorical(name: str, freqs: Any) -> CategoricalReference:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.drift.episodes import WindowTestParams
+from services.drift.reference import reference_from_mapping, synthetic_reference
 from streamml.processor import Record
 from tests.unit.drift.harness import (
     CHANNELS,
@@ -44,7 +45,8 @@ def test_gradual_drift_is_detected() -> None:
     harness.feed_all(stream_records(values, NAMES), batch=250)
 
     opened = harness.opened()
-    assert [a["feature"] for a in opened] == ["f1"]
+    # at the threshold a slow drift may open, resolve and reopen: always f1 only
+    assert {a["feature"] for a in opened} == {"f1"}
     position = harness.alert_positions[harness.alerts.index(opened[0])]
     assert 10_000 < position < 30_000
 
@@ -188,3 +190,68 @@ def test_predictions_of_other_models_are_not_compared_with_this_reference() -> N
         records.append(Record(record.topic, 0, i, 0, b"k", value, (), "Prediction"))
     harness.feed_all(records)
     assert harness.alerts == [] and harness.reports == []
+
+
+def test_an_idle_partition_does_not_block_alerts_forever() -> None:
+    rng = np.random.default_rng(1212)
+    values = rng.normal(size=(20_000, 4))
+    values[10_000:, 0] += 1.0
+    records = stream_records(values, NAMES, partitions=2)
+    # partition 1 goes silent a third of the way in; partition 0 carries on drifting
+    records = [r for r in records if r.partition == 0 or r.offset < 3_000]
+    tests = WindowTestParams(idle_windows=4, min_window_records=200)
+    harness = Harness(make_processor(make_reference(), partitions=2, tests=tests), 2)
+    harness.feed_all(records)
+    opened = harness.opened()
+    assert [a["feature"] for a in opened] == ["f0"]
+    assert opened[0]["details"]["partitions"] == "0"
+    assert opened[0]["first_offset"] is not None  # one partition: its offsets are the fields
+
+    patient = Harness(make_processor(make_reference(), partitions=2), 2)  # default: 60 windows
+    patient.feed_all(records)
+    assert patient.alerts == []  # still waiting for partition 1 (20 windows < 60)
+
+
+def test_vectors_with_mismatched_names_and_values_go_to_the_dlq() -> None:
+    harness = Harness(make_processor(make_reference()))
+    good = stream_records(np.zeros((2, 4)), NAMES)
+    bad_value = dict(good[1].value, values=[0.0, 1.0])
+    bad = Record(good[1].topic, 0, 1, 0, b"k", bad_value, (), "FeatureVector")
+    unnamed = Record(good[1].topic, 0, 2, 0, b"k", dict(bad_value, names=[]), (), "FeatureVector")
+    result = harness.processor.process([good[0], bad, unnamed], harness.state)
+    assert [(r.record.offset, r.reason) for r in result.rejections] == [
+        (1, "validation.shape"),
+        (2, "validation.shape"),
+    ]
+
+
+def test_vectors_are_read_by_name_in_any_order_and_missing_names_count_as_missing() -> None:
+    rng = np.random.default_rng(1313)
+    values = rng.normal(size=(12_000, 4))
+    reordered = ["f3", "f2", "f1", "f0"]
+    records = stream_records(values[:, ::-1], reordered)
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(records)
+    assert harness.alerts == []
+    partial = stream_records(values[:, :3], NAMES[:3])  # f3 absent from every vector
+    harness2 = Harness(make_processor(make_reference()))
+    harness2.feed_all(partial)
+    assert [(a["feature"], a["detector"]) for a in harness2.opened()] == [("f3", "missing_rate")]
+
+
+def test_heavy_tailed_and_skewed_features_raise_no_false_alarm() -> None:
+    # Detectors see the reference CDF of each value, not the raw value: amounts are lognormal.
+    rng = np.random.default_rng(1414)
+
+    def draw(n: int) -> np.ndarray:
+        columns = [rng.lognormal(3, 1, n), rng.standard_t(3, n), rng.exponential(2.0, n)]
+        return np.column_stack([*columns, rng.poisson(3, n).astype(float)])
+
+    train = draw(50_000)
+    reference = reference_from_mapping(
+        synthetic_reference({name: train[:, i] for i, name in enumerate(NAMES)}, seed=3)
+    )
+    harness = Harness(make_processor(reference))
+    harness.feed_all(stream_records(draw(150_000), NAMES), batch=1_000)
+    assert harness.alerts == []
+    assert sum(len(r["detections"]) for r in harness.reports) == 0

@@ -1,0 +1,91 @@
+"""Run the drift service: ``python -m services.drift``.
+
+Reads ``features`` and ``predictions`` (co-partitioned) plus its own internal
+``drift.windows`` topic, writes ``drift.alerts``. Exits 2 with one line when the settings
+or the reference are wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from services.drift.processor import DriftProcessor
+from services.drift.reference import load_reference
+from services.drift.settings import DEV_STATE_KEY, DriftSettings
+from streamml.errors import ConfigError
+from streamml.logs import configure_logging
+from streamml.runtime import StreamRuntime
+from streamml.settings import KafkaSettings, load_settings
+
+SERVICE = "drift"
+log = logging.getLogger("services.drift")
+
+
+def _partitions(kafka: KafkaSettings, topic: str) -> int:
+    try:
+        metadata = AdminClient(kafka.client_config()).list_topics(topic, timeout=30)
+    except KafkaException as exc:
+        raise ConfigError(f"cannot read metadata of {topic}: {exc}") from exc
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise ConfigError(f"input topic {topic} does not exist; create it first")
+    return len(found.partitions)
+
+
+def main() -> None:
+    try:
+        settings = load_settings(DriftSettings)
+        configure_logging(settings.log_level, settings.log_format, service=SERVICE)
+        reference = load_reference(settings.reference_path)
+        kafka = settings.kafka
+        features = kafka.topic(settings.features_topic)
+        predictions = kafka.topic(settings.predictions_topic)
+        partitions = settings.source_partitions or _partitions(kafka, features)
+        if settings.state_key.get_secret_value() == DEV_STATE_KEY:
+            log.warning("drift state is signed with the development key; set "
+                        "STREAMML_DRIFT_STATE_KEY in production")  # fmt: skip
+        processor = DriftProcessor(
+            reference=reference,
+            features_topic=features,
+            predictions_topic=predictions if settings.monitor_predictions else None,
+            windows_topic=kafka.topic(settings.windows_topic),
+            alerts_topic=kafka.topic(settings.alerts_topic),
+            state_key=settings.state_key.get_secret_value().encode(),
+            source_partitions=partitions,
+            window_ms=settings.window_ms,
+            detectors=settings.detectors,
+            feature_detectors=settings.feature_detectors,
+            tests=settings.tests,
+            include_replayed=settings.include_replayed,
+        )
+        inputs = {
+            features: "FeatureVector",
+            kafka.topic(settings.windows_topic): "DriftWindowReport",
+        }
+        if settings.monitor_predictions:
+            inputs[predictions] = "Prediction"
+        runtime = StreamRuntime(
+            service=SERVICE,
+            processor=processor,
+            inputs=inputs,
+            kafka=kafka,
+            settings=settings.runtime,
+            http=settings.http,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    log.info(
+        "reference %s model=%s/%s features=%d categorical=%d window_ms=%d partitions=%d",
+        reference.fingerprint, reference.model_name, reference.model_version,
+        len(reference.feature_names), len(reference.categorical), settings.window_ms, partitions,
+    )  # fmt: skip
+    sys.exit(runtime.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The drift service against the real broker: exactly-once alerts, replays, partitions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.drift.reference import synthetic_reference
+from streamml.codec import AvroCodec
+from tests.kafkatest import ServiceProcess, consume_all, create_topics, free_port, produce
+
+pytestmark = [pytest.mark.integration]
+
+PARTITIONS = 4
+NAMES = ["f0", "f1", "f2", "f3"]
+CHANNELS = {"pos": 0.5, "ecommerce": 0.35, "atm": 0.1, "moto": 0.05}
+STEP_MS = 10  # event time between records; windows of 5 s hold 500 records
+T0 = 1_790_000_000_000
+
+
+def _reference(path: Path) -> Path:
+    rng = np.random.default_rng(7)
+    columns = {name: rng.normal(size=20_000) for name in NAMES}
+    document = synthetic_reference(
+        columns, score=rng.beta(1, 12, size=20_000), categories={"channel": CHANNELS},
+        threshold=0.3, seed=7,
+    )  # fmt: skip
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _vectors(
+    n: int, *, seed: int, drift: tuple[int, int] | None = None, start: int = 0
+) -> list[tuple[int, dict[str, Any]]]:
+    """(partition, FeatureVector) pairs; f1 moves +1 sd for records in ``drift``."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(n, len(NAMES)))
+    if drift is not None:
+        values[drift[0] : drift[1], 1] += 1.0
+    keys = list(CHANNELS)
+    probs = np.asarray(list(CHANNELS.values()))
+    channels = rng.choice(len(keys), size=n, p=probs)
+    out = []
+    for i in range(n):
+        j = start + i
+        out.append((j % PARTITIONS, {
+            "event_id": f"e{j}", "entity_id": f"c{j % 97}", "event_time": T0 + j * STEP_MS,
+            "computed_at": T0 + j * STEP_MS, "feature_set": "card", "feature_set_version": "1",
+            "feature_set_hash": "h", "names": NAMES, "values": values[i].tolist(),
+            "categories": {"channel": keys[channels[i]]},
+        }))  # fmt: skip
+    return out
+
+
+def _produce(
+    bootstrap: str, topic: str, vectors: list[tuple[int, dict[str, Any]]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:  # fmt: skip
+    codec = AvroCodec()
+    for p in range(PARTITIONS):
+        rows = [
+            (v["entity_id"].encode(), codec.encode("FeatureVector", v, topic=topic), headers or [])
+            for part, v in vectors if part == p
+        ]  # fmt: skip
+        produce(bootstrap, topic, rows, partition=p)
+
+
+def _service(bootstrap: str, prefix: str, reference: Path, logs: Path) -> ServiceProcess:
+    port = free_port()
+    env = {
+        "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMML_KAFKA_TOPIC_PREFIX": prefix,
+        "STREAMML_DRIFT_REFERENCE_PATH": str(reference),
+        "STREAMML_DRIFT_WINDOW_MS": "5000",
+        "STREAMML_DRIFT_HTTP__PORT": str(port),
+        "STREAMML_DRIFT_RUNTIME__INSTANCE_ID": "drift-0",
+        "STREAMML_DRIFT_RUNTIME__BATCH_MAX_RECORDS": "300",
+        "STREAMML_DRIFT_TESTS__IDLE_WINDOWS": "1000",
+        "STREAMML_DRIFT_STATE_KEY": "integration-test-key",
+    }
+    return ServiceProcess(["-m", "services.drift"], env, http_port=port,
+                          log_path=logs / f"drift-{prefix.strip('.')}.log")  # fmt: skip
+
+
+def _alerts(bootstrap: str, prefix: str, expect: int | None = None) -> list[dict[str, Any]]:
+    codec = AvroCodec()
+    topic = f"{prefix}drift.alerts"
+    messages = consume_all(bootstrap, topic, expect=expect, timeout_s=120, idle_s=8)
+    return [codec.decode(m.value(), "DriftAlert", topic=topic) for m in messages]
+
+
+def _windows_done(bootstrap: str, prefix: str, windows: int) -> None:
+    """Wait until every partition reported every window but the still-open last one."""
+    topic = f"{prefix}drift.windows"
+    consume_all(bootstrap, topic, expect=windows * PARTITIONS, timeout_s=180)
+
+
+def _run_uninterrupted(
+    bootstrap: str, prefix: str, reference: Path, logs: Path, vectors: list[Any], windows: int
+) -> list[dict[str, Any]]:
+    create_topics(bootstrap, prefix, partitions=PARTITIONS)
+    _produce(bootstrap, f"{prefix}features", vectors)
+    proc = _service(bootstrap, prefix, reference, logs).start()
+    try:
+        proc.wait_ready(90)
+        _windows_done(bootstrap, prefix, windows)
+        alerts = _alerts(bootstrap, prefix)
+    finally:
+        assert proc.terminate() == 0
+        proc.stop()
+    return alerts
+
+
+N = 24_000
+WINDOWS = N * STEP_MS // 5_000 - 1  # the last window stays open (no later record)
+DRIFT = (9_000, 15_000)
+
+
+@pytest.mark.eos
+def test_alerts_after_sigkill_and_restart_equal_an_uninterrupted_run(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, logs_dir: Path
+) -> None:
+    reference = _reference(tmp_path / "reference.json")
+    vectors = _vectors(N, seed=11, drift=DRIFT)
+    whole = _run_uninterrupted(
+        kafka_bootstrap, f"{topic_prefix}a.", reference, logs_dir, vectors, WINDOWS
+    )
+    # One real drift over 4 partitions: one episode (open ... resolved), not four.
+    assert [(a["state"], a["feature"]) for a in whole if a["state"] == "open"] == [("open", "f1")]
+    assert [a["state"] for a in whole if a["feature"] == "f1"][-1] == "resolved"
+    assert len({a["alert_id"] for a in whole}) == 1
+    assert whole[0]["details"]["partitions"] == "0,1,2,3"
+
+    prefix = f"{topic_prefix}b."
+    create_topics(kafka_bootstrap, prefix, partitions=PARTITIONS)
+    _produce(kafka_bootstrap, f"{prefix}features", vectors)
+    kills = 0
+    for wait_for in (WINDOWS // 4, WINDOWS // 2):
+        proc = _service(kafka_bootstrap, prefix, reference, logs_dir).start()
+        proc.wait_ready(90)
+        consume_all(kafka_bootstrap, f"{prefix}drift.windows", expect=wait_for * PARTITIONS,
+                    timeout_s=180)  # fmt: skip
+        proc.kill()  # SIGKILL mid-stream: the open transaction is aborted
+        proc.stop()
+        kills += 1
+    proc = _service(kafka_bootstrap, prefix, reference, logs_dir).start()
+    try:
+        proc.wait_ready(90)
+        _windows_done(kafka_bootstrap, prefix, WINDOWS)
+        restarted = _alerts(kafka_bootstrap, prefix, expect=len(whole))
+    finally:
+        assert proc.terminate() == 0
+        proc.stop()
+    assert kills == 2
+    assert restarted == whole
+    reports = consume_all(kafka_bootstrap, f"{prefix}drift.windows", expect=WINDOWS * PARTITIONS)
+    assert len(reports) == WINDOWS * PARTITIONS  # each window of each partition reported once
+
+
+@pytest.mark.replay
+def test_replayed_records_do_not_trigger_alerts(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, logs_dir: Path
+) -> None:
+    reference = _reference(tmp_path / "reference.json")
+    create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
+    topic = f"{topic_prefix}features"
+    normal = _vectors(8_000, seed=21)
+    _produce(kafka_bootstrap, topic, normal[:4_000])
+    # An operator replays records that look drifted (e.g. a backfill of another period).
+    replayed = _vectors(4_000, seed=22, drift=(0, 4_000), start=4_000)
+    _produce(kafka_bootstrap, topic, replayed, headers=[("replay.id", b"r-1")])
+    _produce(kafka_bootstrap, topic, [(p, dict(v, event_time=v["event_time"] + 40_000))
+                                      for p, v in normal[4_000:]])  # fmt: skip
+    proc = _service(kafka_bootstrap, topic_prefix, reference, logs_dir).start()
+    try:
+        proc.wait_ready(90)
+        windows = 8 + 7  # event-time windows 0-7 and 16-22 per partition (23 stays open)
+        reports = consume_all(kafka_bootstrap, f"{topic_prefix}drift.windows",
+                              expect=windows * PARTITIONS, timeout_s=180)  # fmt: skip
+        time.sleep(2)
+        alerts = _alerts(kafka_bootstrap, topic_prefix)
+        _code, metrics = proc.http("/metrics")
+    finally:
+        assert proc.terminate() == 0
+        proc.stop()
+    assert alerts == []
+    codec = AvroCodec()
+    counted = sum(
+        codec.decode(m.value(), "DriftWindowReport", topic=m.topic())["records"] for m in reports
+    )
+    assert counted <= 8_000  # none of the 4,000 replayed records was counted
+    text = metrics.get("text", "")
+    samples = {
+        (sample.labels["stream"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "streamml_drift_records"
+        for sample in family.samples
+        if sample.name == "streamml_drift_records_total"
+    }
+    assert samples[("features", "replay_skipped")] == 4_000
+    assert samples[("features", "monitored")] == 8_000
