@@ -684,7 +684,10 @@ def tail_command(
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    tail.run_tail(kafka, options, codec, emit, chosen)
+    try:
+        tail.run_tail(kafka, options, codec, emit, chosen)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how one stops following: not an error
 
 
 # ---------------------------------------------------------------------------- topics
