@@ -164,3 +164,36 @@ def test_redrive_filters_by_error_class_and_offsets(
         assert (message.headers() or [])[0] == ("trace", bytes([offset]))
         assert message.timestamp()[1] == 1_795_300_000_000 + offset
         assert not any(k.startswith("dlq.") for k, _ in message.headers() or [])
+
+
+def test_two_redrives_planned_at_once_send_each_dead_letter_once(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    from streamml.ops import deadletters  # noqa: PLC0415
+    from streamml.ops.common import kafka_settings  # noqa: PLC0415
+    from streamml.ops.settings import OpsSettings  # noqa: PLC0415
+
+    create_topics(kafka_bootstrap, topic_prefix, partitions=1)
+    letters = []
+    for i, event in enumerate(make_events(5, seed=8)):
+        headers = dl.dead_letter_headers(
+            [], error_class="decode", message="bad", service="features", stage="decode",
+            topic=f"{topic_prefix}events", partition=0, offset=i,
+            source_timestamp_ms=1_795_300_000_000, now_ms=1_795_300_000_000,
+        )  # fmt: skip
+        letters.append((b"k", CODEC.encode("Event", event), headers))
+    produce(kafka_bootstrap, f"{topic_prefix}events.dlq", letters)
+    kafka = kafka_settings(kafka_bootstrap, topic_prefix)
+    ops = OpsSettings(chunk_records=2)
+    dlq = f"{topic_prefix}events.dlq"
+    # Both operators look at the DLQ before either sends anything.
+    first = deadletters.prepare_redrive(
+        kafka, dlq, deadletters.RedriveFilter(), ops, max_attempts=3
+    )
+    second = deadletters.prepare_redrive(
+        kafka, dlq, deadletters.RedriveFilter(), ops, max_attempts=3
+    )
+    assert len(first.send) == len(second.send) == 5
+    assert deadletters.execute_redrive(kafka, first, ops) == (5, 0)
+    assert deadletters.execute_redrive(kafka, second, ops) == (0, 0)
+    assert len(consume_all(kafka_bootstrap, f"{topic_prefix}events", idle_s=1.0)) == 5

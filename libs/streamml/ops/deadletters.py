@@ -377,10 +377,14 @@ def execute_redrive(kafka: KafkaSettings, plan: RedrivePlan, ops: OpsSettings) -
     partitions_of(admin, log_topic)
     if plan.park:
         partitions_of(admin, plan.dlq + PARKED_SUFFIX)
-    # One transactional.id per DLQ: two operators redriving the same DLQ at once fence
-    # each other instead of both sending.
+    # One transactional.id per DLQ: starting the writer fences any other redrive of this DLQ
+    # (its open transaction is aborted, its next commit fails). Reading the log only *after*
+    # that sees every chunk the other run committed, so no dead letter is sent twice even
+    # when two operators redrive at the same moment.
     writer = TransactionalWriter(kafka, f"streamml-ops-redrive-{plan.dlq}")
-    actions = [(letter, "sent") for letter in plan.send] + [(d, "parked") for d in plan.park]
+    handled = set(read_log(kafka, log_topic, idle_timeout_s=ops.idle_timeout_s))
+    actions = [(d, "sent") for d in plan.send if d.log_key not in handled]
+    actions += [(d, "parked") for d in plan.park if d.log_key not in handled]
     sent = parked = 0
     try:
         for chunk in chunked(actions, ops.chunk_records):
