@@ -235,7 +235,10 @@ def replay_command(
     if resume is None:
         writer = replay.start(kafka, plan, ops)
     else:
+        # Fence any other run of this replay first, then re-read its progress: whatever
+        # that run committed is seen, so nothing is copied twice.
         writer = TransactionalWriter(kafka, f"streamml-ops-replay-{plan.replay_id}")
+        plan = replay.load_plan(kafka, plan.replay_id, ops)
     again = f" --prefix {prefix}" if prefix else ""
     err.print(
         f"replay id {plan.replay_id}; if interrupted: streamml replay {topic} "
