@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 from services.scorer.artifact import SigningKeyError, load_public_key
 from services.scorer.control import ControlApplier
-from services.scorer.follower import ControlFollower, ControlReader
+from services.scorer.follower import ControlFollower, ControlReader, publish_instruction
 from services.scorer.processor import ScorerProcessor
 from services.scorer.registry import ModelRegistry
 from services.scorer.routing import ModelRoutes
@@ -89,7 +90,7 @@ def main() -> int:
             log.error("cannot start: %s", exc)
             reader.close()
             return EXIT_USAGE
-    applier.bootstrap(
+    from_settings = applier.bootstrap(
         {
             "primary": (settings.primary_model, settings.primary_version),
             "fallback": (settings.fallback_model, settings.fallback_version),
@@ -114,6 +115,16 @@ def main() -> int:
             reader.close()
         return EXIT_USAGE
     log.info("serving %s", table.describe())
+    if reader is not None and reader.assigned:
+        for value in applier.settings_instructions(
+            [role for role in from_settings if role not in control],
+            issued_at_ms=time.time_ns() // 1_000_000,
+            issued_by=f"scorer:settings:{settings.runtime.instance_id}",
+        ):
+            try:
+                publish_instruction(kafka, reader.topic, codec, value)
+            except StreamMLError as exc:  # serving does not depend on it
+                log.warning("could not record the %s on model.control: %s", value["role"], exc)
 
     follower = None
     if reader is not None:

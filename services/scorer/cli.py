@@ -27,7 +27,7 @@ from services.scorer.artifact import (
     load_public_key,
     verify_version,
 )
-from services.scorer.control import SCHEMA, TOPIC, check_instruction, control_record
+from services.scorer.control import TOPIC, check_instruction, control_record
 from streamml.errors import BrokerError, ConfigError, StreamMLError
 from streamml.settings import KafkaSettings, load_settings
 
@@ -153,21 +153,6 @@ def _read_state(kafka: Any, topic: str, codec: Any, timeout_s: float) -> dict[st
         reader.close()
 
 
-def _publish(kafka: Any, topic: str, codec: Any, value: dict[str, Any]) -> None:
-    from confluent_kafka import Producer  # noqa: PLC0415 (librdkafka)
-
-    producer = Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all"})
-    errors: list[str] = []
-    producer.produce(
-        topic,
-        key=value["role"].encode(),
-        value=codec.encode(SCHEMA, value, topic=topic),
-        on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
-    )
-    if producer.flush(30) or errors:
-        raise BrokerError(f"could not write to {topic}: {'; '.join(errors) or 'timeout'}")
-
-
 def _control(
     *,
     role: str,
@@ -203,7 +188,9 @@ def _control(
             raise ConfigError(problem)
         if check is not None and action == "promote":
             _check_locally(check[0], check[1], str(name), str(version))
-        _publish(kafka, topic, codec, value)
+        from services.scorer.follower import publish_instruction  # noqa: PLC0415 (librdkafka)
+
+        publish_instruction(kafka, topic, codec, value)
     except BrokerError as exc:
         _fail(str(exc), code=1)
     except StreamMLError as exc:

@@ -110,13 +110,15 @@ class ControlApplier:
         control: Mapping[str, tuple[int, Mapping[str, Any]]],
         *,
         canary_share: float,
-    ) -> None:
+    ) -> list[str]:
         """The start-up route table: model.control's instruction per role, else ``configured``.
 
         ``configured`` maps role -> (model name or None, version or None = latest);
         ``control`` maps role -> (offset, last instruction) as read from the topic. A
         refused instruction falls back to the configured version, never to nothing.
+        Returns the roles filled from ``configured``.
         """
+        from_settings: list[str] = []
         for role in ROLES:
             name, version = configured.get(role, (None, None))
             if role in control:
@@ -141,6 +143,37 @@ class ControlApplier:
             share = canary_share if role == "canary" else None
             self._routes.publish(table.with_role(role, RouteEntry(model, -1), canary_share=share))
             log.info("%s is %s (from settings)", role, model.label)
+            from_settings.append(role)
+        return from_settings
+
+    def settings_instructions(
+        self, roles: list[str], *, issued_at_ms: int, issued_by: str
+    ) -> list[dict[str, Any]]:
+        """Promote records for roles that came from the settings, for ``model.control``.
+
+        Written once when the topic has no instruction for a role, so the topic holds the
+        whole serving state and the first operator promotion records a previous version
+        that ``rollback`` can return to.
+        """
+        _, table = self._routes.current()
+        records = []
+        for role in roles:
+            entry = table.get(role)
+            if entry is None:
+                continue
+            records.append(
+                control_record(
+                    role,
+                    "promote",
+                    model_name=entry.model.name,
+                    model_version=entry.model.version,
+                    canary_share=table.canary_share if role == "canary" else 0.0,
+                    issued_at_ms=issued_at_ms,
+                    issued_by=issued_by,
+                    reason="initial state from the scorer settings",
+                )
+            )
+        return records
 
     def load_for_role(self, role: str, name: str, version: str | None) -> OnnxModel:
         """Verify, load and feature-set-check a version for ``role``; raise ArtifactError."""
@@ -199,6 +232,16 @@ class ControlApplier:
             metrics.CONTROL_RECORDS.labels("refused").inc()
             return "refused"
         share = float(value.get("canary_share") or 0.0)
+        if (
+            current is not None
+            and current.model is model
+            and (role != "canary" or share == table.canary_share)
+        ):
+            # Same verified version: only the revision moves (it identifies the instruction).
+            self._routes.publish(table.with_role(role, RouteEntry(model, revision)))
+            log.info("model.control: %s stays %s (offset %d)", role, model.label, revision)
+            metrics.CONTROL_RECORDS.labels("unchanged").inc()
+            return "unchanged"
         self._routes.publish(
             table.with_role(role, RouteEntry(model, revision), canary_share=_share(role, share))
         )

@@ -16,7 +16,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from services.scorer import metrics
 from services.scorer.control import SCHEMA
@@ -165,3 +172,24 @@ class ControlFollower:
             except Exception:  # the follower must outlive any single bad instruction
                 log.exception("model.control follower error; continuing")
                 self._stop.wait(1.0)
+
+
+def publish_instruction(
+    kafka: KafkaSettings, topic: str, codec: AvroCodec, value: Mapping[str, Any]
+) -> None:
+    """Write one ModelControl record (key = role), acknowledged by all replicas."""
+    producer = Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    errors: list[str] = []
+
+    def report(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    producer.produce(
+        topic,
+        key=str(value["role"]).encode(),
+        value=codec.encode(SCHEMA, value, topic=topic),
+        on_delivery=report,
+    )
+    if producer.flush(30) or errors:
+        raise BrokerError(f"could not write to {topic}: {'; '.join(errors) or 'timeout'}")

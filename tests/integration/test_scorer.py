@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -15,12 +16,18 @@ import pytest
 from typer.testing import CliRunner
 
 from services.features.offline import FeatureMatrix, build_matrix
-from services.scorer.artifact import MODEL_FILE, generate_keypair, load_private_key
+from services.scorer.artifact import (
+    MODEL_FILE,
+    generate_keypair,
+    load_private_key,
+    write_version,
+)
 from services.scorer.cli import app as scorer_cli
 from services.scorer.training import train_and_sign
 from streamml.codec import AvroCodec
 from streamml.synthetic import generate_events
 from tests.kafkatest import ServiceProcess, consume_all, create_topics, free_port, produce
+from tests.unit.scorer import modelkit
 
 pytestmark = [pytest.mark.integration]
 
@@ -28,15 +35,18 @@ CODEC = AvroCodec()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """fraud-gbt/1 (primary), fraud-logreg/1 (fallback), fraud-gbt/2 (candidate), signed."""
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """fraud-gbt/1 (primary), fraud-logreg/1 (fallback), fraud-gbt/2 (candidate), signed.
+
+    Returns (model dir, public key, private key).
+    """
     root = tmp_path_factory.mktemp("scorer")
     private_path, public_path = generate_keypair(root / "keys")
     train_and_sign(
         events=4000, seed=5, out=root / "models", key=load_private_key(private_path),
         candidate=True,
     )  # fmt: skip
-    return root / "models", public_path
+    return root / "models", public_path, private_path
 
 
 def _matrix(n: int, seed: int) -> FeatureMatrix:
@@ -69,7 +79,7 @@ def _scorer(
     bootstrap: str,
     prefix: str,
     logs: Path,
-    trained: tuple[Path, Path],
+    trained: tuple[Path, Path, Path],
     *,
     extra: dict[str, str] | None = None,
 ) -> ServiceProcess:
@@ -118,7 +128,7 @@ def test_scores_equal_onnxruntime_and_bad_vectors_go_to_the_dlq(
     kafka_bootstrap: str,
     topic_prefix: str,
     logs_dir: Path,
-    trained: tuple[Path, Path],
+    trained: tuple[Path, Path, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     create_topics(kafka_bootstrap, topic_prefix, partitions=2)
@@ -208,7 +218,7 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
     kafka_bootstrap: str,
     topic_prefix: str,
     logs_dir: Path,
-    trained: tuple[Path, Path],
+    trained: tuple[Path, Path, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     create_topics(kafka_bootstrap, topic_prefix, partitions=4)
@@ -262,3 +272,70 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
         kafka_bootstrap, f"{topic_prefix}predictions", expect=n, read_committed=False
     )
     assert len(uncommitted) >= n
+
+
+def test_failing_canary_is_rolled_back_through_model_control_and_rollback_cli(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    logs_dir: Path,
+    trained: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    create_topics(kafka_bootstrap, topic_prefix, partitions=2)
+    matrix = _matrix(1000, seed=41)
+    # A signed canary on the real feature set that returns NaN for every row.
+    if not (trained[0] / "fraud-nan" / "1").exists():
+        write_version(
+            trained[0],
+            modelkit.nan_model(len(matrix.names)),
+            modelkit.metadata(
+                "fraud-nan", "1", fs_hash=matrix.feature_set_hash, names=list(matrix.names)
+            ),
+            load_private_key(trained[2]),
+        )
+    common = ("--model-dir", str(trained[0]), "--public-key", str(trained[1]))
+    _cli(
+        monkeypatch, kafka_bootstrap, topic_prefix, "promote", "--model", "fraud-nan",
+        "--version", "1", "--role", "canary", "--share", "0.5", *common,
+    )  # fmt: skip
+    produce(kafka_bootstrap, f"{topic_prefix}features", _encoded(_vectors(matrix)))
+    proc = _scorer(
+        kafka_bootstrap, topic_prefix, logs_dir, trained,
+        extra={"STREAMML_SCORER_CANARY_MIN_RECORDS": "50"},
+    )  # fmt: skip
+    proc.start().wait_ready(90)
+    try:
+        served = _decode(consume_all(kafka_bootstrap, f"{topic_prefix}predictions", expect=1000))
+        assert len(served) == 1000 and len({p["event_id"] for p in served}) == 1000
+        assert "canary" not in {p["route"] for p in served}
+        assert any(p["fallback_reason"] == "canary_non_finite" for p in served)
+        control = [
+            CODEC.decode(m.value(), "ModelControl")
+            # canary promote, primary + fallback recorded from settings, the auto clear
+            for m in consume_all(kafka_bootstrap, f"{topic_prefix}model.control", expect=4)
+        ]
+        cleared = [c for c in control if c["action"] == "clear"]
+        assert len(cleared) == 1 and cleared[0]["role"] == "canary"
+        assert cleared[0]["issued_by"].startswith("scorer:auto-rollback")
+        assert cleared[0]["previous_model_name"] == "fraud-nan"
+        status = json.loads(_cli(monkeypatch, kafka_bootstrap, topic_prefix, "status"))
+        assert status["canary"]["action"] == "clear"
+
+        # Operator flow: promote v2 to primary, then roll back to v1.
+        log_path = logs_dir / "scorer.log"
+        _cli(
+            monkeypatch, kafka_bootstrap, topic_prefix, "promote", "--model", "fraud-gbt",
+            "--version", "2", "--role", "primary", *common,
+        )  # fmt: skip
+        _wait_for(lambda: "primary is now fraud-gbt/2" in log_path.read_text())
+        out = _cli(monkeypatch, kafka_bootstrap, topic_prefix, "rollback", "--role", "primary")
+        assert "primary fraud-gbt/1 (was fraud-gbt/2)" in out
+        _wait_for(lambda: "primary is now fraud-gbt/1 (was fraud-gbt/2)" in log_path.read_text())
+        produce(kafka_bootstrap, f"{topic_prefix}features", _encoded(_vectors(_matrix(50, 42))))
+        after = _decode(
+            consume_all(kafka_bootstrap, f"{topic_prefix}predictions", expect=1050, timeout_s=90)
+        )
+        assert len(after) == 1050
+        assert {p["model_version"] for p in after[1000:]} <= {"1"}
+    finally:
+        assert proc.terminate() == 0

@@ -123,3 +123,24 @@ def test_rollback_record_remembers_the_previous_version() -> None:
         issued_by="t", previous=first,
     )  # fmt: skip
     assert (second["previous_model_name"], second["previous_model_version"]) == ("m", "1")
+
+
+def test_same_version_again_only_moves_the_revision(setup) -> None:
+    applier, routes, _, _ = setup
+    applier.apply(_promote("primary", "m", "1"), 1)
+    _, table = routes.current()
+    assert applier.apply(_promote("primary", "m", "1"), 9) == "unchanged"
+    _, after = routes.current()
+    assert after.primary.model is table.primary.model and after.primary.revision == 9
+
+
+def test_settings_roles_become_instructions(setup) -> None:
+    applier, _, _, _ = setup
+    roles = applier.bootstrap({"primary": ("m", "2"), "fallback": ("m", "1")}, {}, canary_share=0)
+    assert roles == ["primary", "fallback"]
+    records = applier.settings_instructions(roles, issued_at_ms=5, issued_by="scorer:settings:a")
+    assert [(r["role"], r["model_version"], r["action"]) for r in records] == [
+        ("primary", "2", "promote"),
+        ("fallback", "1", "promote"),
+    ]
+    assert all(check_instruction(r) is None for r in records)
