@@ -12,6 +12,8 @@ from typing import Any
 
 import fastavro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.feature_set import demo_feature_set
@@ -361,3 +363,35 @@ def test_a_raising_batch_does_not_count_twice_in_the_circuit() -> None:
     with pytest.raises(Exception, match="entity state"):
         proc.process(_records([*bad, good_but_corrupt_state]), state)
     assert circuit.invalid_share == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_processor_vectors_do_not_depend_on_arrival_order_within_lateness(
+    data: st.DataObject,
+) -> None:
+    """Whole pipeline (dedup, validation, state bytes, batching): shuffled == in order."""
+    n = data.draw(st.integers(5, 80))
+    seed = data.draw(st.integers(0, 10_000))
+    events = _events(n, seed=seed, n_entities=4, rate_per_s=0.5)
+    jitter = data.draw(st.lists(st.integers(0, LATENESS), min_size=n, max_size=n))
+    shuffled = [
+        events[i] for i in sorted(range(n), key=lambda i: (events[i]["event_time"] + jitter[i], i))
+    ]
+
+    def run(stream: list[dict[str, Any]]) -> dict[str, list[float]]:
+        proc = _processor()
+        state = _state(proc)
+        sizes = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=40))
+        out: dict[str, list[float]] = {}
+        i = 0
+        for size in sizes * (n // len(sizes) + 1):
+            if i >= len(stream):
+                break
+            result = _run(proc, state, _records(stream[i : i + size], start=i))
+            assert not result.rejections
+            out.update((o.value["event_id"], o.value["values"]) for o in result.outputs)
+            i += size
+        return out
+
+    assert run(shuffled) == run(events)
