@@ -61,7 +61,7 @@ def _vectors(n: int, codec: AvroCodec) -> list[tuple[bytes, bytes, list[Any]]]:
             "feature_set": matrix.feature_set,
             "feature_set_version": matrix.feature_set_version,
             "feature_set_hash": matrix.feature_set_hash,
-            "names": [],
+            "names": list(matrix.names),
             "values": matrix.values[i].tolist(),
             "categories": {k: v[i] for k, v in matrix.categories.items()},
         }

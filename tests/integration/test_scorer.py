@@ -63,7 +63,7 @@ def _vectors(matrix: FeatureMatrix) -> list[dict[str, Any]]:
             "feature_set": matrix.feature_set,
             "feature_set_version": matrix.feature_set_version,
             "feature_set_hash": matrix.feature_set_hash,
-            "names": [],
+            "names": list(matrix.names),
             "values": matrix.values[i].tolist(),
             "categories": {k: v[i] for k, v in matrix.categories.items()},
         }
