@@ -65,7 +65,7 @@ OTHER_NAME = "other"
 MISSING_NAME = "unknown"
 
 _HEAD = struct.Struct("<BqBB")  # kind, time, labels in the history, predictions
-_LABEL = struct.Struct("<bq")  # label, labeled_at
+_LABEL = struct.Struct("<bqB")  # label, labeled_at, identical repeats while waiting
 MAX_LABELS = 16  # first label + corrections kept per event
 _ORIGIN = struct.Struct("<qqiHHHH")  # offset, timestamp, partition, 4 string lengths
 _W = struct.Struct("<qqq")  # seq, boundary, min ts; then one watermark per input topic
@@ -111,7 +111,9 @@ class Entry:
     kind: int
     time: int  # PENDING: event time; EARLY_LABEL: first labeled_at; TOMBSTONE: its deadline
     predictions: list[Prediction] = field(default_factory=list)
-    labels: list[tuple[int, int]] = field(default_factory=list)  # (label, labeled_at) in order
+    # (label, labeled_at, repeats) in arrival order; repeats counts identical copies that came
+    # while the label waited for its prediction (they are dead-lettered with it if it is late).
+    labels: list[tuple[int, int, int]] = field(default_factory=list)
     origin: LabelOrigin | None = None
 
     @property
@@ -254,6 +256,36 @@ class PerformanceProcessor(Processor):
         self._views: dict[int, PartitionView] = {}
         self._owned: set[int] = set()
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: PerformanceSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_report: Callable[[Mapping[str, Any]], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> PerformanceProcessor:
+        """The processor with the physical topic names the settings give."""
+        kafka = settings.kafka
+        shadow = [kafka.topic(settings.shadow_topic)] if settings.shadow_topic else []
+        return cls(
+            settings,
+            prediction_topics=[kafka.topic(settings.predictions_topic), *shadow],
+            label_topics=[kafka.topic(settings.labels_topic)],
+            optional_topics=[] if settings.shadow_required else shadow,
+            report_topic=kafka.topic(settings.report_topic),
+            alert_topic=kafka.topic(settings.alerts_topic),
+            clock=clock,
+            on_report=on_report,
+            on_event=on_event,
+        )
+
+    def input_schemas(self) -> dict[str, str]:
+        """Physical input topic -> reader schema, for the runtime."""
+        inputs = dict.fromkeys(self._prediction_topics, "Prediction")
+        inputs.update(dict.fromkeys(self._label_topics, "Label"))
+        return inputs
+
     # -- the runtime's hooks --------------------------------------------------------
 
     def on_assigned(self, partitions: Sequence[tuple[str, int]], state: State) -> None:
@@ -390,8 +422,8 @@ class PerformanceProcessor(Processor):
         parts = [_HEAD.pack(entry.kind, entry.time, len(entry.labels), len(entry.predictions))]
         for model_id, score, decision, segments in entry.predictions:
             parts.append(self._prediction.pack(model_id, score, decision, *segments))
-        for label, labeled_at in entry.labels:
-            parts.append(_LABEL.pack(label, labeled_at))
+        for label, labeled_at, repeats in entry.labels:
+            parts.append(_LABEL.pack(label, labeled_at, min(repeats, 255)))
         if entry.origin is not None:
             o = entry.origin
             strings = [s.encode() for s in (o.event_id, o.entity_id, o.source, o.topic)]
@@ -557,11 +589,13 @@ class PerformanceProcessor(Processor):
                 entry = None
             else:
                 # The same horizon rule as for a label that comes second.
-                joined = [(y, a) for y, a in entry.labels if a - t <= self._horizon]
-                for y, a in entry.labels:
+                joined = [(y, a, 0) for y, a, _ in entry.labels if a - t <= self._horizon]
+                for y, a, repeats in entry.labels:
                     if a - t > self._horizon:
-                        self._dead_label(entry, y, a, "late", f"labeled {a - t} ms after the "
-                                         f"event; label_horizon is {self._horizon} ms")  # fmt: skip
+                        # Each copy, as each would have been rejected had it come second.
+                        why = f"labeled {a - t} ms after the event; horizon {self._horizon} ms"
+                        for _ in range(1 + repeats):
+                            self._dead_label(entry, y, a, "late", why)
                 entry = Entry(PENDING, t, labels=joined)
                 entry.predictions.append(prediction)
                 self._count(view, t, groups, 0)
@@ -596,7 +630,7 @@ class PerformanceProcessor(Processor):
         contribution the same event time whichever of prediction and labels came first.
         """
         model_id, score, decision, segments = prediction
-        first, first_at = entry.labels[0]
+        first, first_at, _ = entry.labels[0]
         ts = self._effective(view, max(entry.time, first_at))
         sample = Sample(ts, score, decision, first, first_at - entry.time, segments)
         key = digest + _MODEL_ID.pack(model_id)
@@ -605,7 +639,7 @@ class PerformanceProcessor(Processor):
         self._put_sample(view, key, sample)
         for seq in range(1, len(entry.labels)):
             self._correct(view, key, seq=seq, old=entry.labels[seq - 1][0],
-                          new=entry.labels[seq], sample_ts=sample.ts,
+                          new=entry.labels[seq][:2], sample_ts=sample.ts,
                           prediction=prediction)  # fmt: skip
 
     def _correct(
@@ -656,7 +690,7 @@ class PerformanceProcessor(Processor):
             origin = LabelOrigin(str(value["event_id"]), str(value["entity_id"]),
                                  str(value.get("source") or ""), record.topic,
                                  record.partition, record.offset, record.timestamp_ms)  # fmt: skip
-            entry = Entry(EARLY_LABEL, a, labels=[(label, a)], origin=origin)
+            entry = Entry(EARLY_LABEL, a, labels=[(label, a, 0)], origin=origin)
             self._join.put(view.partition, digest, self._pack(entry))
             self._index(view, digest, a + self._grace)
             return
@@ -666,6 +700,10 @@ class PerformanceProcessor(Processor):
             return
         if label == entry.label:
             self._event("duplicate_label")
+            if entry.kind == EARLY_LABEL:
+                y, at, repeats = entry.labels[-1]
+                entry.labels[-1] = (y, at, repeats + 1)
+                self._join.put(view.partition, digest, self._pack(entry))
             return
         if entry.kind == PENDING and a - entry.time > self._horizon:
             self._late(record, result, f"labeled {a - entry.time} ms after the event; "
@@ -678,7 +716,7 @@ class PerformanceProcessor(Processor):
             )  # fmt: skip
             return
         old = entry.label
-        entry.labels.append((label, a))
+        entry.labels.append((label, a, 0))
         self._join.put(view.partition, digest, self._pack(entry))
         if entry.kind == EARLY_LABEL or not entry.predictions:
             if old != NO_LABEL:
@@ -704,7 +742,7 @@ class PerformanceProcessor(Processor):
         result.rejections.append(Rejection(record, "late", f"label too late: {why}", "join"))
 
     def _orphan(self, entry: Entry, why: str) -> None:
-        label, labeled_at = entry.labels[-1]
+        label, labeled_at, _ = entry.labels[-1]
         self._dead_label(entry, label, labeled_at, "orphan",
                          f"no prediction for this event_id: {why}")  # fmt: skip
 

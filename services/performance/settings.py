@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
 
 HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "label_coverage"})
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def _duration(value: Any) -> Any:
+    """Seconds ('7200'), a number with a unit ('7d', '2h', '10m', '30s', '250ms'), or
+    anything pydantic reads as a timedelta (ISO 8601 'P7D')."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class PerformanceSettings(BaseSettings):
@@ -30,30 +47,49 @@ class PerformanceSettings(BaseSettings):
     http: HttpSettings = Field(
         default_factory=HttpSettings, description="Metrics and health endpoints."
     )
-    log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ...).")
-    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["kv", "json"] = Field(default="kv", description="Log line format.")
+    predictions_topic: str = Field(
+        default="predictions", description="Served predictions (logical name, before the prefix)."
+    )
+    shadow_topic: str | None = Field(
+        default="predictions.shadow",
+        description="Shadow predictions; empty to not read them.",
+    )
+    shadow_required: bool = Field(
+        default=False,
+        description="Whether the shadow topic holds the watermark back from the start. False: "
+        "only once a partition of it has delivered a record, so no shadow model is needed, "
+        "but shadow records read before that may land one report interval later than in a "
+        "re-run. True (when a shadow model always runs): replays are exact for shadow too.",
+    )
+    labels_topic: str = Field(default="labels", description="Ground-truth labels.")
+    report_topic: str = Field(default="performance", description="PerformanceReport output.")
+    alerts_topic: str = Field(default="performance.alerts", description="SloAlert output.")
 
-    label_horizon: timedelta = Field(
+    label_horizon: Duration = Field(
         default=timedelta(days=7),
         description="How long (event time) a prediction waits for its label; after that it "
         "counts as unlabeled and a label for it is rejected as late. Seconds or ISO 8601.",
     )
-    early_label_grace: timedelta = Field(
+    early_label_grace: Duration = Field(
         default=timedelta(hours=1),
         description="How long (event time) a label that arrived before its prediction waits; "
         "after that it is rejected as an orphan to labels.dlq.",
     )
-    late_label_memory: timedelta = Field(
+    late_label_memory: Duration = Field(
         default=timedelta(days=1),
         description="How long an expired prediction is remembered (16-byte key only) so that a "
         "label arriving after the horizon is rejected as 'late' rather than 'orphan'.",
     )
-    allowed_lateness: timedelta = Field(
+    allowed_lateness: Duration = Field(
         default=timedelta(minutes=1),
         description="Out-of-orderness tolerated per input stream: the watermark is the smallest "
         "per-stream maximum event time minus this.",
     )
-    report_interval: timedelta = Field(
+    report_interval: Duration = Field(
         default=timedelta(minutes=5),
         description="Event-time interval between PerformanceReport emissions; reports are "
         "emitted at multiples of it, when the watermark passes them.",
@@ -66,7 +102,7 @@ class PerformanceSettings(BaseSettings):
     window_size: int = Field(
         default=10_000, ge=10, le=1_000_000, description="Labeled predictions in a count window."
     )
-    window_duration: timedelta = Field(
+    window_duration: Duration = Field(
         default=timedelta(hours=1), description="Event-time length of a time window."
     )
     segment_fields: list[str] = Field(
@@ -105,23 +141,47 @@ class PerformanceSettings(BaseSettings):
         description="A canary worse than primary by more than this (absolute) is flagged.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> PerformanceSettings:
-        for name in self.slo_min:
+    @field_validator("slo_min")
+    @classmethod
+    def _check_slo_min(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
             if name not in HIGHER_IS_BETTER:
-                raise ValueError(f"slo_min: {name!r} is not one of {sorted(HIGHER_IS_BETTER)}")
-        for name in self.slo_max:
+                raise ValueError(f"{name!r} is not one of {sorted(HIGHER_IS_BETTER)}")
+        return value
+
+    @field_validator("slo_max")
+    @classmethod
+    def _check_slo_max(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
             if name not in LOWER_IS_BETTER:
-                raise ValueError(f"slo_max: {name!r} is not one of {sorted(LOWER_IS_BETTER)}")
-        for name in self.canary_metrics:
+                raise ValueError(f"{name!r} is not one of {sorted(LOWER_IS_BETTER)}")
+        return value
+
+    @field_validator("canary_metrics")
+    @classmethod
+    def _check_canary(cls, value: list[str]) -> list[str]:
+        for name in value:
             if name not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
-                raise ValueError(f"canary_metrics: unknown metric {name!r}")
-        interval = self.report_interval.total_seconds()
-        if interval < 0.001:
-            raise ValueError("report_interval must be at least 1 ms")
-        for name in ("label_horizon", "early_label_grace"):
-            if getattr(self, name).total_seconds() <= 0:
-                raise ValueError(f"{name} must be positive")
-        if len(self.segment_fields) > 8:
-            raise ValueError("segment_fields: at most 8 fields")
-        return self
+                raise ValueError(f"unknown metric {name!r}")
+        return value
+
+    @field_validator("segment_fields")
+    @classmethod
+    def _check_segments(cls, value: list[str]) -> list[str]:
+        if len(value) > 8 or len(set(value)) != len(value):
+            raise ValueError("at most 8 distinct segment fields")
+        return value
+
+    @field_validator("label_horizon", "early_label_grace", "report_interval", "window_duration")
+    @classmethod
+    def _check_positive(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 0.001:
+            raise ValueError("must be at least 1 ms")
+        return value
+
+    @field_validator("late_label_memory", "allowed_lateness")
+    @classmethod
+    def _check_not_negative(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 0:
+            raise ValueError("must not be negative")
+        return value

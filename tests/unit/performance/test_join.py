@@ -212,3 +212,16 @@ def test_bad_label_value_is_rejected() -> None:
     proc, state = processor(), new_state()
     result = run(proc, state, [[label("a", T0, 7)]])
     assert [r.reason for r in result.rejections] == ["validation.label"]
+
+
+def test_a_late_label_and_its_copy_are_dead_lettered_alike_in_either_order() -> None:
+    def dead(batches: list[list[Any]]) -> list[str]:
+        result = run(processor(), new_state(), batches)
+        letters = [r.reason for r in result.rejections]
+        letters += [dict(o.headers)["dlq.error.class"].decode() for o in _dead_letters(result)]
+        return sorted(letters)
+
+    late_at = T0 + 1000 + 3 * HOUR
+    first = [[prediction("a", T0 + 1000, 0.9)], [label("a", late_at, 1)], [label("a", late_at, 1)]]
+    second = [[label("a", late_at, 1)], [label("a", late_at, 1)], [prediction("a", T0 + 1000, 0.9)]]
+    assert dead(first) == dead(second) == ["late", "late"]

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the performance service: quality gauges and join outcome counters.
+
+Label cardinality is bounded: models x routes x (1 + segment fields x (segment_max_values +
+1)) x 2 windows x metrics, and label sets a boundary no longer reports (a retired model
+version, a segment value that left the top-K) are removed at the next boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from services.performance.quality import METRIC_NAMES
+
+_REPORTED = (*METRIC_NAMES, "label_coverage", "label_delay_p50_ms", "label_delay_p90_ms")
+_COUNTS = ("predictions", "labeled", "corrections")
+
+
+class PerformanceMetrics:
+    """Feeds gauges from PerformanceReport values (``observe``) and counts join events."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        labels = ["model", "version", "route", "window", "segment_field", "segment_value"]
+        self.quality = Gauge(
+            "streamml_performance_quality",
+            "Live model quality at the last report boundary (NaN when undefined).",
+            [*labels, "metric"],
+            registry=registry,
+        )
+        self.counts = Gauge(
+            "streamml_performance_window_records",
+            "Predictions, labeled predictions and corrections in the report's window.",
+            [*labels, "kind"],
+            registry=registry,
+        )
+        self.boundary = Gauge(
+            "streamml_performance_report_boundary_seconds",
+            "Event time (epoch seconds) of the last report boundary the watermark passed.",
+            registry=registry,
+        )
+        self.events = Counter(
+            "streamml_performance_join_events_total",
+            "Join outcomes other than a plain join: duplicates, corrections, late and orphan "
+            "labels, late predictions, predictions expired without a label.",
+            ["kind"],
+            registry=registry,
+        )
+        self._end: int | None = None
+        self._current: set[tuple[str, ...]] = set()
+        self._previous: set[tuple[str, ...]] = set()
+
+    def on_event(self, kind: str) -> None:
+        self.events.labels(kind).inc()
+
+    def observe(self, report: Mapping[str, Any]) -> None:
+        end = int(report["window_end"])
+        if end != self._end:
+            self._rotate()
+            self._end = end
+            self.boundary.set(end / 1000)
+        base = (
+            str(report["model_name"]),
+            str(report["model_version"]),
+            str(report["route"]),
+            str(report["window"]),
+            str(report.get("segment_field") or ""),
+            str(report.get("segment_value") or ""),
+        )
+        self._current.add(base)
+        for name in _REPORTED:
+            value = report.get(name)
+            self.quality.labels(*base, name).set(float("nan") if value is None else value)
+        for name in _COUNTS:
+            self.counts.labels(*base, name).set(report.get(name) or 0)
+
+    def _rotate(self) -> None:
+        for base in self._previous - self._current:
+            for name in _REPORTED:
+                self.quality.remove(*base, name)
+            for name in _COUNTS:
+                self.counts.remove(*base, name)
+        self._previous, self._current = self._current, set()
