@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 TopicPartitionKey = tuple[str, int]
 
 _COMMIT_TIMEOUT_S = 30.0
+# librdkafka's send_offsets_to_transaction can block past its timeout after the group
+# coordinator was down (librdkafka issues #5456, #5511, open in 2.16). The runtime calls
+# it from a watchdog thread; past this deadline it replaces the producer (the new one
+# fences the stuck one with the same transactional.id) and retries the batch.
+_SEND_OFFSETS_DEADLINE_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,10 @@ class _DeadLetter:
 
 class _Retry(Exception):
     """The batch failed in a way that a retry from the committed offsets can fix."""
+
+
+class _StuckProducer(Exception):
+    """A transactional call did not return within its deadline."""
 
 
 class StreamRuntime:
@@ -128,6 +137,7 @@ class StreamRuntime:
         self._lag_due = 0.0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._abandoned: list[Producer | None] = []
         self._health: HealthServer | None = None
 
     # -- public ---------------------------------------------------------------------
@@ -476,9 +486,7 @@ class StreamRuntime:
             self.metrics.batch_seconds.labels(self.service).observe(time.monotonic() - started)
             commit_started = time.monotonic()
             if offsets:
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), _COMMIT_TIMEOUT_S
-                )
+                self._send_offsets(producer, offsets, consumer.consumer_group_metadata())
             self._commit(producer)
             committed = True
             self.metrics.commit_seconds.labels(self.service).observe(
@@ -486,6 +494,9 @@ class StreamRuntime:
             )
         except KafkaException as exc:
             self._classify(exc, "transaction")
+        except _StuckProducer as exc:
+            self._replace_producer()
+            raise _Retry("stuck", str(exc)) from exc
         finally:
             if not committed:
                 self._abort()
@@ -496,6 +507,37 @@ class StreamRuntime:
             self.metrics.records_in.labels(self.service, msg.topic()).inc()
         if halt is not None:
             self._enter_halt(halt, offsets)
+
+    def _send_offsets(
+        self, producer: Producer, offsets: list[TopicPartition], group_metadata: Any
+    ) -> None:
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, group_metadata, _COMMIT_TIMEOUT_S)
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="send-offsets", daemon=True).start()
+        if not done.wait(_SEND_OFFSETS_DEADLINE_S):
+            raise _StuckProducer(
+                f"send_offsets_to_transaction did not return in {_SEND_OFFSETS_DEADLINE_S:.0f}s"
+            )
+        if failure:
+            raise failure[0]
+
+    def _replace_producer(self) -> None:
+        """Swap in a new producer; its init_transactions fences and aborts the stuck one."""
+        log.warning("transactional producer is stuck; replacing it (fences the old one)")
+        # The stuck producer is kept referenced, never destroyed under its blocked thread.
+        self._abandoned.append(self._producer)
+        self.state.abort()
+        self._producer = self._make_producer()
+        self._init_transactions()
 
     def _commit(self, producer: Producer) -> None:
         deadline = time.monotonic() + self.settings.transaction_timeout_ms / 1000

@@ -1,0 +1,49 @@
+"""The broker goes away for ~10 s mid-stream; the processor recovers by itself, exactly once."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from streamml.broker import LocalBroker
+from tests.integration.runtime_support import (
+    BackgroundProducer,
+    assert_exactly_once,
+    counter_process,
+    make_events,
+)
+from tests.kafkatest import consume_all, create_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+
+def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: Path) -> None:
+    # A broker of its own: this test stops it, which must not disturb other tests.
+    broker = LocalBroker(run_dir=tmp_path / "kafka", port=0)
+    broker.start()
+    try:
+        bootstrap = broker.bootstrap
+        create_topics(bootstrap, topic_prefix, partitions=2, names=[f"{topic_prefix}example.out"])
+        events = make_events(20_000, seed=5)
+        feeder = BackgroundProducer(bootstrap, f"{topic_prefix}events", events, chunks=60)
+        proc = counter_process(
+            bootstrap, topic_prefix, logs_dir,
+            extra_env={"STREAMML_EXAMPLE_RUNTIME__MAX_ATTEMPTS": "30"},
+        ).start()  # fmt: skip
+        proc.wait_ready(60)
+        feeder.start()
+        time.sleep(4)
+        broker.stop()
+        time.sleep(10)
+        assert proc.alive, "the processor died while the broker was down"
+        broker.start()
+        feeder.join(180)
+        assert feeder.error is None, feeder.error
+        outputs = consume_all(bootstrap, f"{topic_prefix}example.out", expect=20_000, timeout_s=240)
+        assert proc.alive, "the processor did not survive the broker restart"
+        assert proc.terminate() == 0
+        assert_exactly_once(outputs, events)
+    finally:
+        broker.stop()
