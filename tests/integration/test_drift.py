@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -137,18 +139,24 @@ def test_alerts_after_sigkill_and_restart_equal_an_uninterrupted_run(
     assert len({a["alert_id"] for a in whole}) == 1
     assert whole[0]["details"]["partitions"] == "0,1,2,3"
 
+    # The same stream again, fed while the service runs, killed twice mid-stream.
     prefix = f"{topic_prefix}b."
     create_topics(kafka_bootstrap, prefix, partitions=PARTITIONS)
-    _produce(kafka_bootstrap, f"{prefix}features", vectors)
+    feeder = _Feeder(kafka_bootstrap, f"{prefix}features", vectors, chunks=30)
+    feeder.start()
+    rng = random.Random(5)
     kills = 0
-    for wait_for in (WINDOWS // 4, WINDOWS // 2):
+    while kills < 2:
         proc = _service(kafka_bootstrap, prefix, reference, logs_dir).start()
         proc.wait_ready(90)
-        consume_all(kafka_bootstrap, f"{prefix}drift.windows", expect=wait_for * PARTITIONS,
-                    timeout_s=180)  # fmt: skip
+        time.sleep(rng.uniform(1.0, 3.0))
         proc.kill()  # SIGKILL mid-stream: the open transaction is aborted
         proc.stop()
         kills += 1
+        committed = consume_all(kafka_bootstrap, f"{prefix}drift.windows", idle_s=1)
+        assert len(committed) < WINDOWS * PARTITIONS  # it really died before the end
+    feeder.join(180)
+    assert feeder.error is None, feeder.error
     proc = _service(kafka_bootstrap, prefix, reference, logs_dir).start()
     try:
         proc.wait_ready(90)
@@ -157,10 +165,27 @@ def test_alerts_after_sigkill_and_restart_equal_an_uninterrupted_run(
     finally:
         assert proc.terminate() == 0
         proc.stop()
-    assert kills == 2
     assert restarted == whole
     reports = consume_all(kafka_bootstrap, f"{prefix}drift.windows", expect=WINDOWS * PARTITIONS)
     assert len(reports) == WINDOWS * PARTITIONS  # each window of each partition reported once
+
+
+class _Feeder(threading.Thread):
+    """Produces the vectors in chunks at a steady pace while the test kills the service."""
+
+    def __init__(self, bootstrap: str, topic: str, vectors: list[Any], chunks: int) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.vectors, self.chunks = bootstrap, topic, vectors, chunks
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            size = max(1, len(self.vectors) // self.chunks)
+            for start in range(0, len(self.vectors), size):
+                _produce(self.bootstrap, self.topic, self.vectors[start : start + size])
+                time.sleep(0.4)
+        except BaseException as exc:
+            self.error = exc
 
 
 @pytest.mark.replay
