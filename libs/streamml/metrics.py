@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,10 +32,26 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class RuntimeMetrics:
-    """The runtime's metrics for one service (label ``service``)."""
+    """The runtime's metrics (label ``service``), registered once per registry.
+
+    Several runtimes in one process (benchmarks, tests) share the collectors.
+    """
+
+    _shared: ClassVar[dict[int, RuntimeMetrics]] = {}
+
+    def __new__(cls, service: str, registry: CollectorRegistry = REGISTRY) -> RuntimeMetrics:
+        existing = cls._shared.get(id(registry))
+        if existing is not None:
+            return existing
+        instance = super().__new__(cls)
+        instance._build(registry)
+        cls._shared[id(registry)] = instance
+        return instance
 
     def __init__(self, service: str, registry: CollectorRegistry = REGISTRY) -> None:
         self.service = service
+
+    def _build(self, registry: CollectorRegistry) -> None:
         self.records_in = Counter(
             "streamml_records_in_total",
             "Records consumed from input topics.",

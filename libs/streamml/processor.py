@@ -44,6 +44,8 @@ class Record:
     headers: Headers
     schema: str
     """Name of the reader schema the value was decoded into (e.g. ``Event``)."""
+    raw_value: bytes | None = None
+    """The value's bytes as they were on the topic (for forwarding without re-encoding)."""
 
     def header(self, name: str) -> bytes | None:
         """The last value of header ``name``, or None."""
@@ -84,6 +86,20 @@ class Output:
     key: bytes | str | None = None
     headers: Headers = ()
     partition: int | None = None
+    raw_value: bytes | None = None
+    """Already-encoded bytes to write as they are; ``value`` is then informational."""
+
+    @classmethod
+    def forward(cls, record: Record, topic: str, *, headers: Headers | None = None) -> Output:
+        """The input record, byte-identical, to ``topic`` (no re-encoding)."""
+        return cls(
+            topic,
+            record.schema,
+            record.value,
+            key=record.key,
+            headers=record.headers if headers is None else headers,
+            raw_value=record.raw_value,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -473,9 +473,10 @@ class StreamRuntime:
         committed = False
         try:
             outputs, dead, halt = self._process(batch)
+            out_counts: dict[str, int] = {}
             for out in outputs:
                 self._produce(out.topic, out.value, out.key, out.headers, out.partition)
-                self.metrics.records_out.labels(self.service, out.topic).inc()
+                out_counts[out.topic] = out_counts.get(out.topic, 0) + 1
             now_ms = int(self._clock() * 1000)
             for letter in dead:
                 self._produce_dead_letter(letter, now_ms)
@@ -503,8 +504,14 @@ class StreamRuntime:
         self.state.commit()
         self.metrics.transactions.labels(self.service, "committed").inc()
         self.metrics.batch_size.labels(self.service).observe(len(batch))
+        in_counts: dict[str, int] = {}
         for msg in batch:
-            self.metrics.records_in.labels(self.service, msg.topic()).inc()
+            topic = msg.topic()
+            in_counts[topic] = in_counts.get(topic, 0) + 1
+        for topic, count in in_counts.items():
+            self.metrics.records_in.labels(self.service, topic).inc(count)
+        for topic, count in out_counts.items():
+            self.metrics.records_out.labels(self.service, topic).inc(count)
         if halt is not None:
             self._enter_halt(halt, offsets)
 
@@ -635,6 +642,7 @@ class StreamRuntime:
                 value=decoded,
                 headers=tuple(msg.headers() or ()),
                 schema=self.inputs[topic],
+                raw_value=value,
             )
             records.append(record)
             by_position[(topic, record.partition, record.offset)] = msg
@@ -691,10 +699,13 @@ class StreamRuntime:
         return letters
 
     def _encode(self, result: Result) -> list[_Encoded]:
+        encode = self.codec.encode
         return [
             _Encoded(
                 out.topic,
-                self.codec.encode(out.schema, out.value, topic=out.topic),
+                out.raw_value
+                if out.raw_value is not None
+                else encode(out.schema, out.value, topic=out.topic),
                 out.key,
                 out.headers,
                 out.partition,
