@@ -73,7 +73,9 @@ def _produce(
         produce(bootstrap, topic, rows, partition=p)
 
 
-def _service(bootstrap: str, prefix: str, reference: Path, logs: Path) -> ServiceProcess:
+def _service(
+    bootstrap: str, prefix: str, reference: Path, logs: Path, **extra: str
+) -> ServiceProcess:
     port = free_port()
     env = {
         "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -85,6 +87,7 @@ def _service(bootstrap: str, prefix: str, reference: Path, logs: Path) -> Servic
         "STREAMML_DRIFT_RUNTIME__BATCH_MAX_RECORDS": "300",
         "STREAMML_DRIFT_TESTS__IDLE_WINDOWS": "1000",
         "STREAMML_DRIFT_STATE_KEY": "integration-test-key",
+        **extra,
     }
     return ServiceProcess(["-m", "services.drift"], env, http_port=port,
                           log_path=logs / f"drift-{prefix.strip('.')}.log")  # fmt: skip
@@ -230,3 +233,46 @@ def test_replayed_records_do_not_trigger_alerts(
     }
     assert samples[("features", "replay_skipped")] == 4_000
     assert samples[("features", "monitored")] == 8_000
+
+
+def test_score_and_decision_drift_on_the_predictions_topic(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, logs_dir: Path
+) -> None:
+    reference = _reference(tmp_path / "reference.json")
+    create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
+    rng = np.random.default_rng(31)
+    n = 12_000
+    scores = np.r_[rng.beta(1, 12, size=n // 2), rng.beta(2, 6, size=n // 2)]
+    codec = AvroCodec()
+    topic = f"{topic_prefix}predictions"
+    for p in range(PARTITIONS):
+        rows = []
+        for i in range(p, n, PARTITIONS):
+            model = ("synthetic", "1") if i % 10 else ("rules", "0")  # 10% fallback route
+            value = {
+                "event_id": f"e{i}", "entity_id": f"c{i % 97}", "event_time": T0 + i * STEP_MS,
+                "scored_at": T0 + i * STEP_MS, "model_name": model[0], "model_version": model[1],
+                "score": float(scores[i]), "threshold": 0.3, "decision": bool(scores[i] >= 0.3),
+                "route": "primary" if model[0] == "synthetic" else "rules", "latency_ms": 1.0,
+                "feature_set_hash": "h",
+            }  # fmt: skip
+            rows.append((value["entity_id"].encode(), codec.encode("Prediction", value), []))
+        produce(kafka_bootstrap, topic, rows, partition=p)
+    # 10% of each 500-record window comes from the rules route: test windows of >= 400
+    proc = _service(kafka_bootstrap, topic_prefix, reference, logs_dir,
+                    STREAMML_DRIFT_TESTS__MIN_WINDOW_RECORDS="400").start()  # fmt: skip
+    try:
+        proc.wait_ready(90)
+        windows = n * STEP_MS // 5_000 - 1
+        consume_all(kafka_bootstrap, f"{topic_prefix}drift.windows", expect=windows * PARTITIONS,
+                    timeout_s=180)  # fmt: skip
+        alerts = _alerts(kafka_bootstrap, topic_prefix)
+    finally:
+        assert proc.terminate() == 0
+        proc.stop()
+    opened = {(a["feature"], a["detector"]) for a in alerts if a["state"] == "open"}
+    assert {feature for feature, _ in opened} == {"score", "decision"}
+    assert ("decision", "positive_rate") in opened
+    assert all(a["model_name"] == "synthetic" for a in alerts)
+    first = min(a["window_start"] for a in alerts)
+    assert first >= T0 + (n // 2) * STEP_MS - 5_000  # nothing before the change
