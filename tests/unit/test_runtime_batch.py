@@ -1,0 +1,164 @@
+"""The runtime's batch logic without a broker: decode, isolation, rejections, offsets, halt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from confluent_kafka import Message
+from prometheus_client import CollectorRegistry
+
+from streamml.codec import AvroCodec
+from streamml.metrics import RuntimeMetrics
+from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
+from streamml.runtime import StreamRuntime
+from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+from streamml.state import State
+
+CODEC = AvroCodec()
+
+
+def label(event_id: str, value: int = 0) -> dict:
+    return {"event_id": event_id, "entity_id": "c", "label": value, "labeled_at": 1}
+
+
+def msg(offset: int, value: bytes | None, partition: int = 0) -> Message:
+    return Message(
+        topic="in", partition=partition, offset=offset, key=b"k", value=value,
+        headers=[("h", b"1")], timestamp=(1, 1000 + offset),
+    )  # fmt: skip
+
+
+class Echo(Processor):
+    """Counts records per key in a store; raises on label 13; rejects label 7; halts on 99."""
+
+    stores = ("seen",)
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        seen = state.store("seen")
+        result = Result()
+        for index, record in enumerate(records):
+            value = record.value["label"]
+            if value == 13:
+                raise RuntimeError("unlucky")
+            if value == 7:
+                result.rejections.append(Rejection(record, "validation.seven", "no sevens"))
+                continue
+            if value == 99:
+                result.halt = Halt("too many 99s", unconsumed=records[index:])
+                return result
+            seen.put(record.partition, record.value["event_id"].encode(), b"1")
+            result.outputs.append(Output("out", "Label", record.value, key=record.key))
+        return result
+
+
+def runtime(processor: Processor) -> StreamRuntime:
+    rt = StreamRuntime(
+        service="unit",
+        processor=processor,
+        inputs={"in": "Label"},
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        settings=RuntimeSettings(group_id="g", instance_id="i"),
+        http=HttpSettings(),
+        codec=CODEC,
+        metrics=RuntimeMetrics("unit", CollectorRegistry()),
+    )
+    for store in rt.state.stores:
+        store.assign(0)
+        store.assign(1)
+    return rt
+
+
+def test_decode_failures_become_dead_letters_and_the_rest_is_processed() -> None:
+    rt = runtime(Echo())
+    batch = [
+        msg(0, CODEC.encode("Label", label("a"))),
+        msg(1, b"garbage"),
+        msg(2, None),
+        msg(3, CODEC.encode("Label", label("b"))),
+    ]
+    outputs, dead, halt = rt._process(batch)
+    assert [CODEC.decode(o.value, "Label")["event_id"] for o in outputs] == ["a", "b"]
+    assert [(d.message.offset(), d.stage) for d in dead] == [(1, "decode"), (2, "decode")]
+    assert halt is None
+
+
+def test_a_raising_record_is_isolated_and_its_state_changes_rolled_back() -> None:
+    rt = runtime(Echo())
+    batch = [msg(i, CODEC.encode("Label", label(f"e{i}", 13 if i == 2 else 0))) for i in range(5)]
+    outputs, dead, _ = rt._process(batch)
+    assert [CODEC.decode(o.value, "Label")["event_id"] for o in outputs] == [
+        "e0", "e1", "e3", "e4",
+    ]  # fmt: skip
+    assert len(dead) == 1 and dead[0].reason == "RuntimeError" and dead[0].stage == "process"
+    assert "unlucky" in dead[0].text
+    keys = {k for _, k, _ in rt.state.store("seen").pending()}
+    assert keys == {b"e0", b"e1", b"e3", b"e4"}
+
+
+def test_rejections_keep_their_reason_and_stage() -> None:
+    rt = runtime(Echo())
+    outputs, dead, _ = rt._process([msg(0, CODEC.encode("Label", label("x", 7)))])
+    assert outputs == []
+    assert [(d.reason, d.text, d.stage) for d in dead] == [
+        ("validation.seven", "no sevens", "process")
+    ]
+
+
+def test_output_that_does_not_match_its_schema_is_isolated_as_a_processor_error() -> None:
+    class Bad(Processor):
+        def process(self, records: Sequence[Record], state: State) -> Result:
+            return Result([Output("out", "Label", {"event_id": 1}) for _ in records])
+
+    outputs, dead, _ = runtime(Bad())._process([msg(0, CODEC.encode("Label", label("a")))])
+    assert outputs == [] and dead[0].reason == "EncodeError"
+
+
+def test_offsets_advance_past_every_consumed_record_per_partition() -> None:
+    rt = runtime(Echo())
+    batch = [msg(5, b""), msg(6, b""), msg(9, b"", partition=1)]
+    offsets = {(tp.partition, tp.offset) for tp in rt._next_offsets(batch, None)}
+    assert offsets == {(0, 7), (1, 10)}
+
+
+def test_halt_commits_only_up_to_the_first_unconsumed_record() -> None:
+    rt = runtime(Echo())
+    batch = [msg(i, CODEC.encode("Label", label(f"e{i}", 99 if i == 3 else 0))) for i in range(6)]
+    outputs, dead, halt = rt._process(batch)
+    assert halt is not None and halt.reason == "too many 99s"
+    assert len(outputs) == 3 and dead == []
+    offsets = {(tp.partition, tp.offset) for tp in rt._next_offsets(batch, halt)}
+    assert offsets == {(0, 3)}
+
+
+def test_halt_during_isolation_keeps_the_remaining_records_unconsumed() -> None:
+    rt = runtime(Echo())
+    values = [0, 13, 99, 0]
+    batch = [msg(i, CODEC.encode("Label", label(f"e{i}", v))) for i, v in enumerate(values)]
+    outputs, dead, halt = rt._process(batch)
+    assert len(outputs) == 1 and len(dead) == 1
+    assert halt is not None
+    assert sorted(r.offset for r in halt.unconsumed) == [2, 3]
+    offsets = {(tp.partition, tp.offset) for tp in rt._next_offsets(batch, halt)}
+    assert offsets == {(0, 2)}
+
+
+def test_forwarded_outputs_keep_the_input_bytes() -> None:
+    class Forward(Processor):
+        def process(self, records: Sequence[Record], state: State) -> Result:
+            return Result([Output.forward(r, "copy") for r in records])
+
+    data = CODEC.encode("Label", label("a"))
+    outputs, _, _ = runtime(Forward())._process([msg(0, data)])
+    assert outputs[0].value == data and outputs[0].headers == (("h", b"1"),)
+
+
+@pytest.mark.parametrize("inputs", [{}])
+def test_no_inputs_is_a_config_error(inputs: dict) -> None:
+    from streamml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no input topics"):
+        StreamRuntime(
+            service="x", processor=Echo(), inputs=inputs, kafka=KafkaSettings(),
+            settings=RuntimeSettings(), http=HttpSettings(), codec=CODEC,
+        )  # fmt: skip
