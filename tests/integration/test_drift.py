@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -272,6 +275,16 @@ def test_score_and_decision_drift_on_the_predictions_topic(
         proc.stop()
     opened = {(a["feature"], a["detector"]) for a in alerts if a["state"] == "open"}
     assert {feature for feature, _ in opened} == {"score", "decision"}
+    # the operator view of the committed state agrees: both episodes are still open
+    shown = subprocess.run(
+        [sys.executable, "-m", "streamml.cli", "drift", "episodes", "--json"],
+        env={**os.environ, "STREAMML_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+             "STREAMML_KAFKA_TOPIC_PREFIX": topic_prefix,
+             "STREAMML_DRIFT_STATE_KEY": "integration-test-key"},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    episodes = json.loads(shown.stdout.strip().splitlines()[-1])["episodes"]
+    assert sorted(e["feature"] for e in episodes.values()) == ["decision", "score"]
     assert ("decision", "positive_rate") in opened
     assert all(a["model_name"] == "synthetic" for a in alerts)
     first = min(a["window_start"] for a in alerts)
