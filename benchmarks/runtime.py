@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamml.codec import AvroCodec
@@ -59,7 +59,9 @@ def prepare_input(bootstrap: str, n_records: int, partitions: int) -> str:
     topic = f"{prefix}events"
     _create(bootstrap, [topic, f"{topic}.dlq"], partitions)
     codec = AvroCodec()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True}
+    )
     for event, _ in generate_events(n_records, seed=1):
         while True:
             try:
@@ -71,7 +73,9 @@ def prepare_input(bootstrap: str, n_records: int, partitions: int) -> str:
     return topic
 
 
-def _wait_committed(bootstrap: str, group: str, topic: str, total: int, stop: threading.Event) -> float:
+def _wait_committed(
+    bootstrap: str, group: str, topic: str, total: int, stop: threading.Event
+) -> float:
     """Block until ``group`` committed offsets summing to ``total``; return that time."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -111,8 +115,14 @@ class _Reencode(_Forward):
         return Result(outputs=[Output(out, "Event", r.value, key=r.key) for r in records])
 
 
-def measure_noop_runtime(bootstrap: str, n_records: int, partitions: int = 4,
-                         input_topic: str | None = None, *, reencode: bool = False) -> float:  # fmt: skip
+def measure_noop_runtime(
+    bootstrap: str,
+    n_records: int,
+    partitions: int = 4,
+    input_topic: str | None = None,
+    *,
+    reencode: bool = False,
+) -> float:
     """Records/s of the no-op processor through the runtime (exactly-once).
 
     The no-op decodes every record (as every service does) and forwards its bytes; with
@@ -143,7 +153,9 @@ def measure_noop_runtime(bootstrap: str, n_records: int, partitions: int = 4,
     return n_records / (done - processor.first_call)
 
 
-def _raw_loop(bootstrap: str, topic: str, n_records: int, partitions: int, *, transactional: bool) -> float:  # fmt: skip
+def _raw_loop(
+    bootstrap: str, topic: str, n_records: int, partitions: int, *, transactional: bool
+) -> float:
     output = f"{topic}.out-raw-{uuid.uuid4().hex[:4]}"
     _create(bootstrap, [output], partitions)
     group = f"{topic}-raw-{uuid.uuid4().hex[:4]}"
@@ -184,7 +196,9 @@ def _raw_loop(bootstrap: str, topic: str, n_records: int, partitions: int, *, tr
                 for msg in batch:
                     positions[(msg.topic(), msg.partition())] = msg.offset() + 1
                 offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+                producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), 30
+                )
                 producer.commit_transaction(30)
             else:
                 producer.poll(0)
@@ -210,9 +224,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        "raw_alo": []}  # fmt: skip
     for _ in range(args.rounds):
         # Interleaved rounds so that machine noise hits every contender alike.
-        figures["raw_alo"].append(_raw_loop(bootstrap, topic, args.records, args.partitions, transactional=False))
-        figures["raw_txn"].append(_raw_loop(bootstrap, topic, args.records, args.partitions, transactional=True))
-        figures["runtime"].append(measure_noop_runtime(bootstrap, args.records, args.partitions, topic))
+        figures["raw_alo"].append(
+            _raw_loop(bootstrap, topic, args.records, args.partitions, transactional=False)
+        )
+        figures["raw_txn"].append(
+            _raw_loop(bootstrap, topic, args.records, args.partitions, transactional=True)
+        )
+        figures["runtime"].append(
+            measure_noop_runtime(bootstrap, args.records, args.partitions, topic)
+        )
         figures["runtime_reencode"].append(
             measure_noop_runtime(bootstrap, args.records, args.partitions, topic, reencode=True)
         )

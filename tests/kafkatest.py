@@ -166,9 +166,7 @@ class ServiceProcess:
 
     def http(self, path: str, method: str = "GET") -> tuple[int, dict[str, Any]]:
         assert self.http_port is not None, "give the process an http_port"
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", method=method
-        )
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method=method)
         try:
             with urllib.request.urlopen(request, timeout=2) as response:
                 body = response.read()
@@ -184,7 +182,9 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive:
-                raise AssertionError(f"{self.args} exited with {self.proc and self.proc.returncode}")
+                raise AssertionError(
+                    f"{self.args} exited with {self.proc and self.proc.returncode}"
+                )
             try:
                 code, _ = self.http("/readyz")
                 if code == 200:

@@ -102,7 +102,9 @@ def run_service(
 ) -> None:
     """Run one service in the foreground (settings from its STREAMML_<SERVICE>_* env)."""
     if service not in SERVICES:
-        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+        raise typer.BadParameter(
+            f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
+        )
     module = importlib.import_module(f"services.{service}.__main__")
     module.main()
 

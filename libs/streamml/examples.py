@@ -34,9 +34,7 @@ class PassthroughProcessor(Processor):
         self.output = output
 
     def process(self, records: Sequence[Record], state: State) -> Result:
-        return Result(
-            outputs=[Output(self.output, "Event", r.value, key=r.key) for r in records]
-        )
+        return Result(outputs=[Output(self.output, "Event", r.value, key=r.key) for r in records])
 
 
 class CountingProcessor(Processor):

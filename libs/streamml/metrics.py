@@ -192,7 +192,7 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http " + format, *args)
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)

@@ -44,7 +44,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streamml.codec import AvroCodec
 from streamml.deadletter import dead_letter_headers, dlq_topic
@@ -76,18 +76,47 @@ class _Encoded:
 
 
 @dataclass(frozen=True, slots=True)
+class Polled:
+    """A consumed message with typed fields (librdkafka's accessors are all optional)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, msg: Message) -> Polled:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None
+        key = msg.key()
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=msg.timestamp()[1],
+            key=key.encode() if isinstance(key, str) else key,
+            value=msg.value(),
+            # A header without a value becomes b"" (Avro headers in this system never are).
+            headers=tuple((k, v or b"") for k, v in (msg.headers() or ())),  # type: ignore[misc,str-unpack]
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _DeadLetter:
-    message: Message
+    message: Polled
     reason: str
     text: str
     stage: str
 
 
-class _Retry(Exception):
+class _RetryableError(Exception):
     """The batch failed in a way that a retry from the committed offsets can fix."""
 
 
-class _StuckProducer(Exception):
+class _StuckProducerError(Exception):
     """A transactional call did not return within its deadline."""
 
 
@@ -232,7 +261,9 @@ class StreamRuntime:
         try:
             metadata = admin.list_topics(timeout=30)
         except KafkaException as exc:
-            raise ProcessingError(f"cannot reach Kafka at {self.kafka.bootstrap_servers}: {exc}")
+            raise ProcessingError(
+                f"cannot reach Kafka at {self.kafka.bootstrap_servers}: {exc}"
+            ) from exc
         missing = [t for t in self.inputs if t not in metadata.topics]
         if missing:
             raise ProcessingError(
@@ -242,10 +273,15 @@ class StreamRuntime:
         partitions = max(len(metadata.topics[t].partitions) for t in self.inputs)
         new = [
             NewTopic(
-                name, num_partitions=partitions, replication_factor=1,
-                config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-                        "segment.ms": "600000"},
-            )  # fmt: skip
+                name,
+                num_partitions=partitions,
+                replication_factor=self.settings.changelog_replication_factor,
+                config={
+                    "cleanup.policy": "compact",
+                    "min.cleanable.dirty.ratio": "0.1",
+                    "segment.ms": "600000",
+                },
+            )
             for name in self.changelogs.values()
             if name not in metadata.topics
         ]
@@ -363,7 +399,7 @@ class StreamRuntime:
                     store.assign(number)
             return
         from confluent_kafka import IsolationLevel
-        from confluent_kafka.admin import OffsetSpec
+        from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
         admin = self._admin()
         tps = [TopicPartition(t, n) for t in self.changelogs.values() for n in numbers]
@@ -394,7 +430,9 @@ class StreamRuntime:
             }
         )
         try:
-            restorer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in todo])
+            restorer.assign(
+                [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in todo]
+            )
             pending = {(tp.topic, tp.partition) for tp in todo}
             count = 0
             while pending:
@@ -405,8 +443,9 @@ class StreamRuntime:
                             pending.discard((msg.topic(), msg.partition()))
                             continue
                         raise ProcessingError(f"restoring state: {error.str()}")
-                    store = self.state.store(store_of[msg.topic()])
-                    store.restore(msg.partition(), msg.key(), msg.value())
+                    polled = Polled.of(msg)
+                    store = self.state.store(store_of[polled.topic])
+                    store.restore(polled.partition, polled.key or b"", polled.value)
                     count += 1
             log.info("restored %d changelog records for partitions %s", count, list(numbers))
         finally:
@@ -435,7 +474,7 @@ class StreamRuntime:
             error = msg.error()
             if error is None:
                 if (msg.topic(), msg.partition()) in self._assignment:
-                    batch.append(msg)
+                    batch.append(Polled.of(msg))
             elif error.fatal():
                 raise ProcessingError(f"consumer error: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
@@ -444,11 +483,11 @@ class StreamRuntime:
             self._run_batch(batch)
         self._maybe_report_lag()
 
-    def _run_batch(self, batch: list[Message]) -> None:
+    def _run_batch(self, batch: list[Polled]) -> None:
         try:
             self._transact(batch)
             self._failures = 0
-        except _Retry as exc:
+        except _RetryableError as exc:
             self._failures += 1
             self.metrics.retries.labels(self.service, str(exc.args[0])).inc()
             if self._failures >= self.settings.max_attempts:
@@ -462,7 +501,7 @@ class StreamRuntime:
             self._sleep_backoff(self._failures)
             self._rewind()
 
-    def _transact(self, batch: list[Message]) -> None:
+    def _transact(self, batch: list[Polled]) -> None:
         producer, consumer = self._producer, self._consumer
         assert producer is not None and consumer is not None
         started = time.monotonic()
@@ -495,9 +534,9 @@ class StreamRuntime:
             )
         except KafkaException as exc:
             self._classify(exc, "transaction")
-        except _StuckProducer as exc:
+        except _StuckProducerError as exc:
             self._replace_producer()
-            raise _Retry("stuck", str(exc)) from exc
+            raise _RetryableError("stuck", str(exc)) from exc
         finally:
             if not committed:
                 self._abort()
@@ -505,9 +544,8 @@ class StreamRuntime:
         self.metrics.transactions.labels(self.service, "committed").inc()
         self.metrics.batch_size.labels(self.service).observe(len(batch))
         in_counts: dict[str, int] = {}
-        for msg in batch:
-            topic = msg.topic()
-            in_counts[topic] = in_counts.get(topic, 0) + 1
+        for polled in batch:
+            in_counts[polled.topic] = in_counts.get(polled.topic, 0) + 1
         for topic, count in in_counts.items():
             self.metrics.records_in.labels(self.service, topic).inc(count)
         for topic, count in out_counts.items():
@@ -531,7 +569,7 @@ class StreamRuntime:
 
         threading.Thread(target=call, name="send-offsets", daemon=True).start()
         if not done.wait(_SEND_OFFSETS_DEADLINE_S):
-            raise _StuckProducer(
+            raise _StuckProducerError(
                 f"send_offsets_to_transaction did not return in {_SEND_OFFSETS_DEADLINE_S:.0f}s"
             )
         if failure:
@@ -588,8 +626,8 @@ class StreamRuntime:
         ):
             raise FencedError(error.str()) from exc
         if error.txn_requires_abort() or error.retriable():
-            raise _Retry(where, error.str()) from exc
-        raise _Retry(where, error.str()) from exc
+            raise _RetryableError(where, error.str()) from exc
+        raise _RetryableError(where, error.str()) from exc
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset."""
@@ -601,7 +639,7 @@ class StreamRuntime:
         try:
             committed = consumer.committed(tps, timeout=_COMMIT_TIMEOUT_S)
         except KafkaException as exc:
-            raise _Retry("rewind", str(exc)) from exc
+            raise _RetryableError("rewind", str(exc)) from exc
         for tp in committed:
             offset = tp.offset if tp.offset != OFFSET_INVALID else OFFSET_BEGINNING
             try:
@@ -618,15 +656,15 @@ class StreamRuntime:
     # -- processing -----------------------------------------------------------------
 
     def _process(
-        self, batch: list[Message]
+        self, batch: list[Polled]
     ) -> tuple[list[_Encoded], list[_DeadLetter], Halt | None]:
         dead: list[_DeadLetter] = []
         records: list[Record] = []
-        by_position: dict[tuple[str, int, int], Message] = {}
+        by_position: dict[tuple[str, int, int], Polled] = {}
         for msg in batch:
-            topic = msg.topic()
+            topic = msg.topic
             try:
-                value = msg.value()
+                value = msg.value
                 if value is None:
                     raise DecodeError("record has no value (a tombstone)")
                 decoded = self.codec.decode(value, self.inputs[topic], topic=topic)
@@ -635,12 +673,12 @@ class StreamRuntime:
                 continue
             record = Record(
                 topic=topic,
-                partition=msg.partition(),
-                offset=msg.offset(),
-                timestamp_ms=msg.timestamp()[1],
-                key=msg.key(),
+                partition=msg.partition,
+                offset=msg.offset,
+                timestamp_ms=msg.timestamp_ms,
+                key=msg.key,
                 value=decoded,
-                headers=tuple(msg.headers() or ()),
+                headers=msg.headers,
                 schema=self.inputs[topic],
                 raw_value=value,
             )
@@ -663,7 +701,7 @@ class StreamRuntime:
     def _process_one_by_one(
         self,
         records: list[Record],
-        by_position: Mapping[tuple[str, int, int], Message],
+        by_position: Mapping[tuple[str, int, int], Polled],
         dead: list[_DeadLetter],
     ) -> tuple[list[_Encoded], list[_DeadLetter], Halt | None]:
         outputs: list[_Encoded] = []
@@ -689,7 +727,7 @@ class StreamRuntime:
         return outputs, dead, None
 
     def _rejections(
-        self, rejections: Iterable[Rejection], by_position: Mapping[tuple[str, int, int], Message]
+        self, rejections: Iterable[Rejection], by_position: Mapping[tuple[str, int, int], Polled]
     ) -> list[_DeadLetter]:
         letters = []
         for rejection in rejections:
@@ -716,23 +754,23 @@ class StreamRuntime:
     def _produce_dead_letter(self, letter: _DeadLetter, now_ms: int) -> None:
         msg = letter.message
         headers = dead_letter_headers(
-            msg.headers() or (),
+            msg.headers,
             error_class=letter.reason,
             message=letter.text,
             service=self.service,
             stage=letter.stage,
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            source_timestamp_ms=msg.timestamp()[1],
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            source_timestamp_ms=msg.timestamp_ms,
             now_ms=now_ms,
         )
-        target = dlq_topic(msg.topic())
-        self._produce(target, msg.value(), msg.key(), headers, None)
-        self.metrics.dead_letters.labels(self.service, msg.topic(), letter.reason).inc()
+        target = dlq_topic(msg.topic)
+        self._produce(target, msg.value, msg.key, headers, None)
+        self.metrics.dead_letters.labels(self.service, msg.topic, letter.reason).inc()
         log.info(
             "dead letter topic=%s partition=%d offset=%d reason=%s: %s",
-            msg.topic(), msg.partition(), msg.offset(), letter.reason, letter.text[:200],
+            msg.topic, msg.partition, msg.offset, letter.reason, letter.text[:200],
         )  # fmt: skip
 
     def _produce(
@@ -760,7 +798,7 @@ class StreamRuntime:
                 self.metrics.backpressure.labels(self.service).inc()
                 producer.poll(0.05)
 
-    def _next_offsets(self, batch: list[Message], halt: Halt | None) -> list[TopicPartition]:
+    def _next_offsets(self, batch: list[Polled], halt: Halt | None) -> list[TopicPartition]:
         """Offsets to commit: one past the last consumed record, per partition."""
         first_unconsumed: dict[TopicPartitionKey, int] = {}
         if halt is not None:
@@ -769,12 +807,12 @@ class StreamRuntime:
                 first_unconsumed[key] = min(first_unconsumed.get(key, rec.offset), rec.offset)
         next_offset: dict[TopicPartitionKey, int] = {}
         for msg in batch:
-            key = (msg.topic(), msg.partition())
+            key = (msg.topic, msg.partition)
             limit = first_unconsumed.get(key)
-            if limit is not None and msg.offset() >= limit:
+            if limit is not None and msg.offset >= limit:
                 next_offset.setdefault(key, limit)
                 continue
-            next_offset[key] = max(next_offset.get(key, -1), msg.offset() + 1)
+            next_offset[key] = max(next_offset.get(key, -1), msg.offset + 1)
         for key, limit in first_unconsumed.items():
             next_offset[key] = min(next_offset.get(key, limit), limit)
         return [TopicPartition(t, p, o) for (t, p), o in sorted(next_offset.items())]

@@ -69,9 +69,7 @@ class KafkaSettings(BaseSettings):
         for server in value.split(","):
             host, sep, port = server.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
-                raise ValueError(
-                    f"'{server}' is not host:port (example: 127.0.0.1:9092)"
-                )
+                raise ValueError(f"'{server}' is not host:port (example: 127.0.0.1:9092)")
         return value
 
     def client_config(self) -> dict[str, Any]:
@@ -167,6 +165,9 @@ class RuntimeSettings(BaseModel):
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         default="earliest", description="Where a new group starts reading."
+    )
+    changelog_replication_factor: int = Field(
+        default=1, ge=1, le=10, description="Replicas of the state changelog topics it creates."
     )
     lag_interval_s: float = Field(
         default=5.0, gt=0, description="How often consumer lag per partition is measured."

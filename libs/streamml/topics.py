@@ -46,8 +46,8 @@ def load_topic_specs(
         default_partitions = int(partitions or defaults.get("partitions", 1))
         default_config = {k: str(v) for k, v in (defaults.get("config") or {}).items()}
         specs = []
-        for name, body in (doc.get("topics") or {}).items():
-            body = body or {}
+        for name, declared in (doc.get("topics") or {}).items():
+            body = declared or {}
             config = dict(default_config)
             config.update({k: str(v) for k, v in (body.get("config") or {}).items()})
             count = int(body.get("partitions", default_partitions))
@@ -66,7 +66,7 @@ def provision(
     ``describe`` if it differs from the spec).
     """
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient(dict(admin_config))
     specs = list(specs)

@@ -77,7 +77,11 @@ def test_broker_refuses_a_taken_port(tmp_path) -> None:
 )
 def test_cli_bad_arguments_give_one_line_and_exit_2(args: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "streamml.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "streamml.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
