@@ -45,6 +45,13 @@ def main() -> None:
         features = kafka.topic(settings.features_topic)
         predictions = kafka.topic(settings.predictions_topic)
         partitions = settings.source_partitions or _partitions(kafka, features)
+        if settings.monitor_predictions and not settings.source_partitions:
+            other = _partitions(kafka, predictions)
+            if other != partitions:  # the range assignor pairs partition p of both topics
+                raise ConfigError(
+                    f"{predictions} has {other} partitions but {features} has {partitions}; "
+                    "they must be co-partitioned (same count, same key)"
+                )
         if settings.state_key.get_secret_value() == DEV_STATE_KEY:
             log.warning("drift state is signed with the development key; set "
                         "STREAMML_DRIFT_STATE_KEY in production")  # fmt: skip

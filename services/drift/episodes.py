@@ -261,13 +261,24 @@ class EpisodeTracker:
             fire(Signal(hit["feature"], hit["detector"], float(hit["estimate"]),
                         float(hit["threshold"]), p.stream_detector_severity))  # fmt: skip
 
+        current = {(f, t): v for f, t, v in outcome.statistics}
         features = set(signals) | {
             ep["feature"] for ep in self.episodes.values() if ep["stream"] == stream
         }
         for feature in sorted(features):
             self._advance(stream=stream, feature=feature, signals=signals.get(feature, []),
-                          evaluated=feature in evaluated, merged=merged, seen=seen,
+                          evaluated=feature in evaluated, current=current, merged=merged, seen=seen,
                           outcome=outcome)  # fmt: skip
+
+    def _threshold(self, detector: str) -> float:
+        """The warn-level threshold of a window test (0 for streaming detectors)."""
+        p = self.params
+        return {
+            "psi": p.psi_warn,
+            "ks": p.ks_min_d,
+            "missing_rate": p.missing_rate,
+            "positive_rate": self.reference.positive_rate or 0.0,
+        }.get(detector, 0.0)
 
     def _correct(self, tests: list[tuple[str, float, float]]) -> list[float]:
         p_values = [p for _, _, p in tests]
@@ -286,6 +297,7 @@ class EpisodeTracker:
         feature: str,
         signals: list[Signal],
         evaluated: bool,
+        current: Mapping[tuple[str, str], float],
         merged: dict[str, Any],
         seen: int,
         outcome: WindowOutcome,
@@ -348,7 +360,14 @@ class EpisodeTracker:
         episode["clean"] += 1
         if episode["clean"] >= self.params.resolve_after_windows:
             del self.episodes[key]
-            last = Signal(feature, episode["detectors"][0], 0.0, 0.0, episode["severity"])
+            detector = episode["detectors"][0]
+            last = Signal(
+                feature,
+                detector,
+                current.get((feature, detector), 0.0),
+                self._threshold(detector),
+                episode["severity"],
+            )
             outcome.alerts.append(
                 self._alert(
                     episode=episode,

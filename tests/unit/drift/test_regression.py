@@ -128,6 +128,9 @@ def test_episode_resolves_after_clean_windows() -> None:
     assert len(ids) == 1  # one episode, one id for open/updated/resolved
     resolved = next(a for a in harness.alerts if a["state"] == "resolved")
     assert "psi=" in resolved["details"]["peak"]
+    # the resolving window's own PSI, under the warn threshold it is compared with
+    assert resolved["detector"] == "psi"
+    assert 0 < resolved["statistic"] < resolved["threshold"] == 0.1
     # resolved only after the shift ended, and no new episode afterwards
     assert harness.alert_positions[harness.alerts.index(resolved)] > 15_000
     assert len(harness.opened()) == 1
