@@ -8,6 +8,9 @@ import pytest
 from confluent_kafka import Message
 
 from streamml import deadletter as dl
+from streamml.ops import deadletters
+from streamml.ops.common import kafka_settings
+from streamml.ops.settings import OpsSettings
 from tests.integration.runtime_support import CODEC, make_events
 from tests.integration.test_ops_support import OUTPUT, ops_cli, ops_test_process
 from tests.kafkatest import consume_all, create_topics, produce
@@ -169,10 +172,6 @@ def test_redrive_filters_by_error_class_and_offsets(
 def test_two_redrives_planned_at_once_send_each_dead_letter_once(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
-    from streamml.ops import deadletters  # noqa: PLC0415
-    from streamml.ops.common import kafka_settings  # noqa: PLC0415
-    from streamml.ops.settings import OpsSettings  # noqa: PLC0415
-
     create_topics(kafka_bootstrap, topic_prefix, partitions=1)
     letters = []
     for i, event in enumerate(make_events(5, seed=8)):

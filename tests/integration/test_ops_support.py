@@ -94,7 +94,7 @@ def ops_test_process(
 
 
 def main() -> None:
-    from streamml.runtime import StreamRuntime  # noqa: PLC0415
+    from streamml.runtime import StreamRuntime
 
     settings = load_settings(OpsTestSettings)
     configure_logging("INFO", service=SERVICE)
@@ -116,10 +116,10 @@ if __name__ == "__main__":
 
 def ops_cli(bootstrap: str, prefix: str, *args: str) -> Any:
     """Run an operator command in-process, as `streamml <args>` would; returns the Result."""
-    import typer  # noqa: PLC0415
-    from typer.testing import CliRunner  # noqa: PLC0415
+    import typer
+    from typer.testing import CliRunner
 
-    from streamml.ops.cli import register  # noqa: PLC0415
+    from streamml.ops.cli import register
 
     app = typer.Typer()
     register(app)
@@ -134,7 +134,7 @@ def produce_timed(
     partition: int,
 ) -> None:
     """Produce (key, value, headers, timestamp_ms) records to one partition, in order."""
-    from confluent_kafka import Producer  # noqa: PLC0415
+    from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     errors: list[str] = []

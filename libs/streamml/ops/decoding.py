@@ -40,7 +40,7 @@ class Decoded:
 
 def load_codec(kafka: KafkaSettings) -> ValueDecoder:
     """The project's Avro codec for these settings (schemas/ plus the registry, if any)."""
-    from streamml.codec import AvroCodec  # noqa: PLC0415 (fastavro: only when decoding)
+    from streamml.codec import AvroCodec  # fastavro: only when decoding
 
     codec: ValueDecoder = AvroCodec.from_settings(kafka)
     return codec

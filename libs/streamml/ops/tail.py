@@ -72,7 +72,7 @@ async def follow(
     partitions: Sequence[int],
 ) -> int:
     """Print records of ``options.topic`` until ``max_records`` or idle; returns the count."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415 (only for tail)
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # only tail needs it
 
     consumer = AIOKafkaConsumer(
         group_id=None,
