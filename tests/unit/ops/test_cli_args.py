@@ -104,3 +104,26 @@ def test_run_one_line_makes_click_usage_errors_one_line(
     assert captured.out == ""
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
     assert fragment in captured.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["replay", "events", "--from-offset", "3"],
+        ["replay", "events", "--from-offset", "x"],
+        ["dlq", "redrive", "events", "--to-time", "tomorrow"],
+        ["offsets", "reset", "--topic", "events", "--to-latest"],
+        ["tail", "events", "--max", "-5"],
+        ["topics", "create", "nope"],
+    ],
+)
+def test_the_streamml_entry_point_gives_one_line_and_exit_2(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamml.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*args, *NO_BROKER])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
