@@ -9,8 +9,7 @@ Measures, against the broker in KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092)
   reports: values between the first and the last report / the time between them, so
   start-up and the reader's round trip do not count;
 * in the same run, the runtime's no-op throughput on the same number of records
-  (``benchmarks.runtime.measure_noop_runtime``; if that module is missing, the
-  features benchmark's passthrough fallback);
+  (``benchmarks.runtime.measure_noop_runtime``);
 * the pure core on one core (no Kafka): values/s with the detectors, without them, and
   the share of core time spent inside river (two ways: timing difference, and cProfile).
 
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.runtime import measure_noop_runtime  # noqa: E402
 from services.drift.detectors import DetectorParams  # noqa: E402
 from services.drift.processor import DriftProcessor  # noqa: E402
 from services.drift.reference import reference_from_mapping, synthetic_reference  # noqa: E402
@@ -112,13 +112,14 @@ def measure_service(bootstrap: str, n_records: int, partitions: int) -> dict[str
         try:
             proc.wait_ready(120)
             windows = n_records * STEP_MS // 5_000 - 1  # the last window stays open
-            reports = consume_all(bootstrap, f"{prefix}drift.windows", expect=windows,
-                                  timeout_s=600)  # fmt: skip
+            reports = consume_all(bootstrap, f"{prefix}drift.windows",
+                                  expect=windows * partitions, timeout_s=600)  # fmt: skip
         finally:
             proc.stop()
     decoded = sorted(
-        (m.timestamp()[1], codec.decode(m.value(), "DriftWindowReport", topic=m.topic()))
-        for m in reports
+        ((m.timestamp()[1], codec.decode(m.value(), "DriftWindowReport", topic=m.topic()))
+         for m in reports),
+        key=lambda pair: pair[0],
     )  # fmt: skip
     first_ms, last_ms = decoded[0][0], decoded[-1][0]
     records = sum(r["records"] for _, r in decoded[1:])
@@ -214,16 +215,7 @@ def main() -> None:
     print(f"service: {service}", flush=True)
     results["service"] = service
 
-    try:
-        from benchmarks.runtime import measure_noop_runtime  # noqa: PLC0415
-
-        results["noop_source"] = "benchmarks.runtime.measure_noop_runtime"
-    except ImportError:
-        from benchmarks.features import measure_passthrough as measure_noop_runtime  # noqa: PLC0415
-
-        results["noop_source"] = (
-            "benchmarks.runtime is missing: fallback = benchmarks.features.measure_passthrough"
-        )
+    results["noop_source"] = "benchmarks.runtime.measure_noop_runtime"
     noop = float(measure_noop_runtime(bootstrap, args.records, args.partitions))
     print(f"noop: {noop:.1f} records/s", flush=True)
     results["noop_records_per_s"] = round(noop, 1)
