@@ -280,7 +280,9 @@ def test_fail_stop_holds_valid_records_until_the_operator_resumes(
     proc = features_process(
         kafka_bootstrap, topic_prefix, logs_dir, batch=25, env=CIRCUIT_ENV
     ).start()
-    _wait_for(lambda: proc.http("/healthz")[0] == 200 and proc.http("/readyz")[0] == 503)
+    # Not ready before the first assignment either: wait for the halt itself.
+    _wait_for(lambda: proc.http("/healthz")[0] == 200 and proc.http("/readyz")[1].get("halted"))
+    assert proc.http("/readyz")[0] == 503
     # Halted: the records before the trip are done, the valid ones after it are held.
     before = consume_all(kafka_bootstrap, f"{topic_prefix}features", idle_s=3.0, timeout_s=20)
     assert sorted(v["event_id"] for v in decoded_vectors(before)) == sorted(
