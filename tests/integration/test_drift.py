@@ -289,3 +289,38 @@ def test_score_and_decision_drift_on_the_predictions_topic(
     assert all(a["model_name"] == "synthetic" for a in alerts)
     first = min(a["window_start"] for a in alerts)
     assert first >= T0 + (n // 2) * STEP_MS - 5_000  # nothing before the change
+
+
+def test_two_instances_sharing_four_partitions_give_one_alert(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, logs_dir: Path
+) -> None:
+    reference = _reference(tmp_path / "reference.json")
+    create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
+    procs = [
+        _service(kafka_bootstrap, topic_prefix, reference, logs_dir,
+                 STREAMML_DRIFT_RUNTIME__INSTANCE_ID=f"drift-{i}").start()
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        for proc in procs:
+            proc.wait_ready(90)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # both members hold inputs before data flows
+            owned = [proc.http("/readyz")[1].get("partitions", []) for proc in procs]
+            if all(any(".features:" in p for p in parts) for parts in owned):
+                break
+            time.sleep(0.5)
+        assert all(any(".features:" in p for p in parts) for parts in owned), owned
+        n = 16_000
+        _produce(kafka_bootstrap, f"{topic_prefix}features", _vectors(n, seed=41, drift=(8_000, n)))
+        windows = n * STEP_MS // 5_000 - 1
+        consume_all(kafka_bootstrap, f"{topic_prefix}drift.windows", expect=windows * PARTITIONS,
+                    timeout_s=180)  # fmt: skip
+        alerts = _alerts(kafka_bootstrap, topic_prefix)
+    finally:
+        for proc in procs:
+            proc.stop()
+    assert [(a["state"], a["feature"]) for a in alerts] == [("open", "f1")]
+    assert alerts[0]["details"]["partitions"] == "0,1,2,3"
+    stage_two = [parts for parts in owned if any(".drift.windows:0" in p for p in parts)]
+    assert len(stage_two) == 1  # one member merges; the other only feeds it reports
