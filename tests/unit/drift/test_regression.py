@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.drift.detectors import DetectorParams
 from services.drift.episodes import WindowTestParams
 from services.drift.reference import reference_from_mapping, synthetic_reference
 from streamml.processor import Record
@@ -258,3 +259,15 @@ def test_heavy_tailed_and_skewed_features_raise_no_false_alarm() -> None:
     harness.feed_all(stream_records(draw(150_000), NAMES), batch=1_000)
     assert harness.alerts == []
     assert sum(len(r["detections"]) for r in harness.reports) == 0
+
+
+def test_escalation_within_an_episode_is_an_update_not_a_new_alert() -> None:
+    rng = np.random.default_rng(202)
+    values = rng.normal(size=(40_000, 4))
+    values[:, 1] += np.clip((np.arange(40_000) - 10_000) / 20_000, 0, 1)
+    window_tests_only = DetectorParams(adwin=False, page_hinkley=False)
+    harness = Harness(make_processor(make_reference(), detectors=window_tests_only))
+    harness.feed_all(stream_records(values, NAMES))
+    states = [(a["state"], a["severity"]) for a in harness.alerts]
+    assert states == [("open", "warn"), ("updated", "alert")]
+    assert len({a["alert_id"] for a in harness.alerts}) == 1
