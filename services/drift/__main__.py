@@ -68,6 +68,8 @@ def main() -> None:
             feature_detectors=settings.feature_detectors,
             tests=settings.tests,
             include_replayed=settings.include_replayed,
+            max_window_jump=settings.max_window_jump,
+            jump_confirm_records=settings.jump_confirm_records,
         )
         inputs = {
             features: "FeatureVector",

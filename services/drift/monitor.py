@@ -7,7 +7,9 @@ grid bins, category buckets, missing values, positive decisions, sums) and one
 a later window arrives, the open window is closed into a *window report* (the
 ``DriftWindowReport`` schema) that stage 2 merges across partitions; the report also
 lists what river's detectors flagged in that window. A record of an earlier window than
-the open one (out of order) is counted into the open window and in ``late_records``.
+the open one (out of order) is counted into the open window and in ``late_records``; so
+is a record more than ``max_window_jump`` windows ahead (a corrupt timestamp), unless
+``jump_confirm`` such records arrive in a row (the stream really moved on).
 
 Everything is vectorised per micro-batch except the detectors, which river updates one
 value at a time.
@@ -80,6 +82,8 @@ class StreamMonitor:
         params: Mapping[str, DetectorParams],
         default_params: DetectorParams,
         run_detectors: bool = True,
+        max_window_jump: int = 60,
+        jump_confirm: int = 20,
     ) -> None:
         self.stream = stream
         self.partition = partition
@@ -93,7 +97,10 @@ class StreamMonitor:
             else None
             for p, ref in zip(self._params, self.numeric, strict=True)
         ]
+        self.max_window_jump = max_window_jump
+        self.jump_confirm = max(1, jump_confirm)
         self.seen = 0
+        self.far_streak = 0
         self.window: int | None = None
         self._reset_window()
 
@@ -132,19 +139,36 @@ class StreamMonitor:
             if self.window is None:
                 self.window = int(index[i])
             elif index[i] > self.window:
+                if index[i] - self.window > self.max_window_jump:
+                    # Far ahead: one corrupt timestamp must not end the window and leave
+                    # every later record "late" in a far-future one. Such records are
+                    # counted in the open window until `jump_confirm` arrive in a row
+                    # (then the stream really moved on, e.g. after a traffic gap).
+                    far = index[i:] - self.window > self.max_window_jump
+                    run = int(np.argmin(far)) if not far.all() else n - i
+                    fold = min(run, self.jump_confirm - 1 - self.far_streak)
+                    if fold > 0:
+                        self._accumulate(rows.slice(i, i + fold), index[i : i + fold], far=True)
+                        self.far_streak += fold
+                        i += fold
+                        continue
+                self.far_streak = 0
                 reports.append(self._report(source_partitions, reference))
                 self._reset_window()
                 self.window = int(index[i])
+            self.far_streak = 0
             later = np.flatnonzero(index[i:] > self.window)
             stop = i + int(later[0]) if len(later) else n
             self._accumulate(rows.slice(i, stop), index[i:stop])
             i = stop
         return reports
 
-    def _accumulate(self, rows: Rows, index: IntArray) -> None:
+    def _accumulate(self, rows: Rows, index: IntArray, *, far: bool = False) -> None:
         assert self.window is not None
         n = len(rows)
         times = rows.event_time
+        if far:  # out-of-range times do not stretch the window bounds
+            times = np.full(n, self.end if self.records else self.window * self.window_ms)
         if self.records == 0:
             self.start = int(times.min())
             self.end = int(times.max())
@@ -154,7 +178,7 @@ class StreamMonitor:
             self.end = max(self.end, int(times.max()))
         self.last_offset = int(rows.offset[-1])
         self.records += n
-        self.late += int(np.count_nonzero(index < self.window))
+        self.late += n if far else int(np.count_nonzero(index < self.window))
         values = rows.values
         finite = np.isfinite(values)
         self.missing += n - finite.sum(axis=0)
@@ -268,6 +292,7 @@ class StreamMonitor:
         return {
             "window": self.window,
             "seen": self.seen,
+            "far_streak": self.far_streak,
             "start": self.start,
             "end": self.end,
             "first_offset": self.first_offset,
@@ -296,6 +321,7 @@ class StreamMonitor:
         """
         self.window = state["window"]
         self.seen = int(state["seen"])
+        self.far_streak = int(state.get("far_streak", 0))
         self.start = int(state["start"])
         self.end = int(state["end"])
         self.first_offset = int(state["first_offset"])

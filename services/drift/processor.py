@@ -67,6 +67,8 @@ class DriftProcessor(Processor):
         feature_detectors: Mapping[str, DetectorParams] | None = None,
         tests: WindowTestParams | None = None,
         include_replayed: bool = False,
+        max_window_jump: int = 60,
+        jump_confirm_records: int = 20,
         metrics: DriftMetrics | None = None,
     ) -> None:
         if source_partitions < 1:
@@ -82,6 +84,8 @@ class DriftProcessor(Processor):
         self.feature_detectors = dict(feature_detectors or {})
         self.tests = tests or WindowTestParams()
         self.include_replayed = include_replayed
+        self.max_window_jump = max_window_jump
+        self.jump_confirm_records = jump_confirm_records
         self.metrics = metrics or default_metrics()
         self._codec = StateCodec(state_key)
         self._input_index = {name: i for i, name in enumerate(reference.input_names)}
@@ -256,6 +260,8 @@ class DriftProcessor(Processor):
             categorical=categorical,
             params=self.feature_detectors,
             default_params=self.detectors,
+            max_window_jump=self.max_window_jump,
+            jump_confirm=self.jump_confirm_records,
         )
 
     def _load_monitor(self, stream: str, partition: int, state: State) -> StreamMonitor:

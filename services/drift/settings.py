@@ -59,6 +59,18 @@ class DriftSettings(BaseSettings):
     window_ms: int = Field(
         default=60_000, ge=1, description="Event-time tumbling window length in milliseconds."
     )
+    max_window_jump: int = Field(
+        default=60,
+        ge=1,
+        description="A record more than this many windows ahead of its partition's open "
+        "window is treated as a bad timestamp and counted in the open window...",
+    )
+    jump_confirm_records: int = Field(
+        default=20,
+        ge=1,
+        description="...unless this many such records arrive in a row: then the stream "
+        "really moved on (a traffic gap) and the window jumps.",
+    )
     source_partitions: int = Field(
         default=0,
         ge=0,

@@ -271,3 +271,40 @@ def test_escalation_within_an_episode_is_an_update_not_a_new_alert() -> None:
     states = [(a["state"], a["severity"]) for a in harness.alerts]
     assert states == [("open", "warn"), ("updated", "alert")]
     assert len({a["alert_id"] for a in harness.alerts}) == 1
+
+
+def test_one_corrupt_far_future_timestamp_does_not_derail_the_windows() -> None:
+    rng = np.random.default_rng(1515)
+    values = rng.normal(size=(20_000, 4))
+    values[12_000:, 2] += 1.0
+    clean = stream_records(values, NAMES)
+    corrupt = list(clean)
+    bad = corrupt[5_000]
+    far = dict(bad.value, event_time=bad.value["event_time"] + 86_400_000)  # a day ahead
+    corrupt[5_000] = Record(bad.topic, 0, bad.offset, 0, b"k", far, (), "FeatureVector")
+    expected = Harness(make_processor(make_reference()))
+    expected.feed_all(clean)
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(corrupt)
+    assert [(a["feature"], a["state"], a["window_start"]) for a in harness.alerts] == [
+        (a["feature"], a["state"], a["window_start"]) for a in expected.alerts
+    ]
+    assert sum(r["late_records"] for r in harness.reports) == 1
+    assert max(r["window_end"] for r in harness.reports) < 20_000 * 10
+
+
+def test_a_real_gap_in_traffic_moves_the_window_on() -> None:
+    rng = np.random.default_rng(1616)
+    values = rng.normal(size=(4_000, 4))
+    records = stream_records(values, NAMES)
+    gap_ms = 3 * 3_600_000  # three hours without traffic, then the stream goes on
+    moved = [
+        Record(r.topic, 0, r.offset, 0, b"k", dict(r.value, event_time=r.value["event_time"]
+               + (gap_ms if r.offset >= 2_000 else 0)), (), "FeatureVector")
+        for r in records
+    ]  # fmt: skip
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(moved)
+    late = [r["late_records"] for r in harness.reports]
+    assert sum(late) == 19  # jump_confirm_records - 1 records counted before it moved on
+    assert harness.reports[-1]["window_start"] >= gap_ms
