@@ -1,0 +1,493 @@
+"""One demo run: broker, topics, models, four service processes, producer, live view,
+drain, summary and report; every child stopped cleanly however the run ends.
+
+The services run as separate processes (``python -m services.<name>``), each in its own
+session so that Ctrl-C reaches only the demo, which then stops them in pipeline order
+with SIGTERM (SIGKILL after a grace period), and stops the broker it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from rich.console import Console
+from rich.live import Live
+
+from streamml.demo import claims, report, view
+from streamml.demo.observer import MetricsScraper, TopicObserver, total
+from streamml.demo.plan import DLQ_TOPICS, SERVICES, DemoPlan, broker_port, service_env
+from streamml.demo.producer import SyntheticProducer
+from streamml.errors import BrokerError, StreamMLError
+
+log = logging.getLogger(__name__)
+
+_READY_TIMEOUT_S = 180.0
+_STOP_GRACE_S = 20.0
+
+
+class DemoError(StreamMLError):
+    """The demo could not run (a service did not start, the broker is unreachable)."""
+
+
+class ServiceChild:
+    """One service process of the demo."""
+
+    def __init__(self, name: str, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.name, self.env, self.port, self.log_path = name, env, port, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            env={**os.environ, **self.env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C goes to the demo, which stops us in order
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/readyz", timeout=1
+            ) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait, SIGKILL when it does not end; returns the exit code."""
+        code = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                code = self.process.wait(_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, _STOP_GRACE_S)
+                self.process.kill()
+                code = self.process.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+class Demo:
+    """Runs one :class:`DemoPlan`; :meth:`run` returns the exit code."""
+
+    def __init__(self, plan: DemoPlan, *, headless: bool, console: Console | None = None) -> None:
+        self.plan = plan
+        self.headless = headless
+        self.console = console or Console(soft_wrap=headless)
+        self.children: list[ServiceChild] = []
+        self.broker: Any = None
+        self.bootstrap = plan.bootstrap or ""
+        self.producer: SyntheticProducer | None = None
+        self.observer: TopicObserver | None = None
+        self.scraper: MetricsScraper | None = None
+        self.interrupted = False
+        self.failure: str | None = None
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        self.console.print(f"[bold]demo[/bold] {message}")
+
+    def _prepare_dirs(self) -> None:
+        plan = self.plan
+        shutil.rmtree(plan.logs_dir, ignore_errors=True)
+        plan.logs_dir.mkdir(parents=True, exist_ok=True)
+        plan.report_path.unlink(missing_ok=True)
+        plan.summary_path.unlink(missing_ok=True)
+
+    def _start_broker(self) -> None:
+        from streamml.broker import LocalBroker
+
+        if self.plan.bootstrap:
+            self._say(f"using the broker at {self.plan.bootstrap} (topic prefix "
+                      f"{self.plan.topic_prefix!r})")  # fmt: skip
+            return
+        broker = LocalBroker(run_dir=self.plan.run_dir / "kafka", port=broker_port())
+        # A fresh broker each run: the same seed re-sends the same event ids, which the
+        # previous run's dedup state would (rightly) drop as duplicates.
+        broker.stop()
+        broker.wipe()
+        self._say(f"starting Kafka on {broker.bootstrap} (first run fetches it with Maven)")
+        broker.start()
+        self.broker = broker
+        self.bootstrap = broker.bootstrap
+
+    def _kafka(self) -> Any:
+        from streamml.settings import KafkaSettings, load_settings
+
+        overrides: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
+        overrides["topic_prefix"] = self.plan.topic_prefix
+        return load_settings(KafkaSettings, **overrides)
+
+    def _provision(self) -> None:
+        from streamml.topics import load_topic_specs, provision
+
+        specs = load_topic_specs(self.plan.topic_prefix, partitions=self.plan.partitions)
+        outcome = provision(self._kafka().client_config(), specs)
+        created = sum(1 for v in outcome.values() if v == "created")
+        self._say(f"topics: {created} created, {len(outcome) - created} already there")
+
+    def _train(self) -> Path:
+        """Keys and signed models (reused when the same plan made them before)."""
+        from services.scorer.artifact import generate_keypair, load_private_key
+        from services.scorer.training import FALLBACK_NAME, PRIMARY_NAME, train_and_sign
+
+        plan = self.plan
+        stamp = plan.models_dir / ".demo-stamp"
+        wanted = f"events={plan.train_events} seed={plan.seed}"
+        primary = plan.models_dir / PRIMARY_NAME / "1"
+        fallback = plan.models_dir / FALLBACK_NAME / "1"
+        public = plan.keys_dir / "signing.pub"
+        if (
+            stamp.exists()
+            and stamp.read_text() == wanted
+            and primary.is_dir()
+            and fallback.is_dir()
+            and public.exists()
+        ):
+            self._say(f"reusing the signed models in {plan.models_dir}")
+            return primary
+        shutil.rmtree(plan.models_dir, ignore_errors=True)
+        shutil.rmtree(plan.keys_dir, ignore_errors=True)
+        generate_keypair(plan.keys_dir)
+        self._say(f"training and signing the demo models on {plan.train_events:,} events")
+        written = train_and_sign(
+            events=plan.train_events,
+            seed=plan.seed,
+            out=plan.models_dir,
+            key=load_private_key(plan.keys_dir / "signing.key"),
+        )
+        for version in written:
+            self._say(f"  {version.path}: AUC {version.metadata.metrics['auc']:.3f} (validation)")
+        stamp.write_text(wanted)
+        return primary
+
+    def _start_services(self, reference: Path) -> None:
+        from streamml.broker import free_port
+
+        for name in SERVICES:
+            port = free_port()
+            env = service_env(
+                self.plan, name, bootstrap=self.bootstrap, http_port=port, reference=reference
+            )
+            child = ServiceChild(name, env, port, self.plan.logs_dir / f"{name}.log")
+            child.start()
+            self.children.append(child)
+        self._say("services started: " + ", ".join(
+            f"{c.name} :{c.port}" for c in self.children
+        ) + f" (logs in {self.plan.logs_dir})")  # fmt: skip
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        waiting = list(self.children)
+        while waiting:
+            for child in list(waiting):
+                if not child.alive:
+                    raise DemoError(
+                        f"{child.name} exited with code {child.process and child.process.poll()}"
+                        f": {child.log_tail()}"
+                    )
+                if child.ready():
+                    waiting.remove(child)
+            if time.monotonic() > deadline:
+                names = ", ".join(c.name for c in waiting)
+                raise DemoError(f"not ready after {_READY_TIMEOUT_S:.0f}s: {names}")
+            time.sleep(0.3)
+        self._say("all four services are ready")
+
+    # -- the run ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        summary: claims.Summary | None = None
+        try:
+            self._prepare_dirs()
+            self._start_broker()
+            self._provision()
+            reference = self._train()
+            self._start_services(reference)
+            self._feed_and_watch()
+            if not self.interrupted:
+                self._drain()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self._say("interrupted: stopping everything")
+        except (BrokerError, DemoError) as exc:
+            self.failure = str(exc)
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+            try:
+                if self.producer is not None:
+                    summary = self._finish()
+            finally:
+                self._stop_all()
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, previous)
+        if self.failure:
+            self.console.print(f"[red]error:[/red] {self.failure}")
+            return 1
+        if self.interrupted:
+            return 130
+        return 0 if summary is not None and summary.ok else 1
+
+    def _feed_and_watch(self) -> None:
+        plan = self.plan
+        kafka = self._kafka()
+        from streamml.codec import AvroCodec
+
+        codec = AvroCodec.from_settings(kafka)
+        config = kafka.client_config()
+        self.scraper = MetricsScraper({c.name: c.port for c in self.children})
+        self.observer = TopicObserver(plan, config, AvroCodec.from_settings(kafka))
+        self.producer = SyntheticProducer(plan, config, codec)
+        self.scraper.start()
+        self.observer.start()
+        self.producer.start()
+        self._say(
+            f"producing {plan.rate:.0f} events/s for {plan.duration_s:.0f}s from "
+            f"{plan.entities:,} cards; event time runs x{plan.time_compression:.0f}; drift "
+            f"after {plan.drift_index:,} events"
+        )
+        self._watch(lambda: self.producer is not None and self.producer.is_alive(), "producing")
+
+    def _watch(self, keep_going: Any, phase: str, deadline: float | None = None) -> None:
+        started = self.producer.stats.started_wall if self.producer else time.monotonic()
+        last_line = 0.0
+
+        def frame() -> Any:
+            assert self.producer and self.observer and self.scraper
+            return view.render(
+                views=self.scraper.views,
+                stats=self.producer.stats,
+                elapsed_s=time.monotonic() - started,
+                duration_s=self.plan.duration_s,
+                compression=self.plan.time_compression,
+                topics=self.observer.snapshot(),
+                alerts=[a for _, a in self.observer.drift_alerts],
+                phase=phase,
+            )
+
+        live: Any = (
+            contextlib.nullcontext()
+            if self.headless
+            else Live(frame(), console=self.console, refresh_per_second=2, transient=False)
+        )
+        with live:
+            while keep_going():
+                if deadline is not None and time.monotonic() > deadline:
+                    return
+                dead = [c.name for c in self.children if not c.alive]
+                if dead:
+                    tails = "; ".join(
+                        f"{c.name}: {c.log_tail(2)}" for c in self.children if not c.alive
+                    )
+                    raise DemoError(f"service(s) stopped during the run: {tails}")
+                if self.headless:
+                    now = time.monotonic()
+                    if now - last_line >= 10:
+                        last_line = now
+                        self._headless_line(phase, now - started)
+                else:
+                    live.update(frame())
+                time.sleep(0.5)
+
+    def _headless_line(self, phase: str, elapsed: float) -> None:
+        assert self.producer and self.observer
+        stats = self.producer.stats
+        topics = self.observer.snapshot()
+        self._say(
+            f"{phase} {elapsed:.0f}s: sent {stats.valid_sent} (+{stats.duplicates_sent} dup, "
+            f"{stats.malformed_sent} bad), labels {stats.labels_sent}; features "
+            f"{topics['features'][1]}, predictions {topics['predictions'][1]}, drift alerts "
+            f"{len(self.observer.drift_alerts)}, reports {len(self.observer.reports)}"
+        )
+
+    def _drain(self) -> None:
+        """Wait until every valid event has its feature vector and prediction."""
+        assert self.producer and self.observer
+        expected = self.producer.stats.valid_sent
+        stable_since = time.monotonic()
+        last: tuple[int, ...] = ()
+
+        def pending() -> bool:
+            nonlocal stable_since, last
+            assert self.observer
+            topics = self.observer.snapshot()
+            now = (topics["features"][1], topics["predictions"][1],
+                   len(self.observer.reports), len(self.observer.drift_alerts))  # fmt: skip
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            caught_up = now[0] >= expected and now[1] >= expected
+            # Once caught up, give drift and performance a few seconds to report the tail.
+            return not (caught_up and time.monotonic() - stable_since > 3)
+
+        self._say("producer done; draining the pipeline")
+        self._watch(pending, "draining", deadline=time.monotonic() + self.plan.drain_timeout_s)
+
+    # -- the end ----------------------------------------------------------------------
+
+    def _finish(self) -> claims.Summary | None:
+        assert self.producer and self.observer and self.scraper
+        self.producer.stop()
+        self.producer.join(35)
+        self.scraper.scrape_once()
+        self.scraper.stop()
+        self.observer.stop()
+        self.observer.join(10)
+        summary = self._summarise()
+        self._write_report(summary)
+        self._print(summary)
+        return summary
+
+    def _summarise(self) -> claims.Summary:
+        assert self.producer and self.observer and self.scraper
+        stats = self.producer.stats
+        obs = self.observer
+        features_view = self.scraper.views.get("features")
+        dropped = (
+            total(features_view.samples, "streamml_features_duplicates_total")
+            if features_view is not None and features_view.samples
+            else None
+        )
+        alert_ends = {int(a["window_end"]) for _, a in obs.drift_alerts}
+        sent = claims.Sent(
+            valid_ids=frozenset(self.producer.valid_ids()),
+            duplicates=stats.duplicates_sent,
+            malformed=stats.malformed_sent,
+            labels=stats.labels_sent,
+            drift_event_time_ms=stats.drift_event_time_ms,
+            drift_wall_s=stats.drift_wall_s,
+            records_after_drift={e: stats.records_after_drift_until(e) for e in alert_ends},
+        )
+        seen = claims.Seen(
+            ids={t: dict(obs.counts[t].ids) for t in ("events", "features", "predictions")},
+            records={t: c.records for t, c in obs.counts.items()},
+            dlq_records={t: obs.counts[t].records for t in DLQ_TOPICS},
+            drift_alerts=list(obs.drift_alerts),
+            reports=list(obs.reports),
+            slo_alerts=list(obs.slo_alerts),
+            duplicates_dropped=dropped,
+            training_auc=self._training_auc(),
+        )
+        summary = claims.evaluate(sent, seen)
+        summary.figures["dlq_reasons"] = {t: dict(c) for t, c in obs.dlq_reasons.items() if c}
+        summary.figures["producer"] = {
+            "valid": stats.valid_sent,
+            "duplicates": stats.duplicates_sent,
+            "undecodable": stats.undecodable_sent,
+            "invalid": stats.invalid_sent,
+            "labels": stats.labels_sent,
+            "labels_still_in_the_future": stats.labels_pending,
+            "delivery_errors": stats.delivery_errors,
+            "time_compression": self.plan.time_compression,
+        }
+        if self.interrupted:
+            summary.claims.append(claims.Claim("run completed", False, "interrupted (Ctrl-C)"))
+        return summary
+
+    def _training_auc(self) -> float | None:
+        path = self.plan.models_dir / "fraud-gbt" / "1" / "metadata.json"
+        try:
+            return float(json.loads(path.read_text())["metrics"]["auc"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def _print(self, summary: claims.Summary) -> None:
+        self.console.rule("summary")
+        for claim in summary.claims:
+            mark = "[green]PASS[/green]" if claim.ok else "[red]FAIL[/red]"
+            self.console.print(f"{mark} {claim.name}: {claim.detail}")
+        figures = summary.figures
+        for topic in ("events", "features", "predictions"):
+            self.console.print(f"  {topic}: {figures.get(topic)}")
+        self.console.print(f"  dead letters: {figures.get('dead_letters')} "
+                           f"reasons {figures.get('dlq_reasons')}")  # fmt: skip
+        self.console.print(f"report: {self.plan.report_path}  summary: {self.plan.summary_path}")
+
+    def _write_report(self, summary: claims.Summary) -> None:
+        assert self.producer and self.observer and self.scraper
+        plan = self.plan
+        stats = self.producer.stats
+        origin = stats.timeline[0][1] if stats.timeline else 0
+        by_version: dict[str, list[tuple[float, float]]] = {}
+        for end, auc, name in claims.overall_auc(self.observer.reports):
+            by_version.setdefault(name, []).append(((end - origin) / 3_600_000, auc))
+        drift_series: dict[str, list[tuple[float, float]]] = {}
+        for elapsed, values in self.scraper.drift_statistics:
+            for (feature, test), value in values.items():
+                if test in ("psi", "ks"):
+                    drift_series.setdefault(f"{feature} {test}", []).append((elapsed, value))
+        # The most moved series only, so the plot stays readable.
+        ranked = sorted(drift_series.items(), key=lambda kv: -max(v for _, v in kv[1]))[:8]
+        throughput: dict[str, list[tuple[float, float]]] = {}
+        for elapsed, rates in self.scraper.throughput:
+            for name, rate in rates.items():
+                throughput.setdefault(name, []).append((elapsed, rate))
+        text = report.render(
+            summary=summary.as_json(),
+            plan={k: v for k, v in asdict(plan).items() if k != "extra_env"},
+            auc_series=sorted(by_version.items()),
+            drift_series=ranked,
+            throughput_series=sorted(throughput.items()),
+            drift_event_h=(
+                (stats.drift_event_time_ms - origin) / 3_600_000
+                if stats.drift_event_time_ms is not None
+                else None
+            ),
+            drift_wall_s=stats.drift_wall_s,
+            slo_threshold=0.9,
+            alerts=[a for _, a in self.observer.drift_alerts],
+        )
+        report.write(plan.report_path, text)
+        summary.figures["report"] = str(plan.report_path)
+        summary.claims.append(
+            claims.Claim("report written", plan.report_path.exists(), str(plan.report_path))
+        )
+        plan.summary_path.write_text(json.dumps(summary.as_json(), indent=2, default=str))
+
+    def _stop_all(self) -> None:
+        for worker in (self.producer, self.observer, self.scraper):
+            if worker is not None:
+                worker.stop()
+        codes = {}
+        for child in self.children:  # pipeline order: upstream stops first
+            codes[child.name] = child.stop()
+        if codes:
+            self._say("services stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))
+        if self.broker is not None:
+            self.broker.stop()
+            self._say("Kafka stopped")

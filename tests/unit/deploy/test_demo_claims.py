@@ -1,0 +1,196 @@
+"""The demo's summary checks and report, on hand-made inputs (no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamml.demo import claims, report
+from streamml.demo.observer import parse_metrics, total
+from streamml.demo.plan import DemoPlan, service_env
+
+DRIFT = 1_000_000
+
+
+def _alert(feature: str, state: str, end: int, severity: str = "alert") -> dict[str, Any]:
+    return {"feature": feature, "state": state, "window_end": end, "severity": severity,
+            "detector": "psi", "statistic": 0.4, "threshold": 0.25}  # fmt: skip
+
+
+def _report(end: int, auc: float | None, **extra: Any) -> dict[str, Any]:
+    return {"model_name": "fraud-gbt", "model_version": "1", "route": "primary",
+            "window": "sliding", "segment_field": None, "window_end": end, "roc_auc": auc,
+            **extra}  # fmt: skip
+
+
+def _sent(ids: set[str], **extra: Any) -> claims.Sent:
+    values: dict[str, Any] = {"valid_ids": frozenset(ids), "duplicates": 2, "malformed": 1,
+                              "labels": 3, "drift_event_time_ms": DRIFT, "drift_wall_s": 10.0,
+                              "records_after_drift": {DRIFT + 60_000: 321}}  # fmt: skip
+    values.update(extra)
+    return claims.Sent(**values)
+
+
+def _seen(features: dict[str, int], predictions: dict[str, int], **extra: Any) -> claims.Seen:
+    values: dict[str, Any] = {
+        "ids": {"events": dict(features), "features": features, "predictions": predictions},
+        "records": {"features": sum(features.values())},
+        "dlq_records": {"events.dlq": 1, "features.dlq": 0},
+        "drift_alerts": [(12.5, _alert("amount", "open", DRIFT + 60_000))],
+        "reports": [(1.0, _report(DRIFT - 1, 0.99)), (15.0, _report(DRIFT + 5, 0.80))],
+        "slo_alerts": [],
+    }
+    values.update(extra)
+    return claims.Seen(**values)
+
+
+def _by_name(summary: claims.Summary) -> dict[str, claims.Claim]:
+    return {claim.name: claim for claim in summary.claims}
+
+
+def test_every_claim_holds_for_a_clean_run() -> None:
+    summary = claims.evaluate(_sent({"a", "b"}), _seen({"a": 1, "b": 1}, {"a": 1, "b": 1}))
+    assert summary.ok, summary.claims
+    detection = summary.figures["drift_detection"]
+    assert detection["records_after_change"] == 321
+    assert detection["wall_s_after_change"] == 2.5
+
+
+def test_a_missing_prediction_is_a_loss() -> None:
+    summary = claims.evaluate(_sent({"a", "b"}), _seen({"a": 1, "b": 1}, {"a": 1}))
+    assert not _by_name(summary)["no event lost"].ok
+    assert summary.figures["predictions"]["missing"] == 1
+    assert not summary.ok
+
+
+def test_a_second_copy_is_a_duplicate() -> None:
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 2}, {"a": 1}))
+    assert not _by_name(summary)["no event duplicated"].ok
+    assert _by_name(summary)["no event lost"].ok
+
+
+def test_dead_letters_must_match_the_malformed_records() -> None:
+    seen = _seen({"a": 1}, {"a": 1}, dlq_records={"events.dlq": 0, "features.dlq": 0})
+    assert not _by_name(claims.evaluate(_sent({"a"}), seen))["malformed records dead-lettered"].ok
+
+
+def test_an_episode_open_since_before_the_drift_is_not_a_detection() -> None:
+    alerts = [
+        (1.0, _alert("amount", "open", DRIFT - 10)),
+        (12.0, _alert("amount", "updated", DRIFT + 60_000)),
+        (13.0, _alert("country", "open", DRIFT + 60_000, severity="warn")),
+    ]
+    assert claims.first_detection(alerts, DRIFT) is None
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, drift_alerts=alerts))
+    assert not _by_name(summary)["injected drift detected"].ok
+    resolved = [alerts[0], (5.0, _alert("amount", "resolved", DRIFT - 5)), alerts[1]]
+    found = claims.first_detection(resolved, DRIFT)
+    assert found is not None and found[0] == 12.0
+
+
+def test_no_quality_drop_fails_and_an_slo_alert_counts() -> None:
+    flat = [(1.0, _report(DRIFT - 1, 0.99)), (15.0, _report(DRIFT + 5, 0.97))]
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, reports=flat))
+    assert not _by_name(summary)["quality drop seen"].ok
+    slo = [(16.0, {"state": "open", "window_end": DRIFT + 10})]
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, reports=flat,
+                                                   slo_alerts=slo))  # fmt: skip
+    assert _by_name(summary)["quality drop seen"].ok
+
+
+def test_segmented_and_cumulative_reports_are_not_the_live_auc() -> None:
+    reports = [
+        (1.0, _report(5, 0.9)),
+        (1.0, _report(6, 0.1, segment_field="country")),
+        (1.0, {**_report(7, 0.2), "window": "cumulative"}),
+        (1.0, _report(8, None)),
+    ]
+    assert claims.overall_auc(reports) == [(5, 0.9, "fraud-gbt/1")]
+
+
+def test_no_drift_injected_fails_the_drift_claims() -> None:
+    summary = claims.evaluate(
+        _sent({"a"}, drift_event_time_ms=None, drift_wall_s=None), _seen({"a": 1}, {"a": 1})
+    )
+    assert not _by_name(summary)["injected drift detected"].ok
+    assert not _by_name(summary)["quality drop seen"].ok
+
+
+def test_report_is_self_contained_html_with_the_drift_marked() -> None:
+    text = report.render(
+        summary={"ok": True, "claims": [{"name": "x", "ok": True, "detail": "<d>"}],
+                 "figures": {"events": {"records": 3}}},
+        plan={"rate": 1},
+        auc_series=[("fraud-gbt/1", [(0.0, 0.99), (1.0, 0.7)])],
+        drift_series=[("amount psi", [(0.0, 0.01), (5.0, 0.4)])],
+        throughput_series=[],
+        drift_event_h=0.5,
+        drift_wall_s=2.0,
+        slo_threshold=0.9,
+        alerts=[_alert("amount", "open", DRIFT)],
+    )  # fmt: skip
+    assert text.count("<svg") == 2 and "drift injected" in text
+    assert (
+        "&lt;d&gt;" in text
+        and "<script" not in text
+        and "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    )
+
+
+def test_metrics_text_is_parsed_and_summed_by_label() -> None:
+    samples = parse_metrics(
+        "# TYPE streamml_records_in_total counter\n"
+        'streamml_records_in_total{service="features",topic="a"} 3\n'
+        'streamml_records_in_total{service="features",topic="b"} 4\n'
+        "# TYPE streamml_drift_open_episodes gauge\nstreamml_drift_open_episodes NaN\n"
+    )
+    assert total(samples, "streamml_records_in_total") == 7
+    assert total(samples, "streamml_records_in_total", topic="b") == 4
+    assert total(samples, "streamml_drift_open_episodes") == 0
+
+
+def test_service_env_points_every_service_at_the_demo_and_binds_locally(tmp_path: Any) -> None:
+    plan = DemoPlan(run_dir=tmp_path, topic_prefix="demo1.", partitions=3)
+    for name in ("features", "scorer", "drift", "performance"):
+        env = service_env(plan, name, bootstrap="h:1", http_port=1234, reference=tmp_path)
+        prefix = f"STREAMML_{name.upper()}_"
+        assert env["STREAMML_KAFKA_BOOTSTRAP_SERVERS"] == "h:1"
+        assert env["STREAMML_KAFKA_TOPIC_PREFIX"] == "demo1."
+        assert env[f"{prefix}HTTP__HOST"] == "127.0.0.1"
+        assert env[f"{prefix}HTTP__PORT"] == "1234"
+    drift = service_env(plan, "drift", bootstrap="h:1", http_port=1, reference=tmp_path)
+    assert drift["STREAMML_DRIFT_SOURCE_PARTITIONS"] == "3"
+
+
+def test_plan_checks_its_bounds() -> None:
+    assert DemoPlan().check() is None
+    assert "duration" in (DemoPlan(duration_s=1).check() or "")
+    assert "malformed" in (DemoPlan(malformed_share=0.5).check() or "")
+    assert DemoPlan(rate=200, event_rate_per_s=5).time_compression == 40
+
+
+def test_service_env_is_valid_for_every_service_settings_class(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    from services.drift.settings import DriftSettings
+    from services.features.settings import FeaturesSettings
+    from services.performance.settings import PerformanceSettings
+    from services.scorer.settings import ScorerSettings
+    from streamml.settings import load_settings
+
+    plan = DemoPlan(run_dir=tmp_path)
+    classes = {"features": FeaturesSettings, "scorer": ScorerSettings,
+               "drift": DriftSettings, "performance": PerformanceSettings}  # fmt: skip
+    for name, cls in classes.items():
+        env = service_env(plan, name, bootstrap="127.0.0.1:1", http_port=1, reference=tmp_path)
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            settings = load_settings(cls)  # type: ignore[type-var]
+        assert settings.http.port == 1
+    drift_env = service_env(plan, "drift", bootstrap="127.0.0.1:1", http_port=1,
+                            reference=tmp_path)  # fmt: skip
+    with monkeypatch.context() as patch:
+        for key, value in drift_env.items():
+            patch.setenv(key, value)
+        drift = load_settings(DriftSettings)
+    assert drift.feature_detectors["hour_of_day_sin"].adwin is False
