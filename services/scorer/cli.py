@@ -80,7 +80,7 @@ def train(
     ] = False,
 ) -> None:
     """Train primary (boosted trees) + fallback (logistic regression), export ONNX, sign."""
-    from services.scorer.training import TrainingError, train_and_sign  # noqa: PLC0415 (sklearn)
+    from services.scorer.training import TrainingError, train_and_sign
 
     try:
         private_key = load_private_key(key)
@@ -120,7 +120,7 @@ def verify(
     try:
         artifact = verify_version(directory, key)
         if load:
-            from services.scorer.model import OnnxModel  # noqa: PLC0415 (onnxruntime)
+            from services.scorer.model import OnnxModel
 
             OnnxModel(artifact)
     except ArtifactError as exc:
@@ -140,7 +140,7 @@ def _kafka() -> KafkaSettings:
 
 
 def _read_state(kafka: Any, topic: str, codec: Any, timeout_s: float) -> dict[str, Any]:
-    from services.scorer.follower import ControlReader  # noqa: PLC0415 (confluent_kafka)
+    from services.scorer.follower import ControlReader
 
     reader = ControlReader(kafka, topic, codec)
     try:
@@ -164,7 +164,7 @@ def _control(
     check: tuple[Path, Path] | None,
     previous_of: str | None = None,
 ) -> None:
-    from streamml.codec import AvroCodec  # noqa: PLC0415 (fastavro)
+    from streamml.codec import AvroCodec
 
     try:
         kafka = _kafka()
@@ -188,7 +188,7 @@ def _control(
             raise ConfigError(problem)
         if check is not None and action == "promote":
             _check_locally(check[0], check[1], str(name), str(version))
-        from services.scorer.follower import publish_instruction  # noqa: PLC0415 (librdkafka)
+        from services.scorer.follower import publish_instruction
 
         publish_instruction(kafka, topic, codec, value)
     except BrokerError as exc:
@@ -274,7 +274,7 @@ def clear(
 @app.command()
 def status() -> None:
     """What model.control says per role (JSON)."""
-    from streamml.codec import AvroCodec  # noqa: PLC0415 (fastavro)
+    from streamml.codec import AvroCodec
 
     try:
         kafka = _kafka()
