@@ -6,11 +6,13 @@ Measures, against the broker in KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092)
   validation, the demo feature set), with 1 and with 4 input partitions, one instance;
   the input holds 5% duplicates. Throughput = distinct vectors / (last - first output
   timestamp), so start-up and the broker round trip of the reader do not count;
-* beside it, in the same run, the runtime's no-op throughput
-  (``benchmarks.runtime.measure_noop_runtime``);
+* beside it, in the same run and on the same number of partitions, the runtime's no-op
+  throughput (``benchmarks.runtime.measure_noop_runtime``: decode, forward the bytes,
+  commit) - the baseline of the 50% target - and the no-op that re-encodes each Event
+  (``reencode=True``), i.e. the runtime cost of a processor that emits a new record;
 * Python heap bytes per retained key of the dedup store at 1,000,000 keys (tracemalloc).
 
-Usage: ``python -m benchmarks.features [--events 20000] [--dedup-keys 1000000]``.
+Usage: ``python -m benchmarks.features [--events 40000] [--dedup-keys 1000000]``.
 The last line of output is one JSON object with every figure.
 """
 
@@ -22,6 +24,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.runtime import measure_noop_runtime  # noqa: E402
 from services.features.dedup import DedupStore  # noqa: E402
 from streamml.codec import AvroCodec  # noqa: E402
 from streamml.state import State  # noqa: E402
@@ -74,6 +78,7 @@ def _run_service(
     stream, expect = _stream(n_events, duplicates)
     produce(bootstrap, f"{prefix}events", stream)
     port = free_port()
+    log_path = Path(tempfile.gettempdir()) / f"{prefix}service.log"
     proc = ServiceProcess(
         args,
         {
@@ -86,11 +91,15 @@ def _run_service(
             **(extra_env or {}),
         },
         http_port=port,
+        log_path=log_path,
     ).start()
     try:
-        out = consume_all(bootstrap, f"{prefix}{output}", expect=expect, timeout_s=600)
+        out = consume_all(bootstrap, f"{prefix}{output}", expect=expect, timeout_s=300)
     finally:
         proc.stop()
+    if len(out) < expect:
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+        raise RuntimeError(f"{len(out)} of {expect} outputs; service log ends:\n{tail}")
     # Output timestamps are set when each transaction's records are produced: the span
     # from the first to the last leaves out start-up, restore and the reader's latency.
     stamps = sorted(m.timestamp()[1] for m in out)
@@ -117,21 +126,6 @@ def measure_features_service(
         n_events=n_events,
         partitions=partitions,
         duplicates=0.05,
-    )
-
-
-def measure_passthrough(bootstrap: str, n_events: int, partitions: int) -> float:
-    """Events/s of the runtime's passthrough example, timed the same way (fallback)."""
-    return float(
-        _run_service(
-            bootstrap,
-            args=["-m", "streamml.examples", "passthrough"],
-            env_prefix="STREAMML_EXAMPLE_",
-            output="example.out",
-            n_events=n_events,
-            partitions=partitions,
-            duplicates=0.0,
-        )["events_per_s"]
     )
 
 
@@ -167,9 +161,13 @@ def measure_dedup_bytes_per_key(n_keys: int) -> dict[str, Any]:
     }
 
 
+def _ratio(value: float, baseline: float) -> float | None:
+    return round(value / baseline, 3) if baseline else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--dedup-keys", type=int, default=1_000_000)
     args = parser.parse_args()
     if args.events < 1000 or args.dedup_keys < 1000:
@@ -179,34 +177,30 @@ def main() -> None:
     results: dict[str, Any] = {"benchmark": "features", "bootstrap": bootstrap}
     results["dedup"] = measure_dedup_bytes_per_key(args.dedup_keys)
     print(f"dedup: {results['dedup']}", flush=True)
-    try:
-        from benchmarks.runtime import measure_noop_runtime  # noqa: PLC0415
-
-        results["noop_source"] = "benchmarks.runtime.measure_noop_runtime"
-    except ImportError:
-        measure_noop_runtime = measure_passthrough
-        results["noop_source"] = (
-            "benchmarks.runtime is missing: fallback = streamml.examples passthrough, "
-            "timed like the features service"
-        )
+    results["noop_source"] = "benchmarks.runtime.measure_noop_runtime"
+    results["events"] = args.events
     for partitions in (1, 4):
         figures = measure_features_service(bootstrap, args.events, partitions)
         print(f"features {partitions}p: {figures}", flush=True)
         # The same without feature names in each vector (FeatureVector.names may be empty;
-        # consumers then take the order from feature_set_hash): names are 60% of the bytes.
+        # consumers then take the order from feature_set_hash).
         no_names = measure_features_service(bootstrap, args.events, partitions, include_names=False)
         print(f"features {partitions}p without names: {no_names}", flush=True)
-        noop = float(measure_noop_runtime(bootstrap, args.events, partitions))
+        noop = measure_noop_runtime(bootstrap, args.events, partitions)
         print(f"noop {partitions}p: {noop:.1f} events/s", flush=True)
+        reencode = measure_noop_runtime(bootstrap, args.events, partitions, reencode=True)
+        print(f"noop re-encoding {partitions}p: {reencode:.1f} events/s", flush=True)
         results[f"partitions_{partitions}"] = {
             "features": figures,
             "features_without_names": no_names,
             "noop_events_per_s": round(noop, 1),
-            "share_of_noop": round(figures["events_per_s"] / noop, 3) if noop else None,
-            "share_of_noop_without_names": (
-                round(no_names["events_per_s"] / noop, 3) if noop else None
-            ),
+            "noop_reencode_events_per_s": round(reencode, 1),
+            "share_of_noop": _ratio(figures["events_per_s"], noop),
+            "share_of_noop_without_names": _ratio(no_names["events_per_s"], noop),
+            "share_of_noop_reencode": _ratio(figures["events_per_s"], reencode),
+            "target_share_of_noop": 0.5,
         }
+    results["dedup_target_bytes_per_key"] = 200
     print(json.dumps(results))
 
 

@@ -478,3 +478,139 @@ def test_measure_throughput(codec: AvroCodec, capsys: pytest.CaptureFixture[str]
             f"\ncodec throughput (Event, {len(data)} bytes, {n} records): "
             f"encode {n / encode_s:,.0f}/s, decode {n / decode_s:,.0f}/s"
         )
+
+
+# -- the compiled writer (one pass: check and write) -------------------------------------
+
+
+@pytest.mark.parametrize("name", AvroCodec().schema_names())
+def test_every_current_schema_has_a_compiled_writer(codec: AvroCodec, name: str) -> None:
+    assert codec._schema(name).fast_write is not None
+
+
+@pytest.mark.parametrize("name", AvroCodec().schema_names())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_compiled_writer_writes_fastavros_bytes(
+    codec: AvroCodec, name: str, data: st.DataObject
+) -> None:
+    value = data.draw(values_of(codec, name))
+    fast_write = codec._schema(name).fast_write
+    assert fast_write is not None
+    assert fast_write(value) == avro_body(codec, name, value)
+    assert fast_write(value) == avro_body(codec, name, value)  # memoized parts too
+
+
+def _vector(values: list[Any], names: list[Any] | None = None) -> dict[str, Any]:
+    n = len(values)
+    return {
+        "event_id": "e1",
+        "entity_id": "card-1",
+        "event_time": EPOCH_MS,
+        "computed_at": EPOCH_MS + 5,
+        "feature_set": "fs",
+        "feature_set_version": "1",
+        "feature_set_hash": "ab" * 32,
+        "names": [f"f{i}" for i in range(n)] if names is None else names,
+        "values": values,
+        "categories": {"country": "DE", "channel": "pos"},
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, -0.0, 1.5, 1e308, -1e-308, 5e-324],
+        [float("nan"), float("inf"), float("-inf")],
+        [1, 2**53 + 1, -(2**60), 0.5],  # ints are doubles too (as in fastavro)
+        [],
+    ],
+)
+def test_feature_vector_values_bytes_match_fastavro(codec: AvroCodec, values: list[Any]) -> None:
+    value = _vector(values)
+    data = codec.encode("FeatureVector", value)
+    assert data[10:] == avro_body(codec, "FeatureVector", value)
+    assert codec.decode(data, "FeatureVector")["values"] == pytest.approx(
+        [float(v) for v in values], nan_ok=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "names"),
+    [
+        ([1.0, True], None),  # bool is not a double for the fast path: fastavro decides
+        ([1.0, 2**1100], None),  # too big for a double
+        ([1.0, "2.0"], None),
+        ((1.0, 2.0), None),  # a tuple
+        ([1.0, 2.0], ["a", 5]),
+        ([1.0, 2.0], ["a", "\ud800"]),  # a lone surrogate
+    ],
+)
+def test_values_the_compiled_writer_refuses_behave_as_before(
+    codec: AvroCodec, values: Any, names: Any
+) -> None:
+    value = _vector(values, names)
+    fast_write = codec._schema("FeatureVector").fast_write
+    assert fast_write is not None
+    with pytest.raises(Exception):  # any refusal: the value goes the validated fastavro way
+        fast_write(value)
+    # What the codec did before it had a compiled writer: fastavro validates, then writes.
+    try:
+        fastavro.validation.validate(value, codec.parsed("FeatureVector"), raise_errors=True)
+        expected: bytes | None = avro_body(codec, "FeatureVector", value)
+    except Exception:
+        expected = None
+    if expected is not None:
+        assert codec.encode("FeatureVector", value)[10:] == expected
+    else:
+        with pytest.raises(EncodeError, match="FeatureVector"):
+            codec.encode("FeatureVector", value)
+
+
+def test_repeated_names_are_rewritten_when_they_change(codec: AvroCodec) -> None:
+    names = ["a", "b", "c"]
+    first = codec.encode("FeatureVector", _vector([1.0, 2.0, 3.0], names))
+    names[1] = "bee"  # the same list object, changed in place
+    second = codec.encode("FeatureVector", _vector([1.0, 2.0, 3.0], names))
+    assert codec.decode(first, "FeatureVector")["names"] == ["a", "b", "c"]
+    assert codec.decode(second, "FeatureVector")["names"] == ["a", "bee", "c"]
+
+
+def test_omitted_field_with_default_is_written_by_fastavro(codec: AvroCodec) -> None:
+    value = _vector([1.0])
+    del value["categories"]
+    data = codec.encode("FeatureVector", value)
+    assert codec.decode(data, "FeatureVector")["categories"] == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from([f["name"] for f in EVENT_FIELDS]), junk=JUNK)
+def test_compiled_writer_is_never_more_lenient_than_fastavro(field: str, junk: Any) -> None:
+    codec = _shared_codec()
+    value = {**EVENT, field: junk}
+    fast_write = codec._schema("Event").fast_write
+    assert fast_write is not None
+    try:
+        body = fast_write(value)
+    except Exception:
+        return
+    assert fastavro.validation.validate(value, codec.parsed("Event"), raise_errors=False)
+    assert body == avro_body(codec, "Event", value)
+
+
+def test_schemas_the_compiled_writer_leaves_to_fastavro(tmp_path: Path) -> None:
+    node = {
+        "type": "record",
+        "name": "Node",
+        "fields": [
+            {"name": "next", "type": ["null", "Node"], "default": None},
+            {"name": "x", "type": ["null", "long", "string"], "default": None},
+        ],
+    }
+    write_schema(tmp_path, "node.avsc", node)
+    codec = AvroCodec(tmp_path)
+    assert codec._schema("Node").fast_write is None
+    value = {"next": {"next": None, "x": "a"}, "x": 3}
+    assert codec.decode(codec.encode("Node", value), "Node") == value
+    with pytest.raises(EncodeError, match="x"):
+        codec.encode("Node", {"next": None, "x": 1.5})
