@@ -224,7 +224,11 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
     create_topics(kafka_bootstrap, topic_prefix, partitions=4)
     n = 8000
     vectors = _vectors(_matrix(n, seed=31))
-    feeder = _Feeder(kafka_bootstrap, f"{topic_prefix}features", vectors)
+    # Phase 1 streams during three kills, phase 2 during the reload and its kill, and
+    # phase 3 arrives once the restarted instance is up (so the new version must score).
+    phase1, phase2, phase3 = vectors[:5000], vectors[5000:7500], vectors[7500:]
+    topic = f"{topic_prefix}features"
+    feeder = _Feeder(kafka_bootstrap, topic, phase1)
     rng = random.Random(2026)
     proc = _scorer(kafka_bootstrap, topic_prefix, logs_dir, trained).start()
     proc.wait_ready(90)
@@ -236,20 +240,27 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
         kills += 1
         proc = _scorer(kafka_bootstrap, topic_prefix, logs_dir, trained).start()
         proc.wait_ready(90)
-    # Hot reload to the candidate, and SIGKILL while the instance swaps to it.
+    feeder.join(180)
+    assert feeder.error is None, feeder.error
+    # Hot reload to the candidate while vectors stream; SIGKILL as soon as the instance
+    # has verified and loaded it (the swap to it is due at the next micro-batch).
+    feeder = _Feeder(kafka_bootstrap, topic, phase2)
+    feeder.start()
+    time.sleep(1.0)
     _cli(
         monkeypatch, kafka_bootstrap, topic_prefix, "promote", "--model", "fraud-gbt",
         "--version", "2", "--role", "primary", "--model-dir", str(trained[0]),
         "--public-key", str(trained[1]), "--reason", "eos test",
     )  # fmt: skip
     log_path = logs_dir / "scorer.log"
-    _wait_for(lambda: "primary is now fraud-gbt/2" in log_path.read_text(), 30)
+    _wait_for(lambda: "model fraud-gbt/2 verified and loaded" in log_path.read_text(), 30)
     proc.kill()
     kills += 1
     proc = _scorer(kafka_bootstrap, topic_prefix, logs_dir, trained).start()
     proc.wait_ready(90)
     feeder.join(180)
     assert feeder.error is None, feeder.error
+    produce(kafka_bootstrap, topic, _encoded(phase3))
     outputs = _decode(
         consume_all(kafka_bootstrap, f"{topic_prefix}predictions", expect=n, timeout_s=240)
     )
@@ -265,6 +276,8 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
     # Both versions served, and the restarted instance came back on the promoted one.
     versions = Counter(p["model_version"] for p in outputs)
     assert set(versions) == {"1", "2"}, versions
+    last = {v["event_id"] for v in phase3}
+    assert {p["model_version"] for p in outputs if p["event_id"] in last} == {"2"}
     starts = [line for line in log_path.read_text().splitlines() if "serving primary=" in line]
     assert len(starts) == 5 and "primary=fraud-gbt/2" in starts[-1], starts[-1]
     # The kills interrupted open transactions: read_uncommitted sees at least as many.
