@@ -86,3 +86,56 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         raise typer.BadParameter(problem)
     code = Demo(plan, headless=headless).run()
     raise typer.Exit(code)
+
+
+@app.command("produce")
+def produce(
+    duration: Annotated[
+        float, typer.Option("--duration", help="Seconds of traffic (then exit 0).")
+    ] = 3600.0,
+    rate: Annotated[float, typer.Option("--rate", help="Events per wall-clock second.")] = 50.0,
+    entities: Annotated[int, typer.Option("--entities", help="Distinct cards.")] = 5000,
+    drift_at: Annotated[
+        float, typer.Option("--drift-at", help="Share of the duration after which drift starts.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic traffic.")] = 2026,
+) -> None:
+    """Only the synthetic producer (events, labels, duplicates, malformed, drift) against
+    the broker and schema registry of STREAMML_KAFKA_* (the compose 'producer' profile)."""
+    import signal
+
+    from streamml.codec import AvroCodec
+    from streamml.demo.plan import DemoPlan
+    from streamml.demo.producer import SyntheticProducer
+    from streamml.settings import KafkaSettings, load_settings
+
+    kafka = load_settings(KafkaSettings)
+    plan = DemoPlan(
+        duration_s=duration,
+        rate=rate,
+        entities=entities,
+        drift_fraction=drift_at,
+        seed=seed,
+        topic_prefix=kafka.topic_prefix,
+    )
+    problem = plan.check()
+    if problem:
+        raise typer.BadParameter(problem)
+    producer = SyntheticProducer(plan, kafka.client_config(), AvroCodec.from_settings(kafka))
+    signal.signal(signal.SIGTERM, lambda *_: producer.stop())
+    producer.start()
+    try:
+        while producer.is_alive():
+            producer.join(10)
+            s = producer.stats
+            typer.echo(
+                f"sent {s.valid_sent} events (+{s.duplicates_sent} duplicates, "
+                f"{s.malformed_sent} malformed), {s.labels_sent} labels, drift "
+                f"{'on' if s.drift_wall_s is not None else 'not yet'}"
+            )
+    except KeyboardInterrupt:
+        producer.stop()
+        producer.join(35)
+    if producer.stats.delivery_errors:
+        typer.echo(f"error: {producer.stats.delivery_errors} records not delivered", err=True)
+        raise typer.Exit(1)
