@@ -29,6 +29,7 @@ from streamml.settings import load_settings
 log = logging.getLogger("services.scorer")
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 
 def main() -> int:
@@ -86,10 +87,10 @@ def main() -> int:
                 control = reader.latest_by_role(settings.control_catch_up_timeout_s)
             else:
                 log.warning("control topic %s does not exist yet", reader.topic)
-        except StreamMLError as exc:
+        except StreamMLError as exc:  # the broker, not the settings: like a runtime failure
             log.error("cannot start: %s", exc)
             reader.close()
-            return EXIT_USAGE
+            return EXIT_FAILURE
     from_settings = applier.bootstrap(
         {
             "primary": (settings.primary_model, settings.primary_version),
