@@ -252,6 +252,7 @@ class PerformanceProcessor(Processor):
             canary_metrics=settings.canary_metrics,
             canary_margin=settings.canary_margin,
         )
+        self._group_cache: dict[tuple[int, tuple[int, ...]], list[Group]] = {}
         self._state: State | None = None
         self._views: dict[int, PartitionView] = {}
         self._owned: set[int] = set()
@@ -519,11 +520,15 @@ class PerformanceProcessor(Processor):
             ids.append(value_id)
         return tuple(ids)
 
-    @staticmethod
-    def _groups(model_id: int, segments: tuple[int, ...]) -> list[Group]:
-        groups: list[Group] = [(model_id, MODEL_LEVEL, 0)]
-        for index, value_id in enumerate(segments):
-            groups.append((model_id, index, value_id))
+    def _groups(self, model_id: int, segments: tuple[int, ...]) -> list[Group]:
+        """The all-traffic group and one group per segment field (shared, immutable)."""
+        key = (model_id, segments)
+        groups = self._group_cache.get(key)
+        if groups is None:
+            groups = [(model_id, MODEL_LEVEL, 0)]
+            groups += [(model_id, index, value_id) for index, value_id in enumerate(segments)]
+            if len(self._group_cache) < 100_000:
+                self._group_cache[key] = groups
         return groups
 
     # -- per-record logic ---------------------------------------------------------

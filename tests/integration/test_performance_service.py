@@ -242,27 +242,33 @@ def test_sigkill_three_times_reports_equal_the_uninterrupted_run(
     final = max(r["window_end"] for r in want_reports)
 
     proc = service(kafka_bootstrap, quiet, logs_dir, "quiet").start()
-    proc.wait_ready(90)
-    uninterrupted = outputs(kafka_bootstrap, quiet, len(want_reports), len(want_alerts))
-    assert proc.terminate() == 0
+    try:
+        proc.wait_ready(90)
+        uninterrupted = outputs(kafka_bootstrap, quiet, len(want_reports), len(want_alerts))
+        assert proc.terminate() == 0
+    finally:
+        proc.stop()
 
     proc = service(kafka_bootstrap, killed, logs_dir, "killed").start()
-    proc.wait_ready(90)
     kills = 0
-    span = max(event_times.values()) - T0  # the data, not the tail the end markers add
-    for fraction in (0.2, 0.45, 0.7):
-        deadline = time.monotonic() + 240
-        while _boundary(proc) * 1000 < T0 + fraction * span and time.monotonic() < deadline:
-            assert proc.alive
-            time.sleep(0.05)
-        reached = _boundary(proc) * 1000
-        assert reached < final  # mid-stream: the work is not done yet
-        proc.kill()
-        kills += 1
-        proc = service(kafka_bootstrap, killed, logs_dir, f"killed-{kills}").start()
+    try:
         proc.wait_ready(90)
-    restarted = outputs(kafka_bootstrap, killed, len(want_reports), len(want_alerts))
-    assert proc.terminate() == 0
+        span = max(event_times.values()) - T0  # the data, not the tail the end markers add
+        for fraction in (0.2, 0.45, 0.7):
+            deadline = time.monotonic() + 240
+            while _boundary(proc) * 1000 < T0 + fraction * span and time.monotonic() < deadline:
+                assert proc.alive
+                time.sleep(0.05)
+            reached = _boundary(proc) * 1000
+            assert reached < final  # mid-stream: the work is not done yet
+            proc.kill()
+            kills += 1
+            proc = service(kafka_bootstrap, killed, logs_dir, f"killed-{kills}").start()
+            proc.wait_ready(90)
+        restarted = outputs(kafka_bootstrap, killed, len(want_reports), len(want_alerts))
+        assert proc.terminate() == 0
+    finally:
+        proc.stop()
     assert kills == 3
 
     model = ("model_name", "model_version", "route")
