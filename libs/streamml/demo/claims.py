@@ -119,6 +119,12 @@ def overall_auc(
     reports: Iterable[tuple[float, Mapping[str, Any]]],
 ) -> list[tuple[int, float, str]]:
     """``(window_end, roc_auc, model/version)`` of the served, unsegmented sliding reports."""
+    return [(end, auc, name) for end, _, auc, name in _overall(reports)]
+
+
+def _overall(
+    reports: Iterable[tuple[float, Mapping[str, Any]]],
+) -> list[tuple[int, int, float, str]]:
     points = []
     for _, report in reports:
         if report.get("segment_field") or report.get("window") != "sliding":
@@ -129,7 +135,8 @@ def overall_auc(
         if auc is None or math.isnan(auc):
             continue
         name = f"{report['model_name']}/{report['model_version']}"
-        points.append((int(report["window_end"]), float(auc), name))
+        start = int(report.get("window_start") or report["window_end"])
+        points.append((int(report["window_end"]), start, float(auc), name))
     return sorted(points)
 
 
@@ -250,14 +257,17 @@ def evaluate(sent: Sent, seen: Seen) -> Summary:
 
 
 def _quality_claim(sent: Sent, seen: Seen, figures: dict[str, Any]) -> Claim:
+    """Median AUC of the windows before the drift vs of the windows after it: those that
+    hold drifted predictions only when there are any, else those that end after it."""
     drift_at = sent.drift_event_time_ms
-    points = overall_auc(seen.reports)
     if drift_at is None:
         return Claim("quality drop seen", False, "the run ended before the drift was injected")
-    before = [auc for end, auc, _ in points if end < drift_at]
-    after = [auc for end, auc, _ in points if end >= drift_at]
+    points = _overall(seen.reports)
+    before = [auc for end, _, auc, _ in points if end < drift_at]
+    fully_after = [auc for _, start, auc, _ in points if start >= drift_at]
+    after = fully_after or [auc for end, _, auc, _ in points if end >= drift_at]
     baseline = statistics.median(before) if before else seen.training_auc
-    worst = min(after) if after else None
+    level = statistics.median(after) if after else None
     slo_after = [
         alert
         for _, alert in seen.slo_alerts
@@ -266,20 +276,23 @@ def _quality_claim(sent: Sent, seen: Seen, figures: dict[str, Any]) -> Claim:
     figures["quality"] = {
         "auc_before_median": statistics.median(before) if before else None,
         "auc_baseline": baseline,
-        "auc_after_min": worst,
+        "auc_after_median": level,
+        "auc_after_min": min(after) if after else None,
+        "after_windows": "drifted only" if fully_after else "ending after the drift",
         "reports_before": len(before),
         "reports_after": len(after),
         "slo_alerts_after_drift": len(slo_after),
     }
-    dropped = baseline is not None and worst is not None and baseline - worst >= QUALITY_DROP
+    dropped = baseline is not None and level is not None and baseline - level >= QUALITY_DROP
     source = "before the drift" if before else "at validation"
-    if worst is None:
+    if level is None:
         detail = "no performance report with an AUC after the drift"
+    elif baseline is None:
+        detail = f"live AUC after the drift {level:.3f}, no baseline"
     else:
         detail = (
-            f"live AUC {baseline:.3f} {source} -> {worst:.3f} after the drift"
-            if (baseline is not None)
-            else f"live AUC after the drift {worst:.3f}, no baseline"
+            f"live AUC (median) {baseline:.3f} {source} -> {level:.3f} after the drift "
+            f"({len(after)} windows, {figures['quality']['after_windows']})"
         )
     detail += f"; {len(slo_after)} SLO alert(s) opened after the drift"
     return Claim("quality drop seen", dropped or bool(slo_after), detail)

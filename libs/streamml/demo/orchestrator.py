@@ -29,7 +29,14 @@ from rich.live import Live
 
 from streamml.demo import claims, report, view
 from streamml.demo.observer import MetricsScraper, TopicObserver, total
-from streamml.demo.plan import DLQ_TOPICS, SERVICES, DemoPlan, broker_port, service_env
+from streamml.demo.plan import (
+    CLOCK_FEATURES,
+    DLQ_TOPICS,
+    SERVICES,
+    DemoPlan,
+    broker_port,
+    service_env,
+)
 from streamml.demo.producer import SyntheticProducer
 from streamml.errors import BrokerError, StreamMLError
 
@@ -97,6 +104,30 @@ class ServiceChild:
             self._log.close()
             self._log = None
         return code
+
+
+def _moved_most(
+    series: dict[str, list[tuple[float, float]]], split: float | None, keep: int = 6
+) -> list[tuple[str, list[tuple[float, float]]]]:
+    """The series whose level changed most across the drift point (clock features left out:
+    a window of minutes never looks like a reference spanning hours on time of day)."""
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    def moved(points: list[tuple[float, float]]) -> float:
+        if split is None:
+            return max(v for _, v in points)
+        return mean([v for t, v in points if t >= split]) - mean(
+            [v for t, v in points if t < split]
+        )
+
+    candidates = {
+        name: points
+        for name, points in series.items()
+        if not name.startswith(CLOCK_FEATURES) and points
+    }
+    return sorted(candidates.items(), key=lambda kv: -moved(kv[1]))[:keep]
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -451,8 +482,7 @@ class Demo:
             for (feature, test), value in values.items():
                 if test in ("psi", "ks"):
                     drift_series.setdefault(f"{feature} {test}", []).append((elapsed, value))
-        # The most moved series only, so the plot stays readable.
-        ranked = sorted(drift_series.items(), key=lambda kv: -max(v for _, v in kv[1]))[:8]
+        ranked = _moved_most(drift_series, stats.drift_wall_s)
         throughput: dict[str, list[tuple[float, float]]] = {}
         for elapsed, rates in self.scraper.throughput:
             for name, rate in rates.items():

@@ -63,6 +63,12 @@ class DemoPlan:
         return int(self.n_events * self.drift_fraction)
 
     @property
+    def quality_window(self) -> int:
+        """Labeled predictions in the performance service's sliding window: small enough
+        that a short run fills windows with drifted predictions only, never under 300."""
+        return max(300, min(1000, self.n_events // 20))
+
+    @property
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"
 
@@ -147,7 +153,7 @@ def service_env(
         env.update(
             {
                 # Small windows and frequent reports: quality moves within seconds.
-                f"{prefix}WINDOW_SIZE": "1000",
+                f"{prefix}WINDOW_SIZE": str(plan.quality_window),
                 f"{prefix}REPORT_INTERVAL": "2m",
                 f"{prefix}SLO_MIN": '{"roc_auc": 0.9}',
                 f"{prefix}SLO_CONSECUTIVE_WINDOWS": "3",

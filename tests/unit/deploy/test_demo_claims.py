@@ -194,3 +194,17 @@ def test_service_env_is_valid_for_every_service_settings_class(
             patch.setenv(key, value)
         drift = load_settings(DriftSettings)
     assert drift.feature_detectors["hour_of_day_sin"].adwin is False
+
+
+def test_windows_holding_only_drifted_predictions_decide_the_quality_claim() -> None:
+    reports = [
+        (1.0, _report(DRIFT - 1, 0.99)),
+        (2.0, _report(DRIFT + 5, 0.99, window_start=DRIFT - 100)),  # mostly pre-drift samples
+        (3.0, _report(DRIFT + 9, 0.80, window_start=DRIFT + 1)),
+    ]
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, reports=reports))
+    assert _by_name(summary)["quality drop seen"].ok
+    assert summary.figures["quality"]["auc_after_median"] == 0.80
+    mixed_only = reports[:2]
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, reports=mixed_only))
+    assert not _by_name(summary)["quality drop seen"].ok
