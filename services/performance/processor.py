@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -313,7 +314,7 @@ class PerformanceProcessor(Processor):
             if record.topic in self._label_topics:
                 self._on_label(view, record, result)
             elif record.topic in self._prediction_topics:
-                self._on_prediction(view, record)
+                self._on_prediction(view, record, result)
             else:
                 raise StreamMLError(f"performance: unexpected input topic {record.topic!r}")
         self._advance(touched, result)
@@ -557,12 +558,20 @@ class PerformanceProcessor(Processor):
         if self._on_event is not None:
             self._on_event(kind)
 
-    def _on_prediction(self, view: PartitionView, record: Record) -> None:
+    def _on_prediction(self, view: PartitionView, record: Record, result: Result) -> None:
         value = record.value
         t = _millis(value["event_time"])
         self._seen(view, t)
         stream = self._stream[record.topic]
         view.marks[stream] = max(view.marks[stream], t)
+        score, threshold = value["score"], value["threshold"]
+        if not (0.0 <= score <= 1.0 and math.isfinite(threshold)):  # NaN fails both
+            result.rejections.append(
+                Rejection(record, "validation.score",
+                          f"score must be in [0, 1] and threshold finite, got {score!r}, "
+                          f"{threshold!r}")
+            )  # fmt: skip
+            return
         digest = event_digest(str(value["event_id"]))
         model_id = self._model_id(view, value)
         route = view.models[model_id][2]

@@ -225,3 +225,9 @@ def test_a_late_label_and_its_copy_are_dead_lettered_alike_in_either_order() -> 
     first = [[prediction("a", T0 + 1000, 0.9)], [label("a", late_at, 1)], [label("a", late_at, 1)]]
     second = [[label("a", late_at, 1)], [label("a", late_at, 1)], [prediction("a", T0 + 1000, 0.9)]]
     assert dead(first) == dead(second) == ["late", "late"]
+
+
+def test_a_prediction_with_a_score_out_of_range_is_rejected() -> None:
+    proc, state = processor(), new_state()
+    result = run(proc, state, [[prediction("a", T0, float("nan")), prediction("b", T0, 1.5)]])
+    assert [r.reason for r in result.rejections] == ["validation.score"] * 2

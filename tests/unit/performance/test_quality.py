@@ -4,6 +4,7 @@ where they claim to be and round-trip through their byte layout."""
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -80,12 +81,14 @@ def test_reports_equal_sklearn_on_the_joined_set() -> None:
     batches = []
     truth: dict[str, int] = {}
     scored: dict[str, float] = {}
+    countries: dict[str, str] = {}
     for i in range(300):
         t = T0 + 1000 + i * 100
         score = round(rng.random(), 2)
         y = int(rng.random() < score)
         scored[f"e{i}"] = score
-        batch = [prediction(f"e{i}", t, score, country=rng.choice(["US", "GB", "FR"]))]
+        countries[f"e{i}"] = rng.choice(["US", "GB", "FR"])
+        batch = [prediction(f"e{i}", t, score, country=countries[f"e{i}"])]
         if i % 3 == 0:
             batch.append(prediction(f"e{i}", t, score))  # duplicate
         if i % 10 != 9:  # every tenth stays unlabeled
@@ -103,6 +106,14 @@ def test_reports_equal_sklearn_on_the_joined_set() -> None:
     assert sliding["labeled"] == 150
     for name, value in expected.items():
         assert sliding[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+    # Each segment's sliding report: the same window, filtered to the segment value.
+    for country in ("US", "GB", "FR"):
+        segment = reports(result, route="primary", window="sliding", segment_value=country)[-1]
+        chosen = [e for e in ids if countries[e] == country]
+        expected = _sklearn([scored[e] for e in chosen], [truth[e] for e in chosen], 0.5)
+        assert segment["labeled"] == len(chosen) > 10
+        for name, value in expected.items():
+            assert segment[name] == pytest.approx(value, rel=1e-12, abs=1e-12), (country, name)
     cumulative = reports(result, route="primary", window="cumulative", segment_field=None)[-1]
     everything = sorted(truth)
     exact = _sklearn([scored[e] for e in everything], [truth[e] for e in everything], 0.5)
@@ -142,3 +153,25 @@ def test_retracting_a_sample_restores_the_counters() -> None:
     c.add_labeled(0.3, False, 1, 1)
     assert c.tp == before.tp and c.fn == before.fn and c.ece_sum_y == before.ece_sum_y
     assert c.sum_log_loss == pytest.approx(before.sum_log_loss)
+
+
+def test_time_window_equals_sklearn_on_the_last_duration_of_event_time() -> None:
+    rng = random.Random(8)
+    proc = processor(window_kind="time", window_duration=timedelta(minutes=3))
+    state = new_state()
+    batches, joined = [], []
+    for i in range(400):
+        t = T0 + 1000 + i * 1000  # one a second, labeled 2 s later
+        score, y = round(rng.random(), 2), int(rng.random() < 0.5)
+        batches.append([prediction(f"e{i}", t, score), label(f"e{i}", t + 2000, y)])
+        joined.append((t + 2000, score, y))
+    batches.append(tick(T0 + 8 * MIN))
+    result = run(proc, state, batches)
+    report = reports(result, route="primary", window="sliding", segment_field=None,
+                     window_end=T0 + 6 * MIN)[-1]  # fmt: skip
+    inside = [(s, y) for ts, s, y in joined if T0 + 3 * MIN < ts <= T0 + 6 * MIN]
+    expected = _sklearn([s for s, _ in inside], [y for _, y in inside], 0.5)
+    assert report["window_start"] == T0 + 3 * MIN
+    assert report["labeled"] == len(inside) == 180
+    for name, value in expected.items():
+        assert report[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
