@@ -50,7 +50,7 @@ def build_training_set(
     ] = None,
 ) -> None:
     """Turn a file of events into a feature matrix, exactly as the service would."""
-    from services.features.offline import (  # noqa: PLC0415 (numpy, fastavro)
+    from services.features.offline import (
         build_matrix,
         read_events,
     )

@@ -128,10 +128,14 @@ class EntityHistory:
 
     def settled_before(self, end: int) -> tuple[int, float, int]:
         """(count, exact sum, last time) of every accepted event with time < ``end``."""
-        hi = bisect_left(self.times, end)
+        return self.settled_up_to(bisect_left(self.times, end))
+
+    def settled_up_to(self, hi: int) -> tuple[int, float, int]:
+        """(count, exact sum, last time) of the evicted events and ``times[:hi]``."""
         count = self.count_evicted + hi
         if hi:
-            total = math.fsum([*self._partials, *self.values[:hi]])
+            partials = self._partials
+            total = math.fsum([*partials, *self.values[:hi]] if partials else self.values[:hi])
             last = self.times[hi - 1]
         else:
             total = math.fsum(self._partials)

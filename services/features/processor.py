@@ -50,6 +50,9 @@ ENTITIES_STORE = "entities"
 DEDUP_STORE = "dedup"
 FEATURE_VECTOR_SCHEMA = "FeatureVector"
 DEFAULT_DEDUP_RETENTION_MS = 7 * 86_400_000
+# Decoded entity histories kept between batches (a few hundred bytes each): decoding the
+# stored bytes again is ~1.5 us of the ~30 us an event costs.
+DEFAULT_HISTORY_CACHE_SIZE = 20_000
 
 
 class FeaturesProcessor(Processor):
@@ -69,6 +72,7 @@ class FeaturesProcessor(Processor):
         circuit: FailStopCircuit | None = None,
         max_entity_events: int = 10_000,
         include_names: bool = True,
+        history_cache_size: int = DEFAULT_HISTORY_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.feature_set = feature_set
@@ -87,6 +91,9 @@ class FeaturesProcessor(Processor):
         self._lateness = feature_set.allowed_lateness_ms
         self._retention = feature_set.retention_ms
         self._dedup: DedupStore | None = None
+        # (partition, entity key) -> (stored bytes, their decoded history), recent first last.
+        self._histories: dict[tuple[int, bytes], tuple[bytes, EntityHistory]] = {}
+        self._history_cache_size = history_cache_size
         self._dedup_backing: KeyValueStore | None = None
         metrics.CIRCUIT_STATE.set(0)
 
@@ -138,6 +145,9 @@ class FeaturesProcessor(Processor):
         )
 
     def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        revoked = {partition for _, partition in partitions}
+        for key in [k for k in self._histories if k[0] in revoked]:
+            del self._histories[key]
         for _, partition in partitions:
             if self._dedup is not None:
                 self._dedup.forget(partition)
@@ -249,7 +259,15 @@ class FeaturesProcessor(Processor):
         entity_id = str(event["entity_id"])
         entity_key = entity_id.encode("utf-8")
         raw = entities.get(partition, entity_key)
-        history = EntityHistory() if raw is None else EntityHistory.from_bytes(raw)
+        # The decoded history of the bytes last written for this entity, if those are
+        # still the bytes in the store (same object: no rollback or restore since). Taken
+        # out while it is changed, so an exception before the write cannot leave a
+        # changed history behind for the retry.
+        cached = self._histories.pop((partition, entity_key), None)
+        if cached is not None and cached[0] is raw:
+            history = cached[1]
+        else:
+            history = EntityHistory() if raw is None else EntityHistory.from_bytes(raw)
         watermark = history.watermark
         if watermark != NO_TIME and event_time < watermark - self._lateness:
             metrics.LATE_EVENTS.inc()
@@ -273,7 +291,12 @@ class FeaturesProcessor(Processor):
         capped = history.cap(self._max_entity_events)
         if capped:
             metrics.ENTITY_HISTORY_CAPPED.inc(capped)
-        entities.put(partition, entity_key, history.to_bytes())
+        stored = history.to_bytes()
+        entities.put(partition, entity_key, stored)
+        histories = self._histories
+        histories[(partition, entity_key)] = (stored, history)
+        if len(histories) > self._history_cache_size:
+            del histories[next(iter(histories))]  # the least recently used entity
         dedup.remember(partition, digest, event_time)
         if partition_max is None or event_time > partition_max:
             maxima[partition] = event_time
@@ -293,7 +316,7 @@ class FeaturesProcessor(Processor):
                     computed_at=computed_at,
                     values=values,
                 ),
-                headers=record.replay_headers(),
+                headers=record.replay_headers() if record.headers else (),
             )
         )
         return None

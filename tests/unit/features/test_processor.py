@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.features.circuit import CircuitState, FailStopCircuit
+from services.features.entity_state import EntityHistory
 from services.features.feature_set import demo_feature_set
 from services.features.offline import build_matrix
 from services.features.processor import FeaturesProcessor
@@ -395,3 +396,63 @@ def test_processor_vectors_do_not_depend_on_arrival_order_within_lateness(
         return out
 
     assert run(shuffled) == run(events)
+
+
+def _vectors(result: Result) -> list[tuple[str, list[float]]]:
+    return [(o.value["event_id"], list(o.value["values"])) for o in result.outputs]
+
+
+def test_cached_histories_give_the_vectors_of_decoding_every_time() -> None:
+    events = _events(1500, n_entities=30, rate_per_s=0.5)
+    cached, uncached = _processor(), _processor(history_cache_size=0)
+    s1, s2 = _state(cached), _state(uncached)
+    for i in range(0, len(events), 100):
+        chunk = _records(events[i : i + 100], start=i)
+        assert _vectors(_run(cached, s1, chunk)) == _vectors(_run(uncached, s2, chunk))
+    assert len(uncached._histories) == 0
+    assert 0 < len(cached._histories) <= 30
+
+
+def test_an_aborted_batch_does_not_leave_its_histories_in_the_cache() -> None:
+    # The runtime aborts a transaction (state rolled back) and processes the records
+    # again: the vectors must be those of the first attempt, not of a history that
+    # already holds the batch's events.
+    events = _events(400, n_entities=5, rate_per_s=0.5)
+    proc = _processor()
+    state = _state(proc)
+    _run(proc, state, _records(events[:200]))
+    batch = _records(events[200:300], start=200)
+    first = _vectors(proc.process(batch, state))
+    state.abort()
+    assert first == _vectors(proc.process(batch, state))
+    state.commit()
+    # A rollback to a savepoint, as when the runtime isolates a record.
+    batch = _records(events[300:], start=300)
+    savepoint = state.savepoint()
+    first = _vectors(proc.process(batch, state))
+    state.rollback(savepoint)
+    assert first == _vectors(proc.process(batch, state))
+    assert len(first) == 100
+
+
+def _raise(*args: Any) -> bytes:
+    raise RuntimeError("boom")
+
+
+def test_a_record_that_raises_mid_way_leaves_no_changed_history_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events = _events(300, n_entities=3, rate_per_s=0.5)
+    proc, reference = _processor(), _processor(history_cache_size=0)
+    state, ref_state = _state(proc), _state(reference)
+    _run(proc, state, _records(events[:100]))
+    _run(reference, ref_state, _records(events[:100]))
+    savepoint = state.savepoint()
+    # The history has taken the event in when writing it fails.
+    monkeypatch.setattr(EntityHistory, "to_bytes", _raise)
+    with pytest.raises(RuntimeError):
+        proc.process(_records(events[100:101], start=100), state)
+    monkeypatch.undo()
+    state.rollback(savepoint)
+    rest = _records(events[100:], start=100)
+    assert _vectors(_run(proc, state, rest)) == _vectors(_run(reference, ref_state, rest))

@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.features.validation import (
     DEFAULT_RULES,
@@ -17,6 +19,7 @@ from services.features.validation import (
     Pattern,
     Range,
     Required,
+    RuleSet,
     check,
 )
 from streamml.synthetic import generate_events
@@ -108,3 +111,49 @@ def test_range_ignores_non_numbers_and_finite_catches_them() -> None:
     assert Range("x", lower=0).violated("abc") is None
     assert Finite("x").violated("abc") == "is not a number"
     assert Finite("x").violated(True) == "is not a number"
+
+
+def _first_broken_rule(event: dict[str, Any]) -> Any:
+    """The plain definition: rules in declared order, the first that fails."""
+    for rule in DEFAULT_RULES:
+        violation = rule.check(event)
+        if violation is not None:
+            return violation
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([r.field for r in DEFAULT_RULES]),
+            st.none()
+            | st.sampled_from(["", " ", "EUR", "eur", "DE", "pos", "x" * 200, "5411"])
+            | st.integers(-5, 200)
+            | st.floats(allow_nan=True)
+            | st.booleans(),
+        ),
+        max_size=3,
+    )
+)
+def test_compiled_rule_set_reports_the_rule_the_declared_order_does(
+    changes: list[tuple[str, Any]],
+) -> None:
+    # One RuleSet across examples: values it remembered as passing must not hide a failure.
+    event = _event()
+    for path, value in changes:
+        event = _with_event(event, path, value)
+    assert _SHARED.check(event) == _first_broken_rule(event)
+
+
+_SHARED = RuleSet(DEFAULT_RULES)
+
+
+def _with_event(event: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    event = copy.deepcopy(event)
+    target = event
+    *parents, last = path.split(".")
+    for part in parents:
+        target = target[part]
+    target[last] = value
+    return event
