@@ -26,7 +26,10 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format, service=SERVICE)
     metrics = PerformanceMetrics()
     processor = PerformanceProcessor.from_settings(
-        settings, on_report=metrics.observe, on_event=metrics.on_event
+        settings,
+        on_report=metrics.observe,
+        on_event=metrics.on_event,
+        on_watermark=metrics.on_watermark,
     )
     log.info(
         "label_horizon=%s early_label_grace=%s report_interval=%s window=%s",

@@ -40,6 +40,14 @@ class PerformanceMetrics:
             "Event time (epoch seconds) of the last report boundary the watermark passed.",
             registry=registry,
         )
+        self.stream_time = Gauge(
+            "streamml_performance_stream_event_time_seconds",
+            "Largest event time read per input topic and partition; the service watermark is "
+            "the smallest of these (minus allowed_lateness), so the lowest one is what holds "
+            "reports back.",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.events = Counter(
             "streamml_performance_join_events_total",
             "Join outcomes other than a plain join: duplicates, corrections, late and orphan "
@@ -50,6 +58,9 @@ class PerformanceMetrics:
         self._end: int | None = None
         self._current: set[tuple[str, ...]] = set()
         self._previous: set[tuple[str, ...]] = set()
+
+    def on_watermark(self, partition: int, topic: str, event_time_ms: int) -> None:
+        self.stream_time.labels(topic, str(partition)).set(event_time_ms / 1000)
 
     def on_event(self, kind: str) -> None:
         self.events.labels(kind).inc()

@@ -214,6 +214,7 @@ class PerformanceProcessor(Processor):
         clock: Callable[[], float] = time.time,
         on_report: Callable[[Mapping[str, Any]], None] | None = None,
         on_event: Callable[[str], None] | None = None,
+        on_watermark: Callable[[int, str, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self._prediction_topics = frozenset(prediction_topics)
@@ -231,6 +232,7 @@ class PerformanceProcessor(Processor):
         self._clock = clock
         self._on_report = on_report
         self._on_event = on_event
+        self._on_watermark = on_watermark
         self._horizon = int(settings.label_horizon.total_seconds() * 1000)
         self._grace = int(settings.early_label_grace.total_seconds() * 1000)
         self._memory = int(settings.late_label_memory.total_seconds() * 1000)
@@ -266,6 +268,7 @@ class PerformanceProcessor(Processor):
         clock: Callable[[], float] = time.time,
         on_report: Callable[[Mapping[str, Any]], None] | None = None,
         on_event: Callable[[str], None] | None = None,
+        on_watermark: Callable[[int, str, int], None] | None = None,
     ) -> PerformanceProcessor:
         """The processor with the physical topic names the settings give."""
         kafka = settings.kafka
@@ -280,6 +283,7 @@ class PerformanceProcessor(Processor):
             clock=clock,
             on_report=on_report,
             on_event=on_event,
+            on_watermark=on_watermark,
         )
 
     def input_schemas(self) -> dict[str, str]:
@@ -412,6 +416,10 @@ class PerformanceProcessor(Processor):
             self._metrics.put(p, _P_CUMULATIVE + _GROUP.pack(*group), view.cumulative[group].pack())
         view.dirty_buckets.clear()
         view.dirty_cumulative.clear()
+        if self._on_watermark is not None:
+            for topic, mark in zip(self._topics, view.marks, strict=True):
+                if mark != NO_TIME:
+                    self._on_watermark(p, topic, mark)
         self._meta.put(
             p,
             _K_W,

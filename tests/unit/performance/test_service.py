@@ -102,3 +102,15 @@ def test_gauges_follow_reports_and_forget_what_is_no_longer_reported() -> None:
         )
         == 1.0
     )
+
+
+def test_stream_event_time_gauge_shows_what_holds_the_watermark() -> None:
+    registry = CollectorRegistry()
+    metrics = PerformanceMetrics(registry)
+    metrics.on_watermark(3, "labels", 2_000)
+    assert (
+        registry.get_sample_value(
+            "streamml_performance_stream_event_time_seconds", {"topic": "labels", "partition": "3"}
+        )
+        == 2.0
+    )
