@@ -264,6 +264,9 @@ class Demo:
 
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, _interrupt)
+        # Also when started with SIGINT ignored (a background job of a script): Ctrl-C and
+        # `kill -INT` must stop the demo cleanly either way.
+        signal.signal(signal.SIGINT, _interrupt)
         summary: claims.Summary | None = None
         try:
             self._prepare_dirs()

@@ -208,3 +208,36 @@ def test_windows_holding_only_drifted_predictions_decide_the_quality_claim() -> 
     mixed_only = reports[:2]
     summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, reports=mixed_only))
     assert not _by_name(summary)["quality drop seen"].ok
+
+
+def test_live_view_renders_every_service_figure() -> None:
+    from rich.console import Console
+
+    from streamml.demo import view
+    from streamml.demo.observer import ServiceView
+    from streamml.demo.producer import ProducerStats
+
+    metrics = parse_metrics(
+        'streamml_ready{service="x"} 1\n'
+        'streamml_consumer_lag{service="x",topic="t",partition="0"} 7\n'
+        'streamml_dead_letters_total{service="x",topic="t",reason="decode"} 2\n'
+        'streamml_features_duplicates_total{source="live"} 5\n'
+        'streamml_scorer_predictions_total{route="primary"} 90\n'
+        'streamml_scorer_predictions_total{route="fallback"} 10\n'
+        "streamml_drift_open_episodes 3\n"
+        'streamml_performance_quality{model="m",version="1",route="primary",window="sliding",'
+        'segment_field="",segment_value="",metric="roc_auc"} 0.875\n'
+        'streamml_performance_quality{model="m",version="1",route="primary",window="sliding",'
+        'segment_field="",segment_value="",metric="label_coverage"} 0.5\n'
+    )
+    views = {name: ServiceView(up=True, samples=metrics, records_in_per_s=12.0)
+             for name in ("features", "scorer", "drift", "performance")}  # fmt: skip
+    views["drift"] = ServiceView(up=False)
+    console = Console(width=160, record=True)
+    console.print(view.render(views=views, stats=ProducerStats(), elapsed_s=3, duration_s=10,
+                              compression=40, topics={"events": (3, 3, 0)},
+                              alerts=[_alert("amount", "open", 1)], phase="producing"))  # fmt: skip
+    text = console.export_text()
+    for expected in ("duplicates dropped 5", "fallback 10%", "primary 90%", "down",
+                     "0.875", "50%", "amount (psi 0.4)", "x40"):  # fmt: skip
+        assert expected in text, expected
