@@ -862,7 +862,8 @@ class PerformanceProcessor(Processor):
             entry = self._unpack(raw)
             deadline = self._deadline((entry.kind, entry.time))
             if deadline > end:
-                self._index(view, digest, deadline)  # still waiting (the index was stale)
+                # A stale index entry (an early label that was joined since): every change
+                # of an entry's deadline indexes it again, so its current one is listed.
                 continue
             if entry.kind == EARLY_LABEL:
                 self._orphan(entry, "no prediction within early_label_grace")

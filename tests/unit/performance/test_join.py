@@ -231,3 +231,14 @@ def test_a_prediction_with_a_score_out_of_range_is_rejected() -> None:
     proc, state = processor(), new_state()
     result = run(proc, state, [[prediction("a", T0, float("nan")), prediction("b", T0, 1.5)]])
     assert [r.reason for r in result.rejections] == ["validation.score"] * 2
+
+
+def test_an_early_label_joined_later_leaves_no_trace_after_horizon_and_memory() -> None:
+    proc, state = processor(), new_state()
+    batches = [[label("a", T0 + 1000, 1)], [prediction("a", T0 + 2000, 0.9)]]
+    batches += [tick(T0 + m * MIN) for m in range(1, 200, 7)]  # past 2 h horizon + 1 h memory
+    result = run(proc, state, batches)
+    assert event_digest("a") not in {k for k, _ in state.store(JOIN_STORE).items(0)}
+    cumulative = _latest(result, window="cumulative")
+    assert (cumulative["labeled"], cumulative["label_coverage"]) == (1, 1.0)
+    assert not [o for o in _dead_letters(result) if o.value["event_id"] == "a"]
