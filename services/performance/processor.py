@@ -256,6 +256,10 @@ class PerformanceProcessor(Processor):
             canary_margin=settings.canary_margin,
         )
         self._group_cache: dict[tuple[int, tuple[int, ...]], list[Group]] = {}
+        # Where dead letters found while processing go (the open batch's outputs), and the
+        # sliding windows' starts at the last boundary (what interval counters to keep).
+        self._orphans: list[Output] = []
+        self._window_starts: list[int] = []
         self._state: State | None = None
         self._views: dict[int, PartitionView] = {}
         self._owned: set[int] = set()
@@ -800,8 +804,6 @@ class PerformanceProcessor(Processor):
                    key=origin.entity_id.encode(), headers=tuple(headers))
         )  # fmt: skip
 
-    _orphans: list[Output]
-
     # -- event time moves on --------------------------------------------------------
 
     def _advance(self, touched: dict[int, PartitionView], result: Result) -> None:
@@ -976,7 +978,7 @@ class PerformanceProcessor(Processor):
                     (s.ts, key[:16], s.score, s.decision, s.label, s.delay, segs)
                 )
         model_reports: list[dict[str, Any]] = []
-        self._window_starts: list[int] = []
+        self._window_starts = []
         for model in sorted(names):
             samples = sorted(window.get(model, []), key=lambda s: (s[0], s[1]))
             if self._count_window:
@@ -1162,8 +1164,6 @@ class PerformanceProcessor(Processor):
             corrections=total.corrections,
         )
         return report
-
-    _window_starts: list[int]
 
     def _prune(self, views: Sequence[PartitionView], end: int) -> None:
         """Forget samples and interval counters no window can reach any more."""
