@@ -4,7 +4,11 @@ run over the very records the broker stored."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from datetime import timedelta
@@ -289,3 +293,32 @@ def test_sigkill_three_times_reports_equal_the_uninterrupted_run(
     assert {
         eid: n for (eid, reason), n in uninterrupted["dead"].items() if reason == "late"
     } == late
+
+
+def test_recompute_command_prints_what_the_pure_core_reports(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    data = generate(events=300, seed=8)
+    provision(kafka_bootstrap, topic_prefix, data)
+    want_reports, want_alerts = reference(kafka_bootstrap, topic_prefix)
+    out = tmp_path / "reports.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "streamml.cli", "performance", "recompute", "-o", str(out)],
+        env={
+            **os.environ,
+            **ENV,
+            "STREAMML_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "STREAMML_KAFKA_TOPIC_PREFIX": topic_prefix,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "type"} for r in lines if r["type"] ==
+            "PerformanceReport"] == want_reports  # fmt: skip
+    assert [{k: v for k, v in r.items() if k != "type"} for r in lines if r["type"] ==
+            "SloAlert"] == want_alerts  # fmt: skip
+    assert want_reports

@@ -114,3 +114,27 @@ def test_stream_event_time_gauge_shows_what_holds_the_watermark() -> None:
         )
         == 2.0
     )
+
+
+def test_cli_describe_and_its_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from services.performance.cli import app
+
+    runner = CliRunner()
+    monkeypatch.setenv("STREAMML_KAFKA_TOPIC_PREFIX", "prod.")
+    shown = runner.invoke(app, ["describe"])
+    assert shown.exit_code == 0
+    assert json.loads(shown.stdout)["watermark_streams"] == {
+        "prod.predictions": "required",
+        "prod.predictions.shadow": "optional",
+        "prod.labels": "required",
+    }
+    monkeypatch.setenv("STREAMML_PERFORMANCE_WINDOW_SIZE", "3")
+    failed = runner.invoke(app, ["describe"])
+    assert failed.exit_code == 2
+    assert failed.stderr.strip().startswith(
+        "error: invalid setting STREAMML_PERFORMANCE_WINDOW_SIZE"
+    )
