@@ -93,8 +93,8 @@ class DemoPlan:
 
     def check(self) -> str | None:
         """What is wrong with the plan, in one line, or None."""
-        if self.duration_s < 10:
-            return "--duration must be at least 10 seconds"
+        if self.duration_s < 30:
+            return "--duration must be at least 30 seconds (labels need time to arrive)"
         if not 1 <= self.rate <= 5000:
             return "--rate must be between 1 and 5000 records/s"
         if not 0.05 <= self.drift_fraction <= 0.95:

@@ -58,27 +58,37 @@ def _joined(samples: Mapping[Any, float]) -> float:
 
 
 def quality_rows(samples: Mapping[Any, float]) -> list[list[str]]:
-    """Live AUC and label coverage per model version and route (sliding window)."""
+    """Live AUC (sliding window) and label coverage so far (labeled / all predictions of the
+    cumulative window; the service's own ``label_coverage`` counts only predictions past
+    the label horizon, days away in a demo) per model version and route."""
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for (name, labels), value in samples.items():
-        if name != "streamml_performance_quality":
-            continue
         label = dict(labels)
-        if label.get("window") != "sliding" or label.get("segment_field"):
+        if label.get("segment_field"):
+            continue
+        if name == "streamml_performance_quality":
+            if label.get("metric") != "roc_auc" or label.get("window") != "sliding":
+                continue
+            field = "roc_auc"
+        elif name == "streamml_performance_window_records":
+            if label.get("window") != "cumulative":
+                continue
+            field = label.get("kind", "")
+        else:
             continue
         key = (label.get("model", ""), label.get("version", ""), label.get("route", ""))
-        rows.setdefault(key, {})[label.get("metric", "")] = value
+        rows.setdefault(key, {})[field] = value
     out = []
     for (model, version, route), metrics in sorted(rows.items()):
         auc = metrics.get("roc_auc", math.nan)
-        coverage = metrics.get("label_coverage", math.nan)
+        predictions, labeled = metrics.get("predictions", 0.0), metrics.get("labeled", 0.0)
+        coverage = (
+            f"{100 * labeled / predictions:.0f}% ({_n(labeled)}/{_n(predictions)})"
+            if predictions
+            else "-"
+        )
         out.append(
-            [
-                f"{model}/{version}",
-                route,
-                "-" if math.isnan(auc) else f"{auc:.3f}",
-                "-" if math.isnan(coverage) else f"{100 * coverage:.0f}%",
-            ]
+            [f"{model}/{version}", route, "-" if math.isnan(auc) else f"{auc:.3f}", coverage]
         )
     return out
 
@@ -110,15 +120,16 @@ def render(
         f"{stats.labels_sent:,} labels ({stats.labels_pending:,} still in the future)  "
         f"event time x{compression:.0f}  drift: {drift_state}"
     )
-    counts = Table(title="topics (read_committed)", expand=True)
-    for column in ("topic", "records", "distinct event ids", "copies"):
-        counts.add_column(column)
-    for topic, (records, distinct, duplicates) in topics.items():
-        if records or topic in ("events", "features", "predictions"):
-            counts.add_row(topic, _n(records), _n(distinct) if distinct else "", str(duplicates))
+    shown = [
+        f"{topic} {_n(records)}"
+        + (f" ({_n(distinct)} ids, {duplicates} copies)" if distinct else "")
+        for topic, (records, distinct, duplicates) in topics.items()
+        if records or topic in ("events", "features", "predictions")
+    ]
+    counts = Text("topics (read_committed): " + " | ".join(shown))
 
-    quality = Table(title="live model quality (sliding window)", expand=True)
-    for column in ("model", "route", "AUC", "label coverage"):
+    quality = Table(title="live model quality", expand=True)
+    for column in ("model", "route", "AUC (sliding window)", "label coverage (so far)"):
         quality.add_column(column)
     perf = views.get("performance")
     for row in quality_rows(perf.samples if perf else {}):

@@ -227,8 +227,10 @@ def test_live_view_renders_every_service_figure() -> None:
         "streamml_drift_open_episodes 3\n"
         'streamml_performance_quality{model="m",version="1",route="primary",window="sliding",'
         'segment_field="",segment_value="",metric="roc_auc"} 0.875\n'
-        'streamml_performance_quality{model="m",version="1",route="primary",window="sliding",'
-        'segment_field="",segment_value="",metric="label_coverage"} 0.5\n'
+        'streamml_performance_window_records{model="m",version="1",route="primary",'
+        'window="cumulative",segment_field="",segment_value="",kind="labeled"} 40\n'
+        'streamml_performance_window_records{model="m",version="1",route="primary",'
+        'window="cumulative",segment_field="",segment_value="",kind="predictions"} 80\n'
     )
     views = {name: ServiceView(up=True, samples=metrics, records_in_per_s=12.0)
              for name in ("features", "scorer", "drift", "performance")}  # fmt: skip
@@ -239,5 +241,6 @@ def test_live_view_renders_every_service_figure() -> None:
                               alerts=[_alert("amount", "open", 1)], phase="producing"))  # fmt: skip
     text = console.export_text()
     for expected in ("duplicates dropped 5", "fallback 10%", "primary 90%", "down",
-                     "0.875", "50%", "amount (psi 0.4)", "x40"):  # fmt: skip
+                     "0.875", "50% (40/80)", "amount (psi 0.4)", "x40",
+                     "events 3 (3 ids, 0 copies)"):  # fmt: skip
         assert expected in text, expected
