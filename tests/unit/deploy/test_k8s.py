@@ -147,3 +147,12 @@ def test_keda_scaled_objects_target_the_deployments_on_their_own_lag(
         assert trigger["metadata"]["topic"] == SERVICES[name]
         assert int(trigger["metadata"]["lagThreshold"]) > 0
         assert trigger["authenticationRef"]["name"] in auth
+
+
+def test_monitoring_kustomization_generates_from_the_files_compose_mounts() -> None:
+    folder = K8S / "monitoring"
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    files = [f for gen in kustomization["configMapGenerator"] for f in gen["files"]]
+    assert set(files) == {"alerts.yml", "grafana/dashboards/streamml.json"}
+    for name in files:
+        assert (folder / name).is_file(), name
