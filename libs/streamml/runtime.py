@@ -184,7 +184,7 @@ class StreamRuntime:
         )
         self._health.start()
         try:
-            self._ensure_changelogs()
+            self._ensure_topics()
             self._producer = self._make_producer()
             self._init_transactions()
             self._consumer = self._make_consumer()
@@ -256,7 +256,12 @@ class StreamRuntime:
     def _admin(self) -> AdminClient:
         return AdminClient(self.kafka.client_config())
 
-    def _ensure_changelogs(self) -> None:
+    def _ensure_topics(self) -> None:
+        """Check the inputs exist; create missing changelogs and dead-letter topics.
+
+        A dead letter sent to a topic that does not exist would fail its transaction again
+        and again, so every input's ``.dlq`` is made sure of before the first record.
+        """
         admin = self._admin()
         try:
             metadata = admin.list_topics(timeout=30)
@@ -271,35 +276,47 @@ class StreamRuntime:
                 "`streamml topics create`"
             )
         partitions = max(len(metadata.topics[t].partitions) for t in self.inputs)
+        for name in self.changelogs.values():
+            if name in metadata.topics and len(metadata.topics[name].partitions) < partitions:
+                raise ProcessingError(
+                    f"changelog {name} has {len(metadata.topics[name].partitions)} partitions "
+                    f"but the inputs have {partitions}; state cannot follow its partitions"
+                )
+        replicas = self.settings.changelog_replication_factor
+        changelog_config = {
+            "cleanup.policy": "compact",
+            "min.cleanable.dirty.ratio": "0.1",
+            "segment.ms": "600000",
+        }
         new = [
             NewTopic(
                 name,
                 num_partitions=partitions,
-                replication_factor=self.settings.changelog_replication_factor,
-                config={
-                    "cleanup.policy": "compact",
-                    "min.cleanable.dirty.ratio": "0.1",
-                    "segment.ms": "600000",
-                },
+                replication_factor=replicas,
+                config=changelog_config,
             )
             for name in self.changelogs.values()
             if name not in metadata.topics
         ]
+        new += [
+            NewTopic(
+                dlq_topic(topic),
+                num_partitions=len(metadata.topics[topic].partitions),
+                replication_factor=replicas,
+                config={"retention.ms": str(30 * 24 * 3600 * 1000)},
+            )
+            for topic in self.inputs
+            if dlq_topic(topic) not in metadata.topics
+        ]
         if not new:
-            for name in self.changelogs.values():
-                have = len(metadata.topics[name].partitions)
-                if have < partitions:
-                    raise ProcessingError(
-                        f"changelog {name} has {have} partitions but the inputs have "
-                        f"{partitions}; state cannot follow its partitions"
-                    )
             return
         for name, future in admin.create_topics(new).items():
             try:
                 future.result()
+                log.info("created topic %s", name)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise ProcessingError(f"cannot create changelog {name}: {exc}") from exc
+                    raise ProcessingError(f"cannot create topic {name}: {exc}") from exc
 
     def _make_producer(self) -> Producer:
         config = {
