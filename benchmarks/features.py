@@ -1,15 +1,20 @@
 """Throughput of the features service and memory of its dedup store.
 
-Measures, against the broker in KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092):
+Measures, against the broker in KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092), with 1
+and with 4 input partitions, on one input topic per partition count (``--events`` events
+plus 5% duplicates, pre-produced):
 
-* events/s through ``python -m services.features`` (exactly-once transactions, dedup,
-  validation, the demo feature set), with 1 and with 4 input partitions, one instance;
-  the input holds 5% duplicates. Throughput = distinct vectors / (last - first output
-  timestamp), so start-up and the broker round trip of the reader do not count;
-* beside it, in the same run and on the same number of partitions, the runtime's no-op
-  throughput (``benchmarks.runtime.measure_noop_runtime``: decode, forward the bytes,
-  commit) - the baseline of the 50% target - and the no-op that re-encodes each Event
-  (``reencode=True``), i.e. the runtime cost of a processor that emits a new record;
+* ``features``: events/s through :class:`StreamRuntime` running the features processor
+  as the service builds it (exactly-once transactions, dedup, validation, fail-stop
+  circuit, the demo feature set, feature names in each vector), timed exactly like the
+  no-op: from the first ``process`` call to the last input offset committed;
+* ``features_without_names``: the same with ``include_names=false``;
+* ``noop``: the runtime's no-op on the same input topic
+  (``benchmarks.runtime.measure_noop_runtime``: decode, forward the bytes, commit) - the
+  baseline of the 50% target - and ``noop_reencode``, the no-op that re-encodes each
+  Event (the runtime cost of a processor that emits a new record);
+* ``service``: events/s of ``python -m services.features`` as a process (its own input
+  topic), from the first to the last output timestamp (start-up left out);
 * Python heap bytes per retained key of the dedup store at 1,000,000 keys (tracemalloc).
 
 Usage: ``python -m benchmarks.features [--events 40000] [--dedup-keys 1000000]``.
@@ -25,9 +30,11 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.runtime import measure_noop_runtime  # noqa: E402
+from confluent_kafka import Consumer, TopicPartition  # noqa: E402
+
+from benchmarks.runtime import BATCH, measure_noop_runtime  # noqa: E402
 from services.features.dedup import DedupStore  # noqa: E402
+from services.features.processor import FeaturesProcessor  # noqa: E402
+from services.features.settings import FeaturesSettings  # noqa: E402
 from streamml.codec import AvroCodec  # noqa: E402
+from streamml.processor import Record, Result  # noqa: E402
+from streamml.runtime import StreamRuntime  # noqa: E402
+from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings  # noqa: E402
 from streamml.state import State  # noqa: E402
 from streamml.synthetic import generate_events  # noqa: E402
 from tests.kafkatest import (  # noqa: E402
@@ -129,6 +143,72 @@ def measure_features_service(
     )
 
 
+class _TimedFeatures(FeaturesProcessor):
+    """The features processor, noting when its first batch arrives (as the no-op does)."""
+
+    first_call: float | None = None
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        if self.first_call is None:
+            self.first_call = time.perf_counter()
+        return super().process(records, state)
+
+
+def prepare_features_input(bootstrap: str, n_events: int, partitions: int) -> tuple[str, int]:
+    """Fresh topics (topics.yaml) under a new prefix, ``<prefix>events`` filled; -> (topic, n)."""
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, prefix, partitions=partitions)
+    stream, _ = _stream(n_events, 0.05)
+    produce(bootstrap, f"{prefix}events", stream)
+    return f"{prefix}events", len(stream)
+
+
+def _wait_committed(bootstrap: str, group: str, topic: str, total: int) -> float:
+    """Block until ``group`` committed offsets summing to ``total``; return that time."""
+    # Not subscribed: this consumer only reads the group's committed offsets.
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in partitions]
+        while True:
+            committed = consumer.committed(tps, timeout=10)
+            if sum(max(tp.offset, 0) for tp in committed) >= total:
+                return time.perf_counter()
+            time.sleep(0.02)
+    finally:
+        consumer.close()
+
+
+def measure_features_runtime(
+    bootstrap: str, topic: str, n_records: int, *, include_names: bool = True
+) -> float:
+    """Records/s of the features processor on the runtime, timed like the no-op."""
+    prefix = topic[: -len("events")]
+    group = f"{prefix}features-{uuid.uuid4().hex[:4]}"
+    settings = FeaturesSettings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix),
+        runtime=RuntimeSettings(group_id=group, instance_id="bench", batch_max_records=BATCH),
+        http=HttpSettings(port=0),
+        include_names=include_names,
+    )
+    processor = _TimedFeatures.from_settings(settings)
+    runtime = StreamRuntime(
+        service="bench-features",
+        processor=processor,
+        inputs={topic: "Event"},
+        kafka=settings.kafka,
+        settings=settings.runtime,
+        http=settings.http,
+    )
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    done = _wait_committed(bootstrap, group, topic, n_records)
+    runtime.stop()
+    thread.join(30)
+    assert processor.first_call is not None
+    return n_records / (done - processor.first_call)
+
+
 def measure_dedup_bytes_per_key(n_keys: int) -> dict[str, Any]:
     """Heap bytes per retained key once ``n_keys`` are committed to the dedup store."""
     gc.collect()
@@ -177,29 +257,37 @@ def main() -> None:
     results: dict[str, Any] = {"benchmark": "features", "bootstrap": bootstrap}
     results["dedup"] = measure_dedup_bytes_per_key(args.dedup_keys)
     print(f"dedup: {results['dedup']}", flush=True)
-    results["noop_source"] = "benchmarks.runtime.measure_noop_runtime"
     results["events"] = args.events
+    results["method"] = (
+        "features, features_without_names, noop, noop_reencode: same input topic, "
+        f"in-process StreamRuntime, batch_max_records={BATCH}, input records/s from the "
+        "first process() call to the last offset committed; service: python -m "
+        "services.features, input records/s between the first and last output timestamp"
+    )
     for partitions in (1, 4):
-        figures = measure_features_service(bootstrap, args.events, partitions)
-        print(f"features {partitions}p: {figures}", flush=True)
-        # The same without feature names in each vector (FeatureVector.names may be empty;
-        # consumers then take the order from feature_set_hash).
-        no_names = measure_features_service(bootstrap, args.events, partitions, include_names=False)
-        print(f"features {partitions}p without names: {no_names}", flush=True)
-        noop = measure_noop_runtime(bootstrap, args.events, partitions)
-        print(f"noop {partitions}p: {noop:.1f} events/s", flush=True)
-        reencode = measure_noop_runtime(bootstrap, args.events, partitions, reencode=True)
-        print(f"noop re-encoding {partitions}p: {reencode:.1f} events/s", flush=True)
+        topic, n_records = prepare_features_input(bootstrap, args.events, partitions)
+        figures: dict[str, Any] = {"input_records": n_records}
+        figures["features"] = measure_features_runtime(bootstrap, topic, n_records)
+        figures["features_without_names"] = measure_features_runtime(
+            bootstrap, topic, n_records, include_names=False
+        )
+        figures["noop"] = measure_noop_runtime(bootstrap, n_records, partitions, topic)
+        figures["noop_reencode"] = measure_noop_runtime(
+            bootstrap, n_records, partitions, topic, reencode=True
+        )
+        service = measure_features_service(bootstrap, args.events, partitions)
+        figures = {k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}
+        noop = figures["noop"]
         results[f"partitions_{partitions}"] = {
-            "features": figures,
-            "features_without_names": no_names,
-            "noop_events_per_s": round(noop, 1),
-            "noop_reencode_events_per_s": round(reencode, 1),
-            "share_of_noop": _ratio(figures["events_per_s"], noop),
-            "share_of_noop_without_names": _ratio(no_names["events_per_s"], noop),
-            "share_of_noop_reencode": _ratio(figures["events_per_s"], reencode),
+            "events_per_s": figures,
+            "service": service,
+            "share_of_noop": _ratio(figures["features"], noop),
+            "share_of_noop_without_names": _ratio(figures["features_without_names"], noop),
+            "share_of_noop_reencode": _ratio(figures["features"], figures["noop_reencode"]),
+            "service_share_of_noop": _ratio(service["events_per_s"], noop),
             "target_share_of_noop": 0.5,
         }
+        print(f"{partitions}p: {results[f'partitions_{partitions}']}", flush=True)
     results["dedup_target_bytes_per_key"] = 200
     print(json.dumps(results))
 
