@@ -5,9 +5,9 @@ Measures, against the broker in KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092)
 * joins/s and input records/s through one ``python -m services.performance`` instance
   (exactly-once transactions, join/metrics/meta state written per micro-batch) reading
   pre-produced predictions and their labels (delays 0-2 s of event time, default segments
-  country and channel, a report every 10 s of event time). Progress is read from the
-  committed cumulative reports: joins (and predictions + labels) between the first and the
-  last report / the wall time between them (broker timestamps), so start-up does not count;
+  country and channel, a report every 10 s of event time), timed like the no-op: from the
+  first input record consumed (creation time of the service's records-in series) to the
+  transaction carrying the report that counts the last join (its broker timestamp);
 * in the same run, the runtime's no-op throughput on the same number of input records
   (``benchmarks.runtime.measure_noop_runtime``). Target: service input records/s >= 50% of
   it (a join needs two input records, so joins/s per no-op record/s is reported as well);
@@ -114,36 +114,45 @@ def measure_service(bootstrap: str, n_joins: int, partitions: int) -> dict[str, 
         },
         http_port=port,
     ).start()
-    progress: list[tuple[int, int, int]] = []  # (broker ms, predictions, labeled)
     try:
         proc.wait_ready(120)
-        progress = _follow_reports(bootstrap, prefix + "performance", codec, n_joins)
+        last_report_ms = _last_report_ms(bootstrap, prefix + "performance", codec, n_joins)
+        first_read_s = _first_read_s(proc)
     finally:
         proc.stop()
-    (first_ms, first_p, first_l), (last_ms, last_p, last_l) = progress[0], progress[-1]
-    seconds = max((last_ms - first_ms) / 1000, 1e-9)
-    joins = last_l - first_l
-    records = (last_p - first_p) + joins  # one label record per join here
+    seconds = max(last_report_ms / 1000 - first_read_s, 1e-9)
+    records = 2 * n_joins + 2 * partitions  # predictions, labels and the end markers
     return {
         "joins": n_joins,
         "partitions": partitions,
-        "reports_timed": len(progress),
-        "joins_timed": joins,
         "seconds": round(seconds, 3),
-        "joins_per_s": round(joins / seconds, 1),
+        "joins_per_s": round(n_joins / seconds, 1),
         "input_records_per_s": round(records / seconds, 1),
     }
 
 
-def _follow_reports(
-    bootstrap: str, topic: str, codec: AvroCodec, n_joins: int
-) -> list[tuple[int, int, int]]:
+def _first_read_s(proc: ServiceProcess) -> float:
+    """When the service consumed its first input record: the creation time prometheus_client
+    records for the first ``streamml_records_in_total`` series (one per input topic)."""
+    _, body = proc.http("/metrics")
+    created = [
+        float(line.split()[-1])
+        for line in body.get("text", "").splitlines()
+        if line.startswith("streamml_records_in_created{")
+    ]
+    if not created:
+        raise RuntimeError("the service exposes no streamml_records_in_created series")
+    return min(created)
+
+
+def _last_report_ms(bootstrap: str, topic: str, codec: AvroCodec, n_joins: int) -> int:
+    """Broker timestamp of the first report that counts every join (its transaction is the
+    one that committed the last input records)."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
          "isolation.level": "read_committed", "enable.auto.commit": False}
     )  # fmt: skip
     consumer.assign([TopicPartition(topic, 0, 0)])
-    progress: list[tuple[int, int, int]] = []
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline:
@@ -151,13 +160,12 @@ def _follow_reports(
                 if msg.error() is not None:
                     continue
                 report = codec.decode(msg.value(), "PerformanceReport")
-                if report["window"] == "cumulative" and report["segment_field"] is None:
-                    progress.append((msg.timestamp()[1], report["predictions"], report["labeled"]))
-            if progress and progress[-1][2] >= n_joins:
-                return progress
+                done = report["labeled"] >= n_joins and report["window"] == "cumulative"
+                if done and report["segment_field"] is None:
+                    return int(msg.timestamp()[1])
     finally:
         consumer.close()
-    raise RuntimeError(f"the service did not report {n_joins} joins in time: {progress[-1:]}")
+    raise RuntimeError(f"the service did not report {n_joins} joins in time")
 
 
 def _settings() -> PerformanceSettings:

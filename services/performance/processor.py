@@ -968,12 +968,20 @@ class PerformanceProcessor(Processor):
         for v in views:
             for name, version, route, threshold in v.models:
                 names.setdefault((name, version, route), threshold)
+            models: dict[bytes, tuple[str, str, str]] = {}  # per partition: ids are local
+            seg_names: dict[tuple[int, ...], tuple[str, ...]] = {}
             for key, s in v.samples.items():
                 if s.ts > end or (not self._count_window and s.ts <= lower):
                     continue
-                name, version, route = v.models[_MODEL_ID.unpack(key[16:])[0]][:3]
-                model = (name, version, route)
-                segs = tuple(shown(i, v.segment_name(i, vid)) for i, vid in enumerate(s.segments))
+                model = models.get(key[16:])
+                if model is None:
+                    name, version, route = v.models[_MODEL_ID.unpack(key[16:])[0]][:3]
+                    model = models[key[16:]] = (name, version, route)
+                segs = seg_names.get(s.segments)
+                if segs is None:
+                    segs = seg_names[s.segments] = tuple(
+                        shown(i, v.segment_name(i, vid)) for i, vid in enumerate(s.segments)
+                    )
                 window.setdefault(model, []).append(
                     (s.ts, key[:16], s.score, s.decision, s.label, s.delay, segs)
                 )

@@ -20,6 +20,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 EPS = 2.220446049250313e-16  # float64 machine epsilon, as sklearn's log_loss clips
 ECE_BINS = 10
 AUC_BINS = 100
@@ -62,29 +64,6 @@ def _pointwise_loss(score: float, label: int) -> float:
     return -math.log(p) if label else -math.log(1 - p)
 
 
-def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); None if one class."""
-    positives = sum(labels)
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return None
-    order = sorted(range(len(scores)), key=scores.__getitem__)
-    rank_sum = 0.0
-    i = 0
-    n = len(order)
-    while i < n:
-        j = i
-        score = scores[order[i]]
-        while j + 1 < n and scores[order[j + 1]] == score:
-            j += 1
-        mid_rank = (i + j) / 2 + 1  # ranks are 1-based; ties share their average rank
-        for k in range(i, j + 1):
-            if labels[order[k]]:
-                rank_sum += mid_rank
-        i = j + 1
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
-
-
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) with linear interpolation, as ``numpy.percentile``."""
     if not values:
@@ -94,21 +73,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     low = math.floor(pos)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def expected_calibration_error(scores: Sequence[float], labels: Sequence[int]) -> float | None:
-    """ECE over 10 equal-width score bins: sum of |mean label - mean score| weighted by size."""
-    if not scores:
-        return None
-    count = [0] * ECE_BINS
-    sum_p = [0.0] * ECE_BINS
-    sum_y = [0] * ECE_BINS
-    for score, label in zip(scores, labels, strict=True):
-        b = _ece_bin(score)
-        count[b] += 1
-        sum_p[b] += score
-        sum_y[b] += label
-    return _ece(count, sum_p, sum_y)
 
 
 def _ece(count: Sequence[int], sum_p: Sequence[float], sum_y: Sequence[int]) -> float | None:
@@ -131,30 +95,47 @@ def _classification(tp: int, fp: int, tn: int, fn: int) -> dict[str, float | Non
     }
 
 
+def _mid_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
+
+
 def window_metrics(
     scores: Sequence[float], labels: Sequence[int], decisions: Sequence[bool]
 ) -> dict[str, float | None]:
-    """Every quality metric over one joined set; None where a metric is undefined."""
-    tp = fp = tn = fn = 0
-    loss = brier = 0.0
-    for score, label, decision in zip(scores, labels, decisions, strict=True):
-        if decision:
-            if label:
-                tp += 1
-            else:
-                fp += 1
-        elif label:
-            fn += 1
-        else:
-            tn += 1
-        loss += _pointwise_loss(score, label)
-        brier += (score - label) ** 2
+    """Every quality metric over one joined set; None where a metric is undefined.
+
+    Vectorized with numpy (a report boundary evaluates every model route and segment over
+    windows of thousands of samples); same definitions as the scalar helpers above.
+    """
     n = len(scores)
-    metrics = _classification(tp, fp, tn, fn)
-    metrics["roc_auc"] = roc_auc(scores, labels)
-    metrics["log_loss"] = loss / n if n else None
-    metrics["brier"] = brier / n if n else None
-    metrics["ece"] = expected_calibration_error(scores, labels)
+    if n == 0:
+        return dict.fromkeys(METRIC_NAMES)
+    p = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    d = np.asarray(decisions, dtype=bool)
+    positive = y == 1
+    tp = int(np.count_nonzero(d & positive))
+    fp = int(np.count_nonzero(d & ~positive))
+    fn = int(np.count_nonzero(~d & positive))
+    metrics = _classification(tp, fp, n - tp - fp - fn, fn)
+    clipped = np.clip(p, EPS, 1 - EPS)
+    metrics["log_loss"] = float(-np.where(positive, np.log(clipped), np.log(1 - clipped)).mean())
+    metrics["brier"] = float(np.mean((p - y) ** 2))
+    bins = np.minimum((np.maximum(p, 0.0) * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    count = np.bincount(bins, minlength=ECE_BINS)
+    gap = np.bincount(bins, weights=y - p, minlength=ECE_BINS)
+    metrics["ece"] = float(np.abs(gap[count > 0]).sum() / n)
+    n_pos = int(positive.sum())
+    if 0 < n_pos < n:
+        rank_sum = float(_mid_ranks(p)[positive].sum())
+        metrics["roc_auc"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
+    else:
+        metrics["roc_auc"] = None
     return metrics
 
 
