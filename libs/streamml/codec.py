@@ -389,21 +389,25 @@ def _array_writer(
 
         return write_numbers
     if item_kind == "string":
-        # The same list of strings (feature names) comes again and again: remember the
-        # last one written; comparing lists is a C-level loop, writing them is not.
-        last: list[Any] = [None, b""]
+        # The same strings (feature names) come again and again: remember the last array
+        # written. A tuple (which fastavro also writes as an array) cannot change, so the
+        # same tuple object is the same bytes; a list is compared (C-level) and checked.
+        last: list[Any] = [None, None, b""]  # the tuple, a copy of the list, their bytes
 
         def write_strings(v: Any) -> bytes:
-            if type(v) is not list:
+            kind = type(v)
+            if kind is tuple and v is last[0]:
+                return last[2]  # type: ignore[no-any-return]
+            if kind is not list and kind is not tuple:
                 raise _NOT_FAST
             if not v:
                 return _EMPTY_BLOCKS
             if set(map(type, v)) != _STR_TYPE:
                 raise _NOT_FAST
-            if v == last[0]:
-                return last[1]  # type: ignore[no-any-return]
+            if kind is list and v == last[1]:
+                return last[2]  # type: ignore[no-any-return]
             data = b"".join([_zigzag(len(v)), *map(_write_string, v), _EMPTY_BLOCKS])
-            last[0], last[1] = list(v), data
+            last[:] = (v, None, data) if kind is tuple else (None, list(v), data)
             return data
 
         return write_strings

@@ -87,7 +87,8 @@ class FeaturesProcessor(Processor):
         self.circuit = circuit
         self._max_entity_events = max_entity_events
         self._clock = clock
-        self._names = list(feature_set.names) if include_names else []
+        # A tuple: the codec writes the same tuple object from memory, without a check.
+        self._names: tuple[str, ...] = feature_set.names if include_names else ()
         self._lateness = feature_set.allowed_lateness_ms
         self._retention = feature_set.retention_ms
         self._dedup: DedupStore | None = None

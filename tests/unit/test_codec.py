@@ -614,3 +614,17 @@ def test_schemas_the_compiled_writer_leaves_to_fastavro(tmp_path: Path) -> None:
     assert codec.decode(codec.encode("Node", value), "Node") == value
     with pytest.raises(EncodeError, match="x"):
         codec.encode("Node", {"next": None, "x": 1.5})
+
+
+def test_names_as_a_tuple_are_written_like_a_list(codec: AvroCodec) -> None:
+    names = ("a", "b", "c")
+    as_list = codec.encode("FeatureVector", _vector([1.0, 2.0, 3.0], list(names)))
+    for _ in range(2):  # the second time from memory
+        assert codec.encode("FeatureVector", _vector([1.0, 2.0, 3.0], names)) == as_list  # type: ignore[arg-type]
+    other = ("a", "b", "see")
+    decoded = codec.decode(
+        codec.encode("FeatureVector", _vector([1.0, 2.0, 3.0], other)), "FeatureVector"
+    )  # type: ignore[arg-type]
+    assert decoded["names"] == ["a", "b", "see"]
+    with pytest.raises(EncodeError, match="names"):
+        codec.encode("FeatureVector", _vector([1.0, 2.0], ("a", 2)))  # type: ignore[arg-type]

@@ -88,7 +88,7 @@ def test_one_vector_per_event_matching_the_feature_vector_schema() -> None:
         assert out.topic == "t.features" and out.schema == "FeatureVector"
         assert out.key == out.value["entity_id"]
         assert fastavro.validate(dict(out.value), schema, raise_errors=True)
-        assert out.value["names"] == list(proc.feature_set.names)
+        assert list(out.value["names"]) == list(proc.feature_set.names)
         assert len(out.value["values"]) == len(proc.feature_set.names)
         assert all(math.isfinite(v) for v in out.value["values"])
         assert out.value["computed_at"] == 1_800_000_000_000
