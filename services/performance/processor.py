@@ -259,6 +259,13 @@ class PerformanceProcessor(Processor):
         # Where dead letters found while processing go (the open batch's outputs), and the
         # sliding windows' starts at the last boundary (what interval counters to keep).
         self._orphans: list[Output] = []
+        # Sliding-window results per model route, reused while its window content is the
+        # same (count windows: nothing released or corrected since); in memory only.
+        self._sliding_cache: dict[
+            tuple[str, str, str],
+            tuple[tuple[Any, ...], int, dict[tuple[str | None, str | None], dict[str, Any]]],
+        ] = {}
+        self._dirty_models: set[tuple[Any, ...]] = set()
         self._window_starts: list[int] = []
         self._state: State | None = None
         self._views: dict[int, PartitionView] = {}
@@ -303,11 +310,13 @@ class PerformanceProcessor(Processor):
         for _, number in partitions:
             self._owned.add(number)
             self._views.pop(number, None)  # restored from the changelog: rebuild on first use
+        self._sliding_cache.clear()
 
     def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         for _, number in partitions:
             self._owned.discard(number)
             self._views.pop(number, None)
+        self._sliding_cache.clear()
 
     def process(self, records: Sequence[Record], state: State) -> Result:
         self._bind(state)
@@ -351,6 +360,7 @@ class PerformanceProcessor(Processor):
         if state is not self._state:
             self._state = state
             self._views.clear()
+            self._sliding_cache.clear()
 
     def _touch(self, partition: int) -> PartitionView:
         """The partition's view, in step with its stores; its sequence number moves on."""
@@ -361,6 +371,7 @@ class PerformanceProcessor(Processor):
             if view is not None:
                 log.info("partition %d: state moved back (aborted batch); rebuilding", partition)
             view = self._views[partition] = self._load(partition)
+            self._sliding_cache.clear()
         view.seq += 1
         return view
 
@@ -896,6 +907,7 @@ class PerformanceProcessor(Processor):
             view.unreleased.discard(key)
             s = view.samples[key]
             model_id = _MODEL_ID.unpack(key[16:])[0]
+            self._dirty_models.add(tuple(view.models[model_id][:3]))
             for group in self._groups(model_id, s.segments):
                 c = self._cumulative(view, group)
                 c.add_labeled(s.score, s.decision, s.label, 1, s.delay)
@@ -906,6 +918,7 @@ class PerformanceProcessor(Processor):
             self._metrics.delete(view.partition, _P_CORRECTION + fix_key)
             key = fix_key[:18]
             model_id = _MODEL_ID.unpack(key[16:])[0]
+            self._dirty_models.add(tuple(view.models[model_id][:3]))
             sample = view.samples.get(key)
             # A correction is never earlier than its sample, so the sample is counted already;
             # when it has left the window, ``old`` is what cumulative holds for it.
@@ -944,18 +957,18 @@ class PerformanceProcessor(Processor):
         lower = end - self._window_ms
         # Per partition cumulative counters, by names (ids differ between partitions and
         # runs), merged in name order so float sums come out bit-identical every time.
-        parts: list[tuple[tuple[str, str, str, int, str], int, Cumulative]] = []
+        counters: list[tuple[tuple[str, str, str, int, str], int, Cumulative]] = []
         popularity: dict[tuple[int, str], int] = {}
         for v in views:
             for model_id, index, value_id in v.cumulative:
                 c = v.cumulative[(model_id, index, value_id)]
                 name, version, route = v.models[model_id][:3]
                 seg = "" if index == MODEL_LEVEL else v.segment_name(index, value_id)
-                parts.append(((name, version, route, index, seg), v.partition, c))
+                counters.append(((name, version, route, index, seg), v.partition, c))
                 if index != MODEL_LEVEL:
                     popularity[(index, seg)] = popularity.get((index, seg), 0) + c.predictions
-        shown = self._shown_segments(popularity)
-        for (name, version, route, index, seg), _, c in sorted(parts, key=lambda x: x[:2]):
+        shown, shown_signature = self._shown_segments(popularity)
+        for (name, version, route, index, seg), _, c in sorted(counters, key=lambda x: x[:2]):
             if index == MODEL_LEVEL:
                 seg_field, seg_value = None, None
             else:
@@ -968,45 +981,74 @@ class PerformanceProcessor(Processor):
         for v in views:
             for name, version, route, threshold in v.models:
                 names.setdefault((name, version, route), threshold)
-            models: dict[bytes, tuple[str, str, str]] = {}  # per partition: ids are local
-            seg_names: dict[tuple[int, ...], tuple[str, ...]] = {}
-            for key, s in v.samples.items():
-                if s.ts > end or (not self._count_window and s.ts <= lower):
-                    continue
-                model = models.get(key[16:])
-                if model is None:
-                    name, version, route = v.models[_MODEL_ID.unpack(key[16:])[0]][:3]
-                    model = models[key[16:]] = (name, version, route)
-                segs = seg_names.get(s.segments)
-                if segs is None:
-                    segs = seg_names[s.segments] = tuple(
-                        shown(i, v.segment_name(i, vid)) for i, vid in enumerate(s.segments)
+        # Count windows change only when samples are released or corrected: reuse the last
+        # results of a model route whose window did not move (most boundaries of a quiet
+        # model, every boundary of a catch-up past the end of the data).
+        stale = {
+            model
+            for model in names
+            if not self._count_window
+            or model in self._dirty_models
+            or model not in self._sliding_cache
+            or self._sliding_cache[model][0] != shown_signature
+        }
+        self._dirty_models.clear()
+        if stale:
+            for v in views:
+                models: dict[bytes, tuple[str, str, str] | None] = {}  # ids are per partition
+                seg_names: dict[tuple[int, ...], tuple[str, ...]] = {}
+                for key, s in v.samples.items():
+                    if s.ts > end or (not self._count_window and s.ts <= lower):
+                        continue
+                    model_key = key[16:]
+                    if model_key not in models:
+                        name, version, route = v.models[_MODEL_ID.unpack(model_key)[0]][:3]
+                        wanted = (name, version, route)
+                        models[model_key] = wanted if wanted in stale else None
+                    model = models[model_key]
+                    if model is None:
+                        continue
+                    segs = seg_names.get(s.segments)
+                    if segs is None:
+                        segs = seg_names[s.segments] = tuple(
+                            shown(i, v.segment_name(i, vid)) for i, vid in enumerate(s.segments)
+                        )
+                    window.setdefault(model, []).append(
+                        (s.ts, key[:16], s.score, s.decision, s.label, s.delay, segs)
                     )
-                window.setdefault(model, []).append(
-                    (s.ts, key[:16], s.score, s.decision, s.label, s.delay, segs)
-                )
         model_reports: list[dict[str, Any]] = []
         self._window_starts = []
         for model in sorted(names):
-            samples = sorted(window.get(model, []), key=lambda s: (s[0], s[1]))
-            if self._count_window:
-                samples = samples[-self.settings.window_size :]
-                start = samples[0][0] if samples else end
+            groups: list[tuple[str | None, str | None]] = [(None, None)]
+            groups += sorted(segment_values.get(model, set()))
+            if model in stale:
+                samples = sorted(window.get(model, []), key=lambda s: (s[0], s[1]))
+                if self._count_window:
+                    samples = samples[-self.settings.window_size :]
+                    start = samples[0][0] if samples else end
+                else:
+                    start = lower
+                parts: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+                for seg_field, seg_value in groups:
+                    if seg_field is None:
+                        chosen = samples
+                    else:
+                        index = self._fields.index(seg_field)
+                        chosen = [s for s in samples if s[6][index] == seg_value]
+                    parts[(seg_field, seg_value)] = self._window_part(chosen)
+                if self._count_window:
+                    self._sliding_cache[model] = (shown_signature, start, parts)
             else:
-                start = lower
+                _, start, parts = self._sliding_cache[model]
             self._window_starts.append(start)
             counts = self._window_counts(views, model, start, end, shown)
             threshold = names[model]
-            groups: list[tuple[str | None, str | None]] = [(None, None)]
-            groups += sorted(segment_values.get(model, set()))
             for seg_field, seg_value in groups:
-                if seg_field is None:
-                    chosen = samples
-                else:
-                    index = self._fields.index(seg_field)
-                    chosen = [s for s in samples if s[6][index] == seg_value]
+                part = parts.get((seg_field, seg_value))
+                if part is None:  # a segment value first counted now: none in this window
+                    part = self._window_part([])
                 sliding = self._sliding(
-                    model, seg_field=seg_field, seg_value=seg_value, samples=chosen,
+                    model, seg_field=seg_field, seg_value=seg_value, part=part,
                     start=start, end=end, counts=counts.get((seg_field, seg_value), (0, 0, 0)),
                     threshold=threshold,
                 )  # fmt: skip
@@ -1032,7 +1074,7 @@ class PerformanceProcessor(Processor):
 
     def _shown_segments(
         self, popularity: Mapping[tuple[int, str], int]
-    ) -> Callable[[int, str], str]:
+    ) -> tuple[Callable[[int, str], str], tuple[Any, ...]]:
         """Which segment values are reported by name: per field the ``segment_max_values``
         with the most predictions so far (ties by name); the rest are reported as 'other'.
         Decided from committed counters at each boundary, so it is the same in every run."""
@@ -1046,7 +1088,7 @@ class PerformanceProcessor(Processor):
         def shown(index: int, seg: str) -> str:
             return seg if seg in keep.get(index, ()) else OTHER_NAME
 
-        return shown
+        return shown, tuple(sorted((index, tuple(sorted(k))) for index, k in keep.items()))
 
     def _window_counts(
         self,
@@ -1105,13 +1147,27 @@ class PerformanceProcessor(Processor):
             "threshold": threshold,
         }
 
+    @staticmethod
+    def _window_part(samples: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+        """The sample-based fields of a sliding report (exact, from the joined samples)."""
+        part: dict[str, Any] = window_metrics(
+            [s[2] for s in samples], [s[4] for s in samples], [s[3] for s in samples]
+        )
+        delays = [float(s[5]) for s in samples]
+        part.update(
+            labeled=len(samples),
+            label_delay_p50_ms=percentile(delays, 50),
+            label_delay_p90_ms=percentile(delays, 90),
+        )
+        return part
+
     def _sliding(
         self,
         model: tuple[str, str, str],
         *,
         seg_field: str | None,
         seg_value: str | None,
-        samples: Sequence[tuple[Any, ...]],
+        part: Mapping[str, Any],
         start: int,
         end: int,
         counts: tuple[int, int, int],
@@ -1126,19 +1182,12 @@ class PerformanceProcessor(Processor):
             end=end,
             threshold=threshold,
         )
-        labeled = len(samples)
+        report.update(part)
+        labeled = part["labeled"]
         predictions, expired, corrections = counts
-        metrics = window_metrics(
-            [s[2] for s in samples], [s[4] for s in samples], [s[3] for s in samples]
-        )
-        delays = [float(s[5]) for s in samples]
-        report.update(metrics)
         report.update(
             predictions=predictions,
-            labeled=labeled,
             label_coverage=labeled / (labeled + expired) if labeled + expired else 0.0,
-            label_delay_p50_ms=percentile(delays, 50),
-            label_delay_p90_ms=percentile(delays, 90),
             corrections=corrections,
         )
         return report
