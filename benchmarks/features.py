@@ -46,7 +46,7 @@ from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
 from benchmarks.runtime import BATCH, measure_noop_runtime  # noqa: E402
 from services.features.dedup import DedupStore  # noqa: E402
-from services.features.processor import FeaturesProcessor  # noqa: E402
+from services.features.processor import FeaturesProcessor, tune_gc  # noqa: E402
 from services.features.settings import FeaturesSettings  # noqa: E402
 from streamml.codec import AvroCodec  # noqa: E402
 from streamml.processor import Record, Result  # noqa: E402
@@ -192,6 +192,8 @@ def measure_features_runtime(
         include_names=include_names,
     )
     processor = _TimedFeatures.from_settings(settings)
+    thresholds = gc.get_threshold()
+    tune_gc(settings.gc_young_threshold)  # as python -m services.features does
     runtime = StreamRuntime(
         service="bench-features",
         processor=processor,
@@ -205,8 +207,19 @@ def measure_features_runtime(
     done = _wait_committed(bootstrap, group, topic, n_records)
     runtime.stop()
     thread.join(30)
+    gc.set_threshold(*thresholds)
     assert processor.first_call is not None
     return n_records / (done - processor.first_call)
+
+
+def measure_noop_gc_tuned(bootstrap: str, topic: str, n_records: int, partitions: int) -> float:
+    """The no-op with the features service's GC threshold (what the runtime would gain)."""
+    thresholds = gc.get_threshold()
+    tune_gc(FeaturesSettings().gc_young_threshold)
+    try:
+        return measure_noop_runtime(bootstrap, n_records, partitions, topic)
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 def measure_dedup_bytes_per_key(n_keys: int) -> dict[str, Any]:
@@ -261,8 +274,10 @@ def main() -> None:
     results["method"] = (
         "features, features_without_names, noop, noop_reencode: same input topic, "
         f"in-process StreamRuntime, batch_max_records={BATCH}, input records/s from the "
-        "first process() call to the last offset committed; service: python -m "
-        "services.features, input records/s between the first and last output timestamp"
+        "first process() call to the last offset committed; features* with the service's "
+        "GC threshold (gc_young_threshold), noop_gc_tuned: the no-op with it too; service: "
+        "python -m services.features, input records/s between the first and last output "
+        "timestamp"
     )
     for partitions in (1, 4):
         topic, n_records = prepare_features_input(bootstrap, args.events, partitions)
@@ -275,6 +290,7 @@ def main() -> None:
         figures["noop_reencode"] = measure_noop_runtime(
             bootstrap, n_records, partitions, topic, reencode=True
         )
+        figures["noop_gc_tuned"] = measure_noop_gc_tuned(bootstrap, topic, n_records, partitions)
         service = measure_features_service(bootstrap, args.events, partitions)
         figures = {k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()}
         noop = figures["noop"]
@@ -285,6 +301,7 @@ def main() -> None:
             "share_of_noop_without_names": _ratio(figures["features_without_names"], noop),
             "share_of_noop_reencode": _ratio(figures["features"], figures["noop_reencode"]),
             "service_share_of_noop": _ratio(service["events_per_s"], noop),
+            "share_of_noop_gc_tuned": _ratio(figures["features"], figures["noop_gc_tuned"]),
             "target_share_of_noop": 0.5,
         }
         print(f"{partitions}p: {results[f'partitions_{partitions}']}", flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from services.features.processor import FeaturesProcessor
+from services.features.processor import FeaturesProcessor, tune_gc
 from services.features.settings import FeaturesSettings
 from streamml.errors import ConfigError
 from streamml.logs import configure_logging
@@ -23,6 +23,7 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(settings.log_level, settings.log_format, service=SERVICE)
+    tune_gc(settings.gc_young_threshold)
     processor = FeaturesProcessor.from_settings(settings)
     fs = processor.feature_set
     log.info(

@@ -118,6 +118,13 @@ class FeaturesSettings(BaseSettings):
     include_names: bool = Field(
         default=True, description="Write the feature names into every FeatureVector."
     )
+    gc_young_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="Allocations between two young-generation collections of Python's "
+        "cycle collector (CPython's default is 700, which costs this service ~2 us per "
+        "event, see docs/decisions/features-performance.md); 0 keeps the default.",
+    )
     circuit: CircuitSettings = Field(
         default_factory=CircuitSettings, description="Fail-stop circuit."
     )

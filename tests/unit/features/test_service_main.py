@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from services.features.circuit import FailStopCircuit
 from services.features.feature_set import demo_feature_set
-from services.features.processor import FeaturesProcessor
+from services.features.processor import FeaturesProcessor, tune_gc
 from services.features.settings import FeaturesSettings
 from streamml.errors import ConfigError
 from streamml.processor import Record
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[3]
         ("STREAMML_FEATURES_CIRCUIT__THRESHOLD", "2", "CIRCUIT__THRESHOLD"),
         ("STREAMML_FEATURES_ALLOWED_LATENESS_MS", "-1", "ALLOWED_LATENESS_MS"),
         ("STREAMML_FEATURES_CIRCUIT__MIN_RECORDS", "5000", "larger than window"),
+        ("STREAMML_FEATURES_GC_YOUNG_THRESHOLD", "-5", "GC_YOUNG_THRESHOLD"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(name: str, value: str, words: str) -> None:
@@ -115,3 +117,14 @@ def test_metrics_count_duplicates_failures_age_and_trips() -> None:
     assert _sample("streamml_features_circuit_state") == 2.0
     proc.on_resume(probe=False)
     assert _sample("streamml_features_circuit_state") == 0.0
+
+
+def test_tune_gc_sets_the_young_threshold_only() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(12_345)
+        assert gc.get_threshold() == (12_345, *before[1:])
+        tune_gc(0)
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
