@@ -26,6 +26,13 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     drift_at: Annotated[
         float, typer.Option("--drift-at", help="Share of the duration after which drift starts.")
     ] = 0.4,
+    monitor_after: Annotated[
+        float,
+        typer.Option(
+            "--monitor-after",
+            help="Share of the duration after which the drift service joins (0: from the start).",
+        ),
+    ] = 0.15,
     duplicates: Annotated[
         float, typer.Option("--duplicates", help="Share of events sent twice.")
     ] = 0.03,
@@ -69,6 +76,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         rate=rate,
         entities=entities,
         drift_fraction=drift_at,
+        monitor_after_fraction=monitor_after,
         duplicate_share=duplicates,
         malformed_share=malformed,
         partitions=partitions,

@@ -73,6 +73,8 @@ class ServiceView:
     samples: Samples = field(default_factory=dict)
     records_in_per_s: float = 0.0
     scraped_at: float = 0.0
+    note: str = ""
+    """Shown instead of "down" while the service is not up (e.g. "joins at 27s")."""
 
 
 class MetricsScraper(threading.Thread):
@@ -105,6 +107,7 @@ class MetricsScraper(threading.Thread):
             except (OSError, urllib.error.URLError, ValueError):
                 view.up = False
                 continue
+            view.note = ""
             before = total(view.samples, "streamml_records_in_total")
             after = total(samples, "streamml_records_in_total")
             if view.scraped_at:

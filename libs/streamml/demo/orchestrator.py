@@ -229,7 +229,22 @@ class Demo:
         stamp.write_text(wanted)
         return primary
 
+    def _drift_reference(self, primary: Path) -> Path:
+        """The primary's reference without the clock features, for the drift service.
+
+        A window of a few minutes never looks like a reference spanning hours on time of
+        day, so monitoring those inputs would only raise alarms about the clock.
+        """
+        document = json.loads((primary / "metadata.json").read_text())
+        features = document["reference"]["features"]
+        for name in CLOCK_FEATURES:
+            features.pop(name, None)
+        path = self.plan.run_dir / "drift-reference.json"
+        path.write_text(json.dumps(document))
+        return path
+
     def _start_services(self, reference: Path) -> None:
+        """Start every service except those joining later; wait until they are ready."""
         from streamml.broker import free_port
 
         for name in SERVICES:
@@ -238,13 +253,19 @@ class Demo:
                 self.plan, name, bootstrap=self.bootstrap, http_port=port, reference=reference
             )
             child = ServiceChild(name, env, port, self.plan.logs_dir / f"{name}.log")
-            child.start()
+            if name not in self.plan.late_services:
+                child.start()
             self.children.append(child)
+        started = [c for c in self.children if c.process is not None]
         self._say("services started: " + ", ".join(
-            f"{c.name} :{c.port}" for c in self.children
+            f"{c.name} :{c.port}" for c in started
         ) + f" (logs in {self.plan.logs_dir})")  # fmt: skip
+        self._wait_ready(started)
+        self._say("services ready: " + ", ".join(c.name for c in started))
+
+    def _wait_ready(self, children: list[ServiceChild]) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT_S
-        waiting = list(self.children)
+        waiting = list(children)
         while waiting:
             for child in list(waiting):
                 if not child.alive:
@@ -258,7 +279,19 @@ class Demo:
                 names = ", ".join(c.name for c in waiting)
                 raise DemoError(f"not ready after {_READY_TIMEOUT_S:.0f}s: {names}")
             time.sleep(0.3)
-        self._say("all four services are ready")
+
+    def _start_late(self) -> None:
+        """Start the monitors that join after the warm-up, once it has passed."""
+        if self.producer is None or not self.producer.stats.started_wall:
+            return
+        elapsed = time.monotonic() - self.producer.stats.started_wall
+        for child in self.children:
+            if child.process is None and elapsed >= self.plan.warmup_s:
+                child.start()
+                if self.scraper is not None:
+                    self.scraper.views[child.name].note = "starting"
+                self._say(f"{child.name} joins after the {self.plan.warmup_s:.0f}s warm-up "
+                          "(reads from the end of its inputs)")  # fmt: skip
 
     # -- the run ----------------------------------------------------------------------
 
@@ -272,7 +305,7 @@ class Demo:
             self._prepare_dirs()
             self._start_broker()
             self._provision()
-            reference = self._train()
+            reference = self._drift_reference(self._train())
             self._start_services(reference)
             self._feed_and_watch()
             if not self.interrupted:
@@ -306,6 +339,9 @@ class Demo:
         codec = AvroCodec.from_settings(kafka)
         config = kafka.client_config()
         self.scraper = MetricsScraper({c.name: c.port for c in self.children})
+        for child in self.children:
+            if child.process is None:
+                self.scraper.views[child.name].note = f"joins at {plan.warmup_s:.0f}s"
         self.observer = TopicObserver(plan, config, AvroCodec.from_settings(kafka))
         self.producer = SyntheticProducer(plan, config, codec)
         self.scraper.start()
@@ -344,10 +380,13 @@ class Demo:
             while keep_going():
                 if deadline is not None and time.monotonic() > deadline:
                     return
-                dead = [c.name for c in self.children if not c.alive]
+                self._start_late()
+                dead = [c.name for c in self.children if c.process is not None and not c.alive]
                 if dead:
                     tails = "; ".join(
-                        f"{c.name}: {c.log_tail(2)}" for c in self.children if not c.alive
+                        f"{c.name}: {c.log_tail(2)}"
+                        for c in self.children
+                        if c.process is not None and not c.alive
                     )
                     raise DemoError(f"service(s) stopped during the run: {tails}")
                 if self.headless:

@@ -23,7 +23,7 @@ def service_row(name: str, view: ServiceView) -> list[str]:
     """records/s, lag, dead letters and the service's own figure."""
     s = view.samples
     if not view.up:
-        return [name, "[red]down[/red]", "-", "-", "-", "-"]
+        return [name, view.note or "[red]down[/red]", "-", "-", "-", "-"]
     ready = total(s, "streamml_ready") >= 1
     halted = total(s, "streamml_halted") >= 1
     state = "[red]HALTED[/red]" if halted else ("[green]ready[/green]" if ready else "starting")

@@ -12,7 +12,8 @@ DRIFT = 1_000_000
 
 
 def _alert(feature: str, state: str, end: int, severity: str = "alert") -> dict[str, Any]:
-    return {"feature": feature, "state": state, "window_end": end, "severity": severity,
+    return {"feature": feature, "state": state, "window_end": end, "window_start": end - 1,
+            "severity": severity,
             "detector": "psi", "statistic": 0.4, "threshold": 0.25}  # fmt: skip
 
 
@@ -35,7 +36,7 @@ def _seen(features: dict[str, int], predictions: dict[str, int], **extra: Any) -
         "ids": {"events": dict(features), "features": features, "predictions": predictions},
         "records": {"features": sum(features.values())},
         "dlq_records": {"events.dlq": 1, "features.dlq": 0},
-        "drift_alerts": [(12.5, _alert("amount", "open", DRIFT + 60_000))],
+        "drift_alerts": [(12.5, _alert("amount_log1p", "open", DRIFT + 60_000))],
         "reports": [(1.0, _report(DRIFT - 1, 0.99)), (15.0, _report(DRIFT + 5, 0.80))],
         "slo_alerts": [],
     }
@@ -75,14 +76,14 @@ def test_dead_letters_must_match_the_malformed_records() -> None:
 
 def test_an_episode_open_since_before_the_drift_is_not_a_detection() -> None:
     alerts = [
-        (1.0, _alert("amount", "open", DRIFT - 10)),
-        (12.0, _alert("amount", "updated", DRIFT + 60_000)),
+        (1.0, _alert("amount_log1p", "open", DRIFT - 10)),
+        (12.0, _alert("amount_log1p", "updated", DRIFT + 60_000)),
         (13.0, _alert("country", "open", DRIFT + 60_000, severity="warn")),
     ]
     assert claims.first_detection(alerts, DRIFT) is None
     summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, drift_alerts=alerts))
     assert not _by_name(summary)["injected drift detected"].ok
-    resolved = [alerts[0], (5.0, _alert("amount", "resolved", DRIFT - 5)), alerts[1]]
+    resolved = [alerts[0], (5.0, _alert("amount_log1p", "resolved", DRIFT - 5)), alerts[1]]
     found = claims.first_detection(resolved, DRIFT)
     assert found is not None and found[0] == 12.0
 
@@ -126,7 +127,7 @@ def test_report_is_self_contained_html_with_the_drift_marked() -> None:
         drift_event_h=0.5,
         drift_wall_s=2.0,
         slo_threshold=0.9,
-        alerts=[_alert("amount", "open", DRIFT)],
+        alerts=[_alert("amount_log1p", "open", DRIFT)],
     )  # fmt: skip
     assert text.count("<svg") == 2 and "drift injected" in text
     assert (
@@ -165,6 +166,9 @@ def test_plan_checks_its_bounds() -> None:
     assert DemoPlan().check() is None
     assert "duration" in (DemoPlan(duration_s=1).check() or "")
     assert "malformed" in (DemoPlan(malformed_share=0.5).check() or "")
+    assert "monitor-after" in (DemoPlan(monitor_after_fraction=0.4).check() or "")
+    assert DemoPlan(monitor_after_fraction=0).late_services == ()
+    assert DemoPlan(duration_s=100).warmup_s == 15
     assert DemoPlan(rate=200, event_rate_per_s=5).time_compression == 40
 
 
@@ -193,7 +197,8 @@ def test_service_env_is_valid_for_every_service_settings_class(
         for key, value in drift_env.items():
             patch.setenv(key, value)
         drift = load_settings(DriftSettings)
-    assert drift.feature_detectors["hour_of_day_sin"].adwin is False
+    assert drift.runtime.auto_offset_reset == "latest"  # joins after the warm-up
+    assert drift.window_ms == 180_000
 
 
 def test_windows_holding_only_drifted_predictions_decide_the_quality_claim() -> None:
@@ -238,9 +243,29 @@ def test_live_view_renders_every_service_figure() -> None:
     console = Console(width=160, record=True)
     console.print(view.render(views=views, stats=ProducerStats(), elapsed_s=3, duration_s=10,
                               compression=40, topics={"events": (3, 3, 0)},
-                              alerts=[_alert("amount", "open", 1)], phase="producing"))  # fmt: skip
+                              alerts=[_alert("amount_log1p", "open", 1)],
+                              phase="producing"))  # fmt: skip
     text = console.export_text()
     for expected in ("duplicates dropped 5", "fallback 10%", "primary 90%", "down",
-                     "0.875", "50% (40/80)", "amount (psi 0.4)", "x40",
+                     "0.875", "50% (40/80)", "amount_log1p (psi 0.4)", "x40",
                      "events 3 (3 ids, 0 copies)"):  # fmt: skip
         assert expected in text, expected
+
+
+def test_an_alert_on_a_feature_the_drift_does_not_change_is_no_detection() -> None:
+    alerts = [(12.0, _alert("amount_1h_count", "open", DRIFT + 1)),
+              (13.0, _alert("history_count_log1p", "open", DRIFT + 2))]  # fmt: skip
+    assert claims.first_detection(alerts, DRIFT) is None
+    straddling = {**_alert("amount_bucket", "open", DRIFT + 5), "window_start": DRIFT - 100}
+    assert claims.first_detection([(11.0, straddling)], DRIFT) is None
+    alerts.append((14.0, _alert("country#3", "open", DRIFT + 3)))
+    found = claims.first_detection(alerts, DRIFT)
+    assert found is not None and found[1]["feature"] == "country#3"
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, drift_alerts=alerts))
+    assert summary.figures["drift_detection"]["unchanged_features_alerting_after"] == [
+        "amount_1h_count", "history_count_log1p"
+    ]  # fmt: skip
+    assert [f for f in ("amount_24h_sum", "score", "amount_bucket", "amount_10m_count",
+            "hour_of_day_sin") if claims.changed_by_drift(f)] == [
+        "amount_24h_sum", "score", "amount_bucket"
+    ]  # fmt: skip
