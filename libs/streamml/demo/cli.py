@@ -25,7 +25,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     entities: Annotated[int, typer.Option("--entities", help="Distinct cards.")] = 5000,
     drift_at: Annotated[
         float, typer.Option("--drift-at", help="Share of the duration after which drift starts.")
-    ] = 0.4,
+    ] = 0.35,
     monitor_after: Annotated[
         float,
         typer.Option(

@@ -34,7 +34,7 @@ class DemoPlan:
     rate: float = 200.0
     entities: int = 5000
     event_rate_per_s: float = 5.0
-    drift_fraction: float = 0.4
+    drift_fraction: float = 0.35
     monitor_after_fraction: float = 0.15
     """The drift service joins after this share of the duration (reading from the end of
     its inputs): the first minutes of a run are every card's cold start, which a reference
