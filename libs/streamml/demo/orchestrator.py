@@ -109,8 +109,8 @@ class ServiceChild:
 def _moved_most(
     series: dict[str, list[tuple[float, float]]], split: float | None, keep: int = 6
 ) -> list[tuple[str, list[tuple[float, float]]]]:
-    """The series whose level changed most across the drift point (clock features left out:
-    a window of minutes never looks like a reference spanning hours on time of day)."""
+    """The series of features the drift changes whose level moved most across the drift
+    point (counts and gaps move with the cards' warm-up, not with the drift)."""
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values) if values else 0.0
@@ -125,7 +125,7 @@ def _moved_most(
     candidates = {
         name: points
         for name, points in series.items()
-        if not name.startswith(CLOCK_FEATURES) and points
+        if points and claims.changed_by_drift(name.rsplit(" ", 1)[0])
     }
     return sorted(candidates.items(), key=lambda kv: -moved(kv[1]))[:keep]
 

@@ -116,7 +116,8 @@ def line_chart(
         ly = _TOP + 14 + index * 16
         parts.append(
             f'<rect x="{_W - _RIGHT + 10}" y="{ly - 9}" width="12" height="3" fill="{colour}"/>'
-            f'<text x="{_W - _RIGHT + 26}" y="{ly - 4}" font-size="11">{html.escape(name)}</text>'
+            f'<text x="{_W - _RIGHT + 26}" y="{ly - 4}" font-size="11">'
+            f"{html.escape(name if len(name) <= 24 else name[:23] + '…')}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)

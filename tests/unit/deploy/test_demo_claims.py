@@ -269,3 +269,17 @@ def test_an_alert_on_a_feature_the_drift_does_not_change_is_no_detection() -> No
             "hour_of_day_sin") if claims.changed_by_drift(f)] == [
         "amount_24h_sum", "score", "amount_bucket"
     ]  # fmt: skip
+
+
+def test_report_plots_the_drifted_features_that_moved_at_the_drift() -> None:
+    from streamml.demo.orchestrator import _moved_most
+
+    series = {
+        "amount_bucket psi": [(1.0, 0.01), (9.0, 0.6)],
+        "country psi": [(1.0, 0.01), (9.0, 0.2)],
+        "amount_1h_count psi": [(1.0, 3.0), (9.0, 3.0)],  # warm-up, not drift
+        "hour_of_day_sin psi": [(1.0, 8.0), (9.0, 8.0)],
+        "amount_clipped psi": [(1.0, 0.5), (9.0, 0.5)],  # high but unmoved
+    }
+    ranked = [name for name, _ in _moved_most(series, split=5.0, keep=2)]
+    assert ranked == ["amount_bucket psi", "country psi"]
