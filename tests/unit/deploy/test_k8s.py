@@ -82,6 +82,9 @@ def test_one_deployment_per_service_with_probes_resources_config_and_secret(
 ) -> None:
     deployments = _of(base, "Deployment")
     assert set(deployments) == set(SERVICES)
+    config_replicas = _of(base, "ConfigMap")["streamml-config"]["data"][
+        "STREAMML_TOPICS_REPLICATION_FACTOR"
+    ]
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -94,6 +97,9 @@ def test_one_deployment_per_service_with_probes_resources_config_and_secret(
         assert sources == {"streamml-config", "streamml-kafka-credentials"}
         env = {item["name"]: item for item in container["env"]}
         assert env[f"STREAMML_{name.upper()}_HTTP__HOST"]["value"] == "0.0.0.0"
+        # State changelogs the runtime creates get the cluster's replication, like the topics.
+        replicas = env[f"STREAMML_{name.upper()}_RUNTIME__CHANGELOG_REPLICATION_FACTOR"]
+        assert replicas["value"] == config_replicas
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
