@@ -1040,6 +1040,8 @@ class PerformanceProcessor(Processor):
                     self._sliding_cache[model] = (shown_signature, start, parts)
             else:
                 _, start, parts = self._sliding_cache[model]
+                if parts[(None, None)]["labeled"] == 0:
+                    start = end  # an empty window starts where it ends
             self._window_starts.append(start)
             counts = self._window_counts(views, model, start, end, shown)
             threshold = names[model]

@@ -242,3 +242,13 @@ def test_an_early_label_joined_later_leaves_no_trace_after_horizon_and_memory() 
     cumulative = _latest(result, window="cumulative")
     assert (cumulative["labeled"], cumulative["label_coverage"]) == (1, 1.0)
     assert not [o for o in _dead_letters(result) if o.value["event_id"] == "a"]
+
+
+def test_an_empty_window_starts_at_each_boundary() -> None:
+    proc, state = processor(), new_state()
+    result = run(
+        proc, state, [[prediction("a", T0 + 1000, 0.9)]] + [tick(T0 + m * MIN) for m in range(1, 5)]
+    )
+    for report in reports(result, route="primary", window="sliding", segment_field=None):
+        assert report["labeled"] == 0
+        assert report["window_start"] == report["window_end"]
