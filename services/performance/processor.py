@@ -6,13 +6,14 @@ by event_id, in either order:
 
 - a prediction waits for its label until ``event_time + label_horizon``; then it counts as
   unlabeled (label coverage) and is remembered as a 16-byte tombstone for
-  ``late_label_memory``, so a label arriving after that is rejected as ``late``;
+  ``late_label_memory``, so a label arriving in that time is rejected as ``late``;
 - a label that comes first waits ``early_label_grace`` past its ``labeled_at``; if no
   prediction comes it goes to ``labels.dlq`` as ``orphan``; a label whose
   ``labeled_at - event_time`` is over the horizon is rejected as ``late``;
 - a second label with another value is a correction (metrics use the latest, it is
   counted); an identical label and a second prediction for the same event_id and route are
-  duplicates and ignored.
+  duplicates and ignored. An entry keeps its label history, so a prediction that joins
+  late replays the first label and each correction at their own event times.
 
 Time is event time only. Each partition keeps a watermark per input stream (max event time
 seen); the service watermark is the smallest of them minus ``allowed_lateness``. Every
@@ -27,6 +28,7 @@ holds the joined samples of the sliding window, pending corrections, per-interva
 and cumulative counters; ``meta`` holds watermarks, the model and segment-value tables and
 the alert state. An in-memory expiry index (time bucket -> digests) is derived from
 ``join`` and rebuilt whenever the store and the index disagree (restore, aborted batch).
+Why each rule is what it is: docs/decisions/performance-*.md.
 """
 
 from __future__ import annotations
