@@ -139,24 +139,30 @@ def alerts_before(
 
 def overall_auc(
     reports: Iterable[tuple[float, Mapping[str, Any]]],
+    routes: Sequence[str] = ("primary",),
 ) -> list[tuple[int, float, str]]:
-    """``(window_end, roc_auc, model/version)`` of the served, unsegmented sliding reports."""
-    return [(end, auc, name) for end, _, auc, name in _overall(reports)]
+    """``(window_end, roc_auc, model/version[ route])`` of the unsegmented sliding reports
+    of ``routes`` (the route is named when it is not the primary)."""
+    return [(end, auc, name) for end, _, auc, name in _overall(reports, routes)]
 
 
 def _overall(
     reports: Iterable[tuple[float, Mapping[str, Any]]],
+    routes: Sequence[str] = ("primary",),
 ) -> list[tuple[int, int, float, str]]:
     points = []
     for _, report in reports:
         if report.get("segment_field") or report.get("window") != "sliding":
             continue
-        if report.get("route") not in ("primary", "all", None):
+        route = report.get("route")
+        if route not in routes:
             continue
         auc = report.get("roc_auc")
         if auc is None or math.isnan(auc):
             continue
         name = f"{report['model_name']}/{report['model_version']}"
+        if route != "primary":
+            name += f" ({route})"
         start = int(report.get("window_start") or report["window_end"])
         points.append((int(report["window_end"]), start, float(auc), name))
     return sorted(points)

@@ -33,6 +33,9 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
             help="Share of the duration after which the drift service joins (0: from the start).",
         ),
     ] = 0.15,
+    canary: Annotated[
+        float, typer.Option("--canary", help="Share of cards the candidate model serves.")
+    ] = 0.1,
     duplicates: Annotated[
         float, typer.Option("--duplicates", help="Share of events sent twice.")
     ] = 0.03,
@@ -77,6 +80,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         entities=entities,
         drift_fraction=drift_at,
         monitor_after_fraction=monitor_after,
+        canary_share=canary,
         duplicate_share=duplicates,
         malformed_share=malformed,
         partitions=partitions,

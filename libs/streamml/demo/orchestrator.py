@@ -201,15 +201,17 @@ class Demo:
 
         plan = self.plan
         stamp = plan.models_dir / ".demo-stamp"
-        wanted = f"events={plan.train_events} seed={plan.seed}"
+        wanted = f"events={plan.train_events} seed={plan.seed} candidate=1"
         primary = plan.models_dir / PRIMARY_NAME / "1"
         fallback = plan.models_dir / FALLBACK_NAME / "1"
         public = plan.keys_dir / "signing.pub"
+        candidate = plan.models_dir / PRIMARY_NAME / "2"
         if (
             stamp.exists()
             and stamp.read_text() == wanted
             and primary.is_dir()
             and fallback.is_dir()
+            and candidate.is_dir()
             and public.exists()
         ):
             self._say(f"reusing the signed models in {plan.models_dir}")
@@ -217,12 +219,16 @@ class Demo:
         shutil.rmtree(plan.models_dir, ignore_errors=True)
         shutil.rmtree(plan.keys_dir, ignore_errors=True)
         generate_keypair(plan.keys_dir)
-        self._say(f"training and signing the demo models on {plan.train_events:,} events")
+        self._say(
+            f"training and signing the demo models (primary, fallback, candidate) on "
+            f"{plan.train_events:,} events"
+        )
         written = train_and_sign(
             events=plan.train_events,
             seed=plan.seed,
             out=plan.models_dir,
             key=load_private_key(plan.keys_dir / "signing.key"),
+            candidate=True,
         )
         for version in written:
             self._say(f"  {version.path}: AUC {version.metadata.metrics['auc']:.3f} (validation)")
@@ -517,7 +523,9 @@ class Demo:
         stats = self.producer.stats
         origin = stats.timeline[0][1] if stats.timeline else 0
         by_version: dict[str, list[tuple[float, float]]] = {}
-        for end, auc, name in claims.overall_auc(self.observer.reports):
+        for end, auc, name in claims.overall_auc(
+            self.observer.reports, routes=("primary", "canary")
+        ):
             by_version.setdefault(name, []).append(((end - origin) / 3_600_000, auc))
         drift_series: dict[str, list[tuple[float, float]]] = {}
         for elapsed, values in self.scraper.drift_statistics:

@@ -40,6 +40,8 @@ class DemoPlan:
     its inputs): the first minutes of a run are every card's cold start, which a reference
     drawn from hours of traffic would flag as drift."""
     duplicate_share: float = 0.03
+    canary_share: float = 0.1
+    """Share of the cards the candidate model version serves as a canary (0: none)."""
     malformed_share: float = 0.002
     seed: int = 2026
     partitions: int = 2
@@ -113,6 +115,8 @@ class DemoPlan:
             return "--drift-at must be between 0.05 and 0.95 (a share of the duration)"
         if not 0 <= self.monitor_after_fraction <= self.drift_fraction - 0.1:
             return "--monitor-after must be between 0 and --drift-at minus 0.1"
+        if not 0 <= self.canary_share <= 0.5:
+            return "--canary must be between 0 and 0.5"
         if not 0 <= self.duplicate_share <= 0.5:
             return "--duplicates must be between 0 and 0.5"
         if not 0 <= self.malformed_share <= 0.05:
@@ -152,6 +156,13 @@ def service_env(
     if service == "scorer":
         env[f"{prefix}MODEL_DIR"] = str(plan.models_dir.resolve())
         env[f"{prefix}PUBLIC_KEY_PATH"] = str((plan.keys_dir / "signing.pub").resolve())
+        env[f"{prefix}PRIMARY_VERSION"] = "1"  # else the highest version (the candidate)
+        if plan.canary_share > 0:
+            # The candidate (fraud-gbt/2) serves a share of the cards: the route mix and
+            # the live AUC per model version show both.
+            env[f"{prefix}CANARY_MODEL"] = "fraud-gbt"
+            env[f"{prefix}CANARY_VERSION"] = "2"
+            env[f"{prefix}CANARY_SHARE"] = str(plan.canary_share)
     elif service == "drift":
         env[f"{prefix}REFERENCE_PATH"] = str(reference.resolve())
         env[f"{prefix}SOURCE_PARTITIONS"] = str(plan.partitions)

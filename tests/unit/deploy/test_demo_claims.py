@@ -283,3 +283,12 @@ def test_report_plots_the_drifted_features_that_moved_at_the_drift() -> None:
     }
     ranked = [name for name, _ in _moved_most(series, split=5.0, keep=2)]
     assert ranked == ["amount_bucket psi", "country psi"]
+
+
+def test_canary_reports_are_plotted_apart_and_kept_out_of_the_quality_claim() -> None:
+    reports = [(1.0, _report(5, 0.9)), (1.0, {**_report(6, 0.5), "route": "canary",
+                                              "model_version": "2"})]  # fmt: skip
+    assert claims.overall_auc(reports) == [(5, 0.9, "fraud-gbt/1")]
+    assert claims.overall_auc(reports, routes=("primary", "canary")) == [
+        (5, 0.9, "fraud-gbt/1"), (6, 0.5, "fraud-gbt/2 (canary)")
+    ]  # fmt: skip
