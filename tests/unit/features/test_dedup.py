@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from services.features.dedup import DIGEST_BYTES, PARTITION_MAX_KEY, DedupStore
 from streamml.state import State
 
@@ -89,3 +91,12 @@ def test_equal_minutes_share_one_value_object() -> None:
     state.commit()
     store = state.store("dedup")
     assert store.get(0, a) is store.get(0, b)
+
+
+def test_digest_is_the_documented_blake2b_so_restored_keys_still_match() -> None:
+    # Keys restored from a changelog written by an older build must be found again.
+    for event_id in ("a", "0b7c5a2e-9b61-4d59-8a7e-3f0f4e1c2d11", "é"):
+        expected = hashlib.blake2b(
+            event_id.encode("utf-8"), digest_size=16, person=b"streamml.dedup"
+        ).digest()
+        assert DedupStore.digest(event_id) == expected
