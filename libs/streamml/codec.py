@@ -786,7 +786,7 @@ class AvroCodec:
         key = (subject, writer.full_name)
         schema_id = self._registered_ids.get(key)
         if schema_id is None:
-            from confluent_kafka.schema_registry import Schema  # noqa: PLC0415 (optional)
+            from confluent_kafka.schema_registry import Schema  # lazy: optional extra
 
             try:
                 schema_id = int(
@@ -806,7 +806,7 @@ class AvroCodec:
         writer = self._registry_writers.get(schema_id)
         if writer is not None:
             return writer
-        from confluent_kafka.schema_registry.error import (  # noqa: PLC0415 (optional)
+        from confluent_kafka.schema_registry.error import (  # lazy: optional extra
             SchemaRegistryError,
         )
 
@@ -868,7 +868,7 @@ def _plan(writer: _SchemaVersion, reader: _SchemaVersion) -> _ReadPlan:
 
 def _registry_client(url: str, config: dict[str, Any]) -> Any:
     try:
-        from confluent_kafka.schema_registry import (  # noqa: PLC0415 (optional, heavy)
+        from confluent_kafka.schema_registry import (  # lazy: optional extra, heavy
             SchemaRegistryClient,
         )
     except ImportError as exc:  # the [schemaregistry] extra of confluent-kafka
