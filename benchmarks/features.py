@@ -15,7 +15,8 @@ plus 5% duplicates, pre-produced):
   Event (the runtime cost of a processor that emits a new record);
 * ``service``: events/s of ``python -m services.features`` as a process (its own input
   topic), from the first to the last output timestamp (start-up left out);
-* Python heap bytes per retained key of the dedup store at 1,000,000 keys (tracemalloc).
+* Python heap bytes per retained key of the dedup store at 1,000,000 keys (tracemalloc);
+* without a broker, CPU microseconds per event of the processor and of the encode.
 
 Usage: ``python -m benchmarks.features [--events 40000] [--dedup-keys 1000000] [--rounds 3]``.
 The last line of output is one JSON object with every figure.
@@ -228,6 +229,45 @@ def measure_noop_gc_tuned(bootstrap: str, topic: str, n_records: int, partitions
         gc.set_threshold(*thresholds)
 
 
+def measure_core(n_events: int = 20_000, repeats: int = 4) -> dict[str, float]:
+    """CPU microseconds per event of the pure processor and of the FeatureVector encode.
+
+    No broker: the events are decoded once, then fed in batches of 1,000 to a fresh
+    processor ``repeats`` times; the least CPU time (``time.process_time``) counts.
+    """
+    codec = AvroCodec()
+    raw = [codec.encode("Event", e) for e, _ in generate_events(n_events, seed=3)]
+    records = [
+        Record("b.events", 0, i, 0, None, codec.decode(b, "Event"), (), "Event", b)
+        for i, b in enumerate(raw)
+    ]
+    figures: dict[str, float] = {}
+    for names in (True, False):
+        best_process = best_encode = float("inf")
+        for _ in range(repeats):
+            settings = FeaturesSettings(include_names=names)
+            processor = FeaturesProcessor.from_settings(settings)
+            state = State(processor.stores)
+            for store in state.stores:
+                store.assign(0)
+            process_s = encode_s = 0.0
+            for i in range(0, n_events, 1000):
+                started = time.process_time()
+                result = processor.process(records[i : i + 1000], state)
+                processed = time.process_time()
+                for out in result.outputs:
+                    codec.encode(out.schema, out.value, topic=out.topic)
+                encode_s += time.process_time() - processed
+                process_s += processed - started
+                state.commit()
+            best_process = min(best_process, process_s)
+            best_encode = min(best_encode, encode_s)
+        suffix = "" if names else "_without_names"
+        figures[f"process_us{suffix}"] = round(best_process / n_events * 1e6, 1)
+        figures[f"encode_us{suffix}"] = round(best_encode / n_events * 1e6, 1)
+    return figures
+
+
 def measure_dedup_bytes_per_key(n_keys: int) -> dict[str, Any]:
     """Heap bytes per retained key once ``n_keys`` are committed to the dedup store."""
     gc.collect()
@@ -319,6 +359,11 @@ def main() -> None:
     results: dict[str, Any] = {"benchmark": "features", "bootstrap": bootstrap}
     results["dedup"] = measure_dedup_bytes_per_key(args.dedup_keys)
     print(f"dedup: {results['dedup']}", flush=True)
+    thresholds = gc.get_threshold()
+    tune_gc(FeaturesSettings().gc_young_threshold)  # as the service does
+    results["core_cpu_per_event"] = measure_core()
+    gc.set_threshold(*thresholds)
+    print(f"core: {results['core_cpu_per_event']}", flush=True)
     results["events"] = args.events
     results["method"] = (
         f"best of {args.rounds} interleaved rounds of features, features_without_names, "
