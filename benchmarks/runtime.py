@@ -144,9 +144,17 @@ def measure_noop_runtime(
         settings=RuntimeSettings(group_id=group, instance_id="bench", batch_max_records=BATCH),
         http=HttpSettings(port=0),
     )
-    thread = threading.Thread(target=runtime.run, daemon=True)
+    gave_up = threading.Event()
+
+    def run() -> None:
+        runtime.run()
+        gave_up.set()  # run() returns only when stopped or after it gave up
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    done = _wait_committed(bootstrap, group, topic, n_records, threading.Event())
+    done = _wait_committed(bootstrap, group, topic, n_records, gave_up)
+    if gave_up.is_set():
+        raise RuntimeError("the runtime stopped before committing every record; see its log")
     runtime.stop()
     thread.join(30)
     assert processor.first_call is not None

@@ -472,9 +472,21 @@ class StreamRuntime:
     def _list_offsets(
         admin: AdminClient, tps: Sequence[TopicPartition], isolation: Any, spec: Any
     ) -> dict[TopicPartitionKey, int]:
+        """End offsets of ``tps``; retries while leadership of new partitions settles."""
         request = {tp: spec.latest() for tp in tps}
-        futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=30)
-        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+        deadline = time.monotonic() + 30
+        while True:
+            futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=30)
+            try:
+                return {
+                    (tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()
+                }
+            except KafkaException as exc:
+                # A changelog created moments ago may not have a leader yet
+                # (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE): retriable.
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise ProcessingError(f"listing changelog offsets: {exc}") from exc
+                time.sleep(0.2)
 
     # -- the loop -------------------------------------------------------------------
 
