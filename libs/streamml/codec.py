@@ -22,6 +22,15 @@ writes with copies of the schemas whose logical-type annotations are removed. Th
 annotations stay in the files and in the registered schemas (the parsing canonical form,
 hence the fingerprint, never includes them), so other languages still see timestamps.
 
+Projections (reader side): ``decode(data, "FeatureVector[-names]")`` reads the value as
+``FeatureVector`` without its ``names`` field; several: ``"FeatureVector[-names,-categories]"``.
+The projection is the base record's current schema minus those top-level fields, used as
+the Avro reader schema, so the decoder skips the dropped fields' bytes instead of building
+Python objects for them; every other field decodes exactly as with the base name, from
+every writer version the base can read. It is built and checked once per name (an unknown
+field or a malformed name raises :class:`~streamml.errors.SchemaError`) and cached like
+the rest. Projections are for decoding only: ``encode`` takes the base name.
+
 Errors: ``decode`` raises :class:`~streamml.errors.DecodeError` (with ``raw`` and
 ``topic``) for bad bytes; ``encode`` raises :class:`~streamml.errors.EncodeError` naming
 the offending field; a registry that cannot be reached raises
@@ -40,6 +49,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -77,6 +87,9 @@ _CONFLUENT_HEADER = len(CONFLUENT_MAGIC) + 4
 _INT_RANGE = (-(2**31), 2**31 - 1)
 _LONG_RANGE = (-(2**63), 2**63 - 1)
 _VERSION_FILE = re.compile(r"^v(\d+)\.avsc$")
+# A reader-side projection: "<Record>[-field,-field...]" (see the module docstring).
+_PROJECTION = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*\[(.*)\]\s*$")
+_FIELD_NAME = re.compile(r"^[A-Za-z_]\w*$")
 _MAX_MESSAGE = 600
 
 _PRIMITIVES = frozenset(("null", "boolean", "int", "long", "float", "double", "bytes", "string"))
@@ -100,7 +113,7 @@ def default_schemas_dir() -> Path:
 class _SchemaVersion:
     """One schema file, parsed once."""
 
-    name: str  # record name without namespace: Event
+    name: str  # record name without namespace: Event (a projection: "FeatureVector[-names]")
     full_name: str  # streamml.Event
     version: str  # "current" or "v<N>"
     source: str  # file (or registry id) it came from
@@ -119,6 +132,8 @@ class _ReadPlan:
     writer: Any
     reader: Any  # None when writer and reader are the same schema (fastest path)
     error: str | None  # set when the writer cannot be resolved to the reader
+    # Compiled reader of a projection (None: fastavro reads): data, offset -> value.
+    fast_read: Callable[[bytes, int], dict[str, Any]] | None = None
 
 
 def _strip_logical_types(schema: Any) -> Any:
@@ -549,6 +564,7 @@ class AvroCodec:
         self._history: dict[str, list[_SchemaVersion]] = {}
         self._by_fingerprint: dict[bytes, _SchemaVersion] = {}
         self._plans: dict[tuple[bytes, str], _ReadPlan] = {}
+        self._projections: dict[str, _SchemaVersion] = {}
         self._load()
         self._registry: Any = None
         self._registered_ids: dict[tuple[str, str], int] = {}
@@ -614,6 +630,53 @@ class AvroCodec:
             known = ", ".join(sorted(self._current))
             raise SchemaError(f"unknown schema {name!r}; known: {known}")
         return schema
+
+    def _reader(self, name: str) -> _SchemaVersion:
+        """The reader schema for ``name``: a current schema or a projection of one."""
+        schema = self._current.get(name) or self._projections.get(name)
+        if schema is not None:
+            return schema
+        match = _PROJECTION.match(name) if isinstance(name, str) else None
+        if match is None:
+            return self._schema(name)
+        return self._projection(name, match.group(1), match.group(2))
+
+    def _projection(self, name: str, base_name: str, spec: str) -> _SchemaVersion:
+        base = self._schema(base_name)
+        drop: list[str] = []
+        for raw_item in spec.split(","):
+            item = raw_item.strip()
+            field = item[1:].strip() if item.startswith("-") else ""
+            if not _FIELD_NAME.match(field):
+                raise SchemaError(
+                    f"projection {name!r}: expected <Record>[-field,-field...], got {item!r}"
+                )
+            drop.append(field)
+        fields = [str(f["name"]) for f in base.definition["fields"]]
+        unknown = [field for field in drop if field not in fields]
+        if unknown:
+            raise SchemaError(
+                f"projection {name!r}: {base.name} has no field {', '.join(unknown)}; "
+                f"fields: {', '.join(fields)}"
+            )
+        definition = {
+            **base.definition,
+            "fields": [f for f in base.definition["fields"] if f["name"] not in drop],
+        }
+        source = f"{base.source} without {', '.join(drop)}"
+        try:
+            projected = _load_version(definition, base.version, source)
+        except SchemaError as exc:  # e.g. a named type defined in a dropped field, used later
+            raise SchemaError(f"projection {name!r}: {exc}") from exc
+        projected = dataclasses.replace(projected, name=name)
+        # Dropping reader fields only removes constraints; check it anyway, once per name.
+        for writer in (base, *self._history.get(base.name, [])):
+            if _plan(writer, base).error is None:
+                error = _plan(writer, projected).error
+                if error is not None:
+                    raise SchemaError(f"projection {name!r}: {error}")
+        self._projections[name] = projected
+        return projected
 
     def schema_names(self) -> list[str]:
         """Record names of the current schemas, sorted."""
@@ -708,9 +771,11 @@ class AvroCodec:
         """Decode ``data`` (single-object or registry wire format) as the current ``schema``.
 
         The writer schema comes from the bytes (fingerprint or registry id) and is resolved
-        to ``schema``: fields the writer lacks get their defaults. Raises DecodeError.
+        to ``schema``: fields the writer lacks get their defaults. ``schema`` may be a
+        projection such as ``"FeatureVector[-names]"`` (module docstring): the value then
+        lacks the dropped fields. Raises DecodeError (SchemaError for a bad schema name).
         """
-        reader = self._schema(schema)
+        reader = self._reader(schema)
         if data[:2] == SINGLE_OBJECT_MAGIC:
             if len(data) < _SINGLE_OBJECT_HEADER:
                 raise DecodeError(
@@ -743,6 +808,11 @@ class AvroCodec:
             )
         if plan.error is not None:
             raise DecodeError(plan.error, topic=topic, raw=data)
+        if plan.fast_read is not None and type(data) is bytes:
+            try:
+                return plan.fast_read(data, offset)
+            except _READ_ERRORS:
+                pass  # not the common case: fastavro reads it (or words the error)
         body = io.BytesIO(data)
         body.seek(offset)
         try:
@@ -846,7 +916,8 @@ class AvroCodec:
 def _plan(writer: _SchemaVersion, reader: _SchemaVersion) -> _ReadPlan:
     if writer.fingerprint == reader.fingerprint:
         return _ReadPlan(writer=reader.parsed, reader=None, error=None)
-    if writer.name != reader.name and writer.full_name not in _names(reader.definition):
+    reader_name = reader.name.split("[", 1)[0].rsplit(".", 1)[-1]  # a projection: its base
+    if writer.name != reader_name and writer.full_name not in _names(reader.definition):
         return _ReadPlan(
             writer=writer.parsed,
             reader=reader.parsed,
@@ -863,7 +934,235 @@ def _plan(writer: _SchemaVersion, reader: _SchemaVersion) -> _ReadPlan:
                 + "; ".join(problems)
             ),
         )
-    return _ReadPlan(writer=writer.parsed, reader=reader.parsed, error=None)
+    fast_read = None
+    if "[" in reader.name:
+        fast_read = _compile_projection_reader(writer.parsed, reader.parsed)
+    return _ReadPlan(writer=writer.parsed, reader=reader.parsed, error=None, fast_read=fast_read)
+
+
+# -- the compiled projection reader --------------------------------------------------------
+#
+# fastavro skips a field it does not read at the cost of reading it (~17 us for the 88
+# names of a FeatureVector, the same as decoding them), so a projection read by fastavro
+# saves nothing. A projection of a writer whose kept fields have the very same types is
+# read by this closure tree instead: an array of doubles is one ``struct.unpack_from``, and
+# a skipped array or map of strings whose bytes equal the ones skipped last time (a feature
+# set's names repeat in every vector) is passed over with one ``startswith`` - the same
+# bytes from the same position parse the same way, so this is exact. It returns what
+# fastavro returns (tests/unit/test_codec.py compares them); anything unusual (a type it
+# does not handle, bad or trailing bytes, a boolean byte other than 0/1) raises and the
+# value is read by fastavro, which decides and words the error.
+
+_READ_ERRORS = (_NotFastError, IndexError, ValueError, struct.error, UnicodeDecodeError)
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+
+_Reader = Callable[[bytes, int], tuple[Any, int]]
+_Skipper = Callable[[bytes, int], int]
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    b = data[pos]
+    pos += 1
+    if b < 128:
+        return (b >> 1) ^ -(b & 1), pos
+    n = b & 0x7F
+    shift = 7
+    while True:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 128:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+        if shift > 63:
+            raise _NOT_FAST
+
+
+def _read_string(data: bytes, pos: int) -> tuple[str, int]:
+    n, pos = _read_varint(data, pos)
+    end = pos + n
+    if n < 0 or end > len(data):
+        raise _NOT_FAST
+    return data[pos:end].decode("utf-8"), end
+
+
+def _skip_string(data: bytes, pos: int) -> int:
+    n, pos = _read_varint(data, pos)
+    end = pos + n
+    if n < 0 or end > len(data):
+        raise _NOT_FAST
+    return end
+
+
+def _read_double(data: bytes, pos: int) -> tuple[float, int]:
+    return _DOUBLE.unpack_from(data, pos)[0], pos + 8
+
+
+def _read_float(data: bytes, pos: int) -> tuple[float, int]:
+    return _FLOAT.unpack_from(data, pos)[0], pos + 4
+
+
+def _read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
+    b = data[pos]
+    if b > 1:
+        raise _NOT_FAST
+    return b == 1, pos + 1
+
+
+def _block_count(data: bytes, pos: int) -> tuple[int, int]:
+    count, pos = _read_varint(data, pos)
+    if count < 0:  # a negative count is followed by the block's size in bytes
+        count = -count
+        _, pos = _read_varint(data, pos)
+    return count, pos
+
+
+_PRIMITIVE_READERS: dict[str, _Reader] = {
+    "int": _read_varint,
+    "long": _read_varint,
+    "string": _read_string,
+    "double": _read_double,
+    "float": _read_float,
+    "boolean": _read_boolean,
+}
+_PRIMITIVE_SIZES = {"double": 8, "float": 4, "boolean": 1}
+
+
+def _reader_for(schema: Any) -> _Reader:
+    if isinstance(schema, dict) and schema.get("type") not in _COMPLEX:
+        return _reader_for(schema["type"])
+    if isinstance(schema, str):
+        primitive = _PRIMITIVE_READERS.get(schema)
+        if primitive is None:
+            raise _UnsupportedError(schema)
+        return primitive
+    if isinstance(schema, list):
+        kinds = [b if isinstance(b, str) else b.get("type") for b in schema]
+        if len(schema) != 2 or kinds.count("null") != 1:
+            raise _UnsupportedError("union")
+        null_index = kinds.index("null")
+        other = _reader_for(schema[1 - null_index])
+
+        def read_optional(data: bytes, pos: int) -> tuple[Any, int]:
+            index, pos = _read_varint(data, pos)
+            if index == null_index:
+                return None, pos
+            if index != 1 - null_index:
+                raise _NOT_FAST
+            return other(data, pos)
+
+        return read_optional
+    kind = schema.get("type")
+    if kind == "array" and schema["items"] in ("double", "float"):
+        code = "d" if schema["items"] == "double" else "f"
+        size = 8 if code == "d" else 4
+
+        def read_numbers(data: bytes, pos: int) -> tuple[list[float], int]:
+            out: list[float] = []
+            count, pos = _block_count(data, pos)
+            while count:
+                out.extend(struct.unpack_from(f"<{count}{code}", data, pos))
+                pos += count * size
+                count, pos = _block_count(data, pos)
+            return out, pos
+
+        return read_numbers
+    if kind == "array":
+        item = _reader_for(schema["items"])
+
+        def read_array(data: bytes, pos: int) -> tuple[list[Any], int]:
+            out: list[Any] = []
+            count, pos = _block_count(data, pos)
+            while count:
+                for _ in range(count):
+                    x, pos = item(data, pos)
+                    out.append(x)
+                count, pos = _block_count(data, pos)
+            return out, pos
+
+        return read_array
+    if kind == "map":
+        value = _reader_for(schema["values"])
+
+        def read_map(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
+            out: dict[str, Any] = {}
+            count, pos = _block_count(data, pos)
+            while count:
+                for _ in range(count):
+                    k, pos = _read_string(data, pos)
+                    out[k], pos = value(data, pos)
+                count, pos = _block_count(data, pos)
+            return out, pos
+
+        return read_map
+    raise _UnsupportedError(str(kind))
+
+
+def _skipper_for(schema: Any) -> _Skipper:
+    read = _reader_for(schema)  # validates that the type is supported
+    if isinstance(schema, dict) and schema.get("type") in ("array", "map"):
+        # Memo: the bytes last skipped for this field; equal bytes parse the same way.
+        last = [b""]
+
+        def skip_repeating(data: bytes, pos: int) -> int:
+            memo = last[0]
+            if memo and data.startswith(memo, pos):
+                return pos + len(memo)
+            _, end = read(data, pos)
+            last[0] = bytes(data[pos:end])
+            return end
+
+        return skip_repeating
+    if schema == "string":
+        return _skip_string
+    size = _PRIMITIVE_SIZES.get(schema) if isinstance(schema, str) else None
+    if size is not None and schema != "boolean":
+        return lambda data, pos: pos + size
+
+    def skip(data: bytes, pos: int) -> int:
+        return read(data, pos)[1]
+
+    return skip
+
+
+def _compile_projection_reader(
+    writer: Any, reader: Any
+) -> Callable[[bytes, int], dict[str, Any]] | None:
+    """A reader of ``writer`` bytes as the projection ``reader``, or None when some kept
+    field's type differs between the two or a type is not one the compiled reader takes."""
+    if not isinstance(writer, dict) or not isinstance(reader, dict):
+        return None
+    kept = {str(f["name"]): f["type"] for f in reader["fields"]}
+    steps: list[tuple[str | None, _Reader | _Skipper]] = []
+    try:
+        for field in writer["fields"]:
+            name = str(field["name"])
+            if name in kept:
+                if kept.pop(name) != field["type"]:
+                    return None
+                steps.append((name, _reader_for(field["type"])))
+            else:
+                steps.append((None, _skipper_for(field["type"])))
+    except (_UnsupportedError, KeyError, TypeError):
+        return None
+    if kept:  # a reader field the writer lacks: defaults are fastavro's business
+        return None
+    order = [str(f["name"]) for f in reader["fields"]]
+    plan = tuple(steps)
+
+    def read(data: bytes, pos: int) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, step in plan:
+            if name is None:
+                pos = step(data, pos)  # type: ignore[assignment]
+            else:
+                found[name], pos = step(data, pos)  # type: ignore[misc]
+        if pos != len(data):
+            raise _NOT_FAST
+        return {name: found[name] for name in order}
+
+    return read
 
 
 def _registry_client(url: str, config: dict[str, Any]) -> Any:

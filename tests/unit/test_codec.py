@@ -628,3 +628,150 @@ def test_names_as_a_tuple_are_written_like_a_list(codec: AvroCodec) -> None:
     assert decoded["names"] == ["a", "b", "see"]
     with pytest.raises(EncodeError, match="names"):
         codec.encode("FeatureVector", _vector([1.0, 2.0], ("a", 2)))  # type: ignore[arg-type]
+
+
+# -- reader-side projections ---------------------------------------------------------------
+
+
+def _writer_versions(codec: AvroCodec, name: str) -> list[Any]:
+    """The current schema and every historical one of ``name`` (_SchemaVersion objects)."""
+    return [codec._schema(name), *codec._history.get(name, [])]
+
+
+def _single_object(version: Any, value: Any) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, version.parsed, value)
+    return b"\xc3\x01" + version.fingerprint + out.getvalue()
+
+
+def _projection_cases() -> list[tuple[str, str]]:
+    codec = AvroCodec()
+    return [
+        (name, str(field["name"]))
+        for name in codec.schema_names()
+        for field in codec.definition(name)["fields"]
+    ]
+
+
+@pytest.mark.parametrize(("name", "field"), _projection_cases())
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_projection_equals_full_decode_minus_the_dropped_field(
+    codec: AvroCodec, name: str, field: str, data: st.DataObject
+) -> None:
+    projection = f"{name}[-{field}]"
+    for version in _writer_versions(codec, name):
+        named: dict[str, Any] = {}
+        parsed = fastavro.parse_schema(version.parsed, named)
+        values = data.draw(st.lists(avro_values(parsed, named), min_size=1, max_size=3))
+        # Each value twice and the list twice: a repeated skipped field takes the memo.
+        for value in [*values, *values, values[0]]:
+            encoded = _single_object(version, value)
+            full = codec.decode(encoded, name)
+            expected = {k: v for k, v in full.items() if k != field}
+            got = codec.decode(encoded, projection)
+            assert got == expected
+            assert list(got) == list(expected)  # same field order too
+
+
+_NAMES = st.lists(st.sampled_from(["a", "b", "ab", "é", "amount", ""]), max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(names=st.lists(_NAMES, min_size=1, max_size=6), values=st.lists(st.floats(), max_size=6))
+def test_skipped_names_memo_never_changes_other_fields(
+    codec: AvroCodec, names: list[list[str]], values: list[float]
+) -> None:
+    # Names that share prefixes and repeat: the skip memo must never be fooled.
+    for i, feature_names in enumerate(names):
+        vector = {
+            "event_id": f"e{i}",
+            "entity_id": "c1",
+            "event_time": i,
+            "computed_at": i + 1,
+            "feature_set": "demo",
+            "feature_set_version": "3",
+            "feature_set_hash": "ab" * 32,
+            "names": feature_names,
+            "values": values,
+            "categories": {"country": "DE"} if i % 2 else {},
+        }
+        encoded = codec.encode("FeatureVector", vector)
+        got = codec.decode(encoded, "FeatureVector[-names]")
+        expected = {k: v for k, v in codec.decode(encoded, "FeatureVector").items()}
+        del expected["names"]
+        assert repr(got) == repr(expected)  # repr: NaN and -0.0 compare exactly
+
+
+def test_projection_of_several_fields_and_full_name(codec: AvroCodec) -> None:
+    encoded = codec.encode("streamml.Event", EVENT)
+    got = codec.decode(encoded, "streamml.Event[-payload, -event_id]")
+    assert got == {k: v for k, v in EVENT.items() if k not in ("payload", "event_id")}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("FeatureVector[-nope]", "has no field nope"),
+        ("FeatureVector[-names,-nope]", "has no field nope"),
+        ("FeatureVector[names]", "expected <Record>"),
+        ("FeatureVector[]", "expected <Record>"),
+        ("FeatureVector[-]", "expected <Record>"),
+        ("Nope[-names]", "unknown schema"),
+    ],
+)
+def test_bad_projection_is_a_schema_error(codec: AvroCodec, name: str, message: str) -> None:
+    encoded = codec.encode(
+        "Label", {"event_id": "e", "entity_id": "c", "label": 1, "labeled_at": 1}
+    )
+    with pytest.raises(SchemaError, match=message):
+        codec.decode(encoded, name)
+
+
+def test_projection_is_not_an_encode_schema(codec: AvroCodec) -> None:
+    with pytest.raises(SchemaError, match="unknown schema"):
+        codec.encode("Label[-label]", {"event_id": "e", "entity_id": "c", "labeled_at": 1})
+
+
+def test_projection_is_built_once(codec: AvroCodec) -> None:
+    encoded = codec.encode(
+        "Label", {"event_id": "e", "entity_id": "c", "label": 1, "labeled_at": 1}
+    )
+    codec.decode(encoded, "Label[-label]")
+    built = codec._projections["Label[-label]"]
+    codec.decode(encoded, "Label[-label]")
+    assert codec._projections["Label[-label]"] is built
+
+
+def test_projection_bad_bytes_are_decode_errors(codec: AvroCodec) -> None:
+    vector = {
+        "event_id": "e1",
+        "entity_id": "c1",
+        "event_time": 1,
+        "computed_at": 2,
+        "feature_set": "demo",
+        "feature_set_version": "3",
+        "feature_set_hash": "ab",
+        "names": ["a", "b"],
+        "values": [1.0, 2.0],
+        "categories": {"k": "v"},
+    }
+    encoded = codec.encode("FeatureVector", vector)
+    codec.decode(encoded, "FeatureVector[-names]")  # the memo now holds these names
+    for end in range(len(encoded)):
+        with pytest.raises(DecodeError):
+            codec.decode(encoded[:end], "FeatureVector[-names]")
+    with pytest.raises(DecodeError, match="trailing"):
+        codec.decode(encoded + b"\x00", "FeatureVector[-names]")
+    label = codec.encode("Label", {"event_id": "e", "entity_id": "c", "label": 1, "labeled_at": 1})
+    with pytest.raises(DecodeError, match="not FeatureVector"):
+        codec.decode(label, "FeatureVector[-names]")
+
+
+def test_projection_reads_a_non_bytes_buffer_like_bytes(codec: AvroCodec) -> None:
+    encoded = codec.encode(
+        "Label", {"event_id": "e", "entity_id": "c", "label": 1, "labeled_at": 1}
+    )
+    assert codec.decode(bytearray(encoded), "Label[-entity_id]") == codec.decode(
+        encoded, "Label[-entity_id]"
+    )
