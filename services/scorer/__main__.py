@@ -15,7 +15,12 @@ from typing import Any
 from services.scorer.artifact import SigningKeyError, load_public_key
 from services.scorer.control import ControlApplier
 from services.scorer.follower import ControlFollower, ControlReader, publish_instruction
-from services.scorer.processor import ScorerProcessor
+from services.scorer.processor import (
+    NAMELESS_VECTOR,
+    VECTOR_SCHEMA,
+    ScorerProcessor,
+    names_decoder,
+)
 from services.scorer.registry import ModelRegistry
 from services.scorer.routing import ModelRoutes
 from services.scorer.rules import RulesScorer
@@ -69,6 +74,7 @@ def main() -> int:
         rules=rules,
         policy=settings.policy(),
         instance=settings.runtime.instance_id,
+        names_of=None if settings.check_names else names_decoder(codec),
     )
     applier = ControlApplier(
         registry,
@@ -140,7 +146,11 @@ def main() -> int:
     runtime = StreamRuntime(
         service="scorer",
         processor=processor,
-        inputs={kafka.topic(settings.features_topic): "FeatureVector"},
+        inputs={
+            kafka.topic(settings.features_topic): (
+                VECTOR_SCHEMA if settings.check_names else NAMELESS_VECTOR
+            )
+        },
         kafka=kafka,
         settings=settings.runtime,
         http=settings.http,

@@ -4,7 +4,10 @@ Per micro-batch:
 
 1. take the current route table once (a hot reload swaps it only between batches);
 2. validate the vectors: empty, NaN/inf or out of float32 range, wrong length or names
-   for their feature set -> :class:`Rejection` (to ``features.dlq``);
+   for their feature set -> :class:`Rejection` (to ``features.dlq``). Names are checked
+   when the value carries them; the service decodes vectors without them by default
+   (``FeatureVector[-names]``, see :data:`NAMELESS_VECTOR`), and the rules route then gets
+   them from a model of the vector's feature set, else from ``names_of`` (a full decode);
 3. split by a stable hash of the entity into canary and main traffic;
 4. score each group as ONE float32 batch per route: canary -> (on failure) the main
    hierarchy; main: primary (behind the circuit breaker) -> fallback -> rules/default.
@@ -27,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,12 +48,20 @@ from services.scorer.routing import (
     canary_bucket,
 )
 from services.scorer.rules import RulesScorer
+from streamml.errors import DecodeError
 from streamml.processor import Output, Processor, Record, Rejection, Result
 from streamml.state import State
+
+if TYPE_CHECKING:
+    from streamml.codec import AvroCodec
 
 log = logging.getLogger(__name__)
 
 PREDICTION_SCHEMA = "Prediction"
+VECTOR_SCHEMA = "FeatureVector"
+NAMELESS_VECTOR = "FeatureVector[-names]"
+"""The codec projection the service reads its input with: names cost ~20 us per vector to
+decode and are needed only by the rules route (docs/decisions/scorer-names-projection.md)."""
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -125,8 +136,13 @@ class ScorerProcessor(Processor):
         clock: Callable[[], int] = _wall_clock_ms,
         monotonic: Callable[[], float] = time.perf_counter,
         instance: str = "scorer",
+        names_of: Callable[[Record], Sequence[str]] | None = None,
     ) -> None:
+        """``names_of`` returns the feature names of a record decoded without them (the
+        :data:`NAMELESS_VECTOR` projection); the rules route calls it only for a vector of a
+        feature set no loaded model knows. None: such vectors are scored on no names."""
         self._routes = routes
+        self._names_of = names_of
         self._predictions_topic = predictions_topic
         self._shadow_topic = shadow_topic
         self._control_topic = control_topic
@@ -542,14 +558,20 @@ class ScorerProcessor(Processor):
 
     def _rules_prediction(self, batch: _Batch, i: int) -> dict[str, Any]:
         vec = batch.vectors[i]
+        # A vector that carries names and has a model of its feature set passed validation
+        # only if both agree, so the model's input order is the vector's names then.
         names = vec.value.get("names") or next(
             (
                 m.metadata.input_names
                 for m in batch.table.models()
                 if m.feature_set_hash == vec.feature_set_hash
             ),
-            [],
+            None,
         )
+        if names is None:
+            names = []
+            if "names" not in vec.value and self._names_of is not None:
+                names = self._names_of(vec.record)  # decoded without names: decode them now
         score = self._rules.score(dict(zip(names, vec.values, strict=False)))
         return self._value(
             vec,
@@ -595,6 +617,23 @@ class ScorerProcessor(Processor):
             "features_computed_at": None if computed_at is None else _millis(computed_at),
             "segments": value.get("categories") or {},
         }
+
+
+def names_decoder(codec: AvroCodec) -> Callable[[Record], list[str]]:
+    """``names_of`` for :class:`ScorerProcessor`: the names of a record read as
+    :data:`NAMELESS_VECTOR`, decoded from its bytes as the full FeatureVector ([] when the
+    record has no bytes or its names do not decode, as a vector without names)."""
+
+    def names_of(record: Record) -> list[str]:
+        if record.raw_value is None:
+            return []
+        try:
+            value = codec.decode(record.raw_value, VECTOR_SCHEMA, topic=record.topic)
+        except DecodeError:
+            return []
+        return list(value.get("names") or [])
+
+    return names_of
 
 
 def _rows(vectors: list[_Vector], indices: list[int]) -> np.ndarray[Any, Any]:

@@ -93,6 +93,14 @@ class ScorerSettings(BaseSettings):
         "of the vectors seen so far decides (any hash before the first vector).",
     )
 
+    check_names: bool = Field(
+        default=False,
+        description="Decode every vector's names and dead-letter vectors whose names differ "
+        "from their model's input order (~20 us more per vector). Off: vectors are read "
+        "without names (codec projection FeatureVector[-names]); the feature_set_hash fixes "
+        "the order, and the rules route decodes names only for a feature set no model knows.",
+    )
+
     intra_op_threads: int = Field(
         default=1, ge=1, le=64, description="onnxruntime intra-op threads per session."
     )
