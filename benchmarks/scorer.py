@@ -15,14 +15,22 @@ Measures, against the broker in KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092)
   the *same* FeatureVectors (decode, one constant Prediction per vector, encode, same
   transactions): the scorer's own cost (validation, ONNX, routing) is the gap to it.
 
-Measured on the 2-core dev machine (shared, so +-30% run to run): with names, the scorer
-runs at 0.25-0.36 of the Event no-op and at 0.87-1.09 of the same-input no-op; without
-names (``--without-names``) at ~0.60 of the Event no-op. Decoding a 2.3 KB FeatureVector
-costs ~29 us against ~5 us for an Event (12.8 us without names); the scorer's own work is
-~6 us/record plus ~1.3 us/record of onnxruntime in 1,000-row batches. So the gap is the
-size of the input record, not the model.
+The vectors carry their 88 names (as the features service writes them) unless
+``--without-names``. The scorer reads them as the service does by default, with the codec
+projection ``FeatureVector[-names]`` (docs/decisions/scorer-names-projection.md), and so
+does the same-input no-op; ``--check-names`` runs both with the full ``FeatureVector``
+decode instead (scorer setting ``check_names``), i.e. as before the projection.
 
-Usage: ``python -m benchmarks.scorer [--records 20000] [--partitions 4] [--batch 1000]``.
+Measured on the 2-core dev machine (shared, so +-30% run to run), 40,000 records, 4
+partitions, five interleaved pairs: the scorer at 0.47-0.63 of the Event no-op
+(26,500-30,700 predictions/s) and 0.82-0.96 of the same-input no-op; with
+``--check-names`` at 0.26-0.41 (15,900-17,900). Decoding a 2.3 KB
+FeatureVector costs ~27 us in full against ~6.4 us with the projection (~5 us for an
+Event); the scorer's own work is ~6 us/record plus ~1.3 us/record of onnxruntime in
+1,000-row batches.
+
+Usage: ``python -m benchmarks.scorer [--records 20000] [--partitions 4] [--batch 1000]
+[--check-names] [--without-names]``.
 The last line of output is one JSON object with every figure.
 """
 
@@ -48,6 +56,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.runtime import measure_noop_runtime  # noqa: E402
 from services.features.offline import build_matrix  # noqa: E402
 from services.scorer.artifact import generate_keypair, load_private_key  # noqa: E402
+from services.scorer.processor import NAMELESS_VECTOR, VECTOR_SCHEMA  # noqa: E402
 from services.scorer.training import train_and_sign  # noqa: E402
 from streamml.codec import AvroCodec  # noqa: E402
 from streamml.processor import Output, Processor, Record, Result  # noqa: E402
@@ -64,6 +73,7 @@ from tests.kafkatest import (  # noqa: E402
 )
 
 WITH_NAMES = True
+CHECK_NAMES = False  # --check-names: full FeatureVector decode, as before the projection
 
 
 def _vectors(n: int, codec: AvroCodec) -> list[tuple[bytes, bytes, list[Any]]]:
@@ -107,6 +117,7 @@ def measure_scorer(
             "STREAMML_SCORER_MODEL_DIR": str(models),
             "STREAMML_SCORER_PUBLIC_KEY_PATH": str(public_key),
             "STREAMML_SCORER_LATENCY_BUDGET_MS": "1000",
+            "STREAMML_SCORER_CHECK_NAMES": "true" if CHECK_NAMES else "false",
         },
         http_port=port,
     ).start()
@@ -180,7 +191,7 @@ def _serve_noop() -> int:
     runtime = StreamRuntime(
         service="bench-noop-scorer",
         processor=_ConstantScorer(kafka.topic("predictions")),
-        inputs={kafka.topic("features"): "FeatureVector"},
+        inputs={kafka.topic("features"): os.environ["BENCH_INPUT_SCHEMA"]},
         kafka=kafka,
         settings=RuntimeSettings(
             instance_id="bench", batch_max_records=int(os.environ["BENCH_BATCH"])
@@ -208,6 +219,7 @@ def measure_same_input_noop(bootstrap: str, n: int, partitions: int, batch: int)
             "STREAMML_KAFKA_TOPIC_PREFIX": prefix,
             "BENCH_HTTP_PORT": str(port),
             "BENCH_BATCH": str(batch),
+            "BENCH_INPUT_SCHEMA": VECTOR_SCHEMA if CHECK_NAMES else NAMELESS_VECTOR,
         },
         http_port=port,
     ).start()
@@ -233,9 +245,16 @@ def main() -> None:
         help="Send vectors with empty `names` (allowed by the schema): 2.3 KB -> 0.9 KB, "
         "about a third of the decode time.",
     )
+    parser.add_argument(
+        "--check-names",
+        action="store_true",
+        help="Read the vectors with their names (scorer setting check_names), as before the "
+        "FeatureVector[-names] projection.",
+    )
     args = parser.parse_args()
-    global WITH_NAMES  # noqa: PLW0603 (a benchmark switch, set once before any work)
+    global WITH_NAMES, CHECK_NAMES  # noqa: PLW0603 (benchmark switches, set once before any work)
     WITH_NAMES = not args.without_names
+    CHECK_NAMES = args.check_names
     if args.records < 1000 or args.partitions < 1 or args.batch < 1:
         parser.error("--records >= 1000, --partitions >= 1, --batch >= 1")
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -243,6 +262,7 @@ def main() -> None:
         "benchmark": "scorer",
         "bootstrap": bootstrap,
         "vectors_with_names": WITH_NAMES,
+        "scorer_input_schema": VECTOR_SCHEMA if CHECK_NAMES else NAMELESS_VECTOR,
     }
 
     with tempfile.TemporaryDirectory(prefix="scorer-bench-") as tmp:
