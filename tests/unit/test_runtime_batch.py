@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from streamml.codec import AvroCodec
 from streamml.metrics import RuntimeMetrics
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
-from streamml.runtime import Polled, StreamRuntime
+from streamml.runtime import StreamRuntime
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
 from streamml.state import State
 
@@ -22,11 +22,11 @@ def label(event_id: str, value: int = 0) -> dict:
     return {"event_id": event_id, "entity_id": "c", "label": value, "labeled_at": 1}
 
 
-def msg(offset: int, value: bytes | None, partition: int = 0) -> Polled:
-    return Polled.of(Message(
+def msg(offset: int, value: bytes | None, partition: int = 0) -> Message:
+    return Message(
         topic="in", partition=partition, offset=offset, key=b"k", value=value,
         headers=[("h", b"1")], timestamp=(1, 1000 + offset),
-    ))  # fmt: skip
+    )  # fmt: skip
 
 
 class Echo(Processor):
