@@ -65,6 +65,8 @@ class Record:
 
     def replay_headers(self) -> Headers:
         """The ``replay.*``/``redrive.*`` headers, to carry over to derived records."""
+        if not self.headers:  # almost every record: no generator, no tuple
+            return ()
         return tuple(
             (key, value)
             for key, value in self.headers
