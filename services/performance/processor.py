@@ -37,14 +37,24 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from services.performance.alerts import SloMonitor
-from services.performance.quality import NO_TIME, Cumulative, percentile, window_metrics
+from services.performance.quality import (
+    NO_TIME,
+    Cumulative,
+    sample_terms,
+    sorted_percentile,
+    window_metrics,
+)
 from services.performance.settings import PerformanceSettings
 from streamml.deadletter import dead_letter_headers, dlq_topic
 from streamml.errors import StreamMLError
@@ -88,12 +98,19 @@ _P_BUCKET = b"B"
 _P_CUMULATIVE = b"U"
 
 Group = tuple[int, int, int]
+_BY_TIME = operator.itemgetter(0, 1)  # window samples in (time, digest) order
 Prediction = tuple[int, float, bool, tuple[int, ...]]  # model id, score, decision, segment ids
 
 
+_DIGEST = hashlib.blake2b(digest_size=16)
+
+
 def event_digest(event_id: str) -> bytes:
-    """The 16-byte key of an event_id in the join store."""
-    return hashlib.blake2b(event_id.encode(), digest_size=16).digest()
+    """The 16-byte key of an event_id in the join store (BLAKE2b-128 of its UTF-8 bytes;
+    a copy of a prepared hasher gives the same bytes as building one, in half the time)."""
+    hasher = _DIGEST.copy()
+    hasher.update(event_id.encode())
+    return hasher.digest()
 
 
 @dataclass(slots=True)
@@ -165,6 +182,11 @@ class PartitionView:
     expiry: dict[int, list[bytes]] = field(default_factory=dict)
     samples: dict[bytes, Sample] = field(default_factory=dict)
     unreleased: set[bytes] = field(default_factory=set)
+    # Unreleased sample keys by the interval their time falls in (ceil(ts / interval)), so a
+    # boundary looks only at its due samples; may hold keys released since (skipped).
+    release_index: dict[int, list[bytes]] = field(default_factory=dict)
+    # Released samples per model id (key[16:]) in (time, key) order: what pruning drops first.
+    released: dict[bytes, deque[tuple[int, bytes]]] = field(default_factory=dict)
     corrections: dict[bytes, Correction] = field(default_factory=dict)
     buckets: dict[int, dict[Group, list[int]]] = field(default_factory=dict)
     cumulative: dict[Group, Cumulative] = field(default_factory=dict)
@@ -185,6 +207,74 @@ class PartitionView:
         if value_id == OTHER:
             return OTHER_NAME
         return self.segment_names[field_index].get(value_id, OTHER_NAME)
+
+
+class _Window:
+    """A sliding window's samples in (time, digest) order, as numpy columns: samples are
+    added at the end (in that order) and dropped at the front. A segment value's samples
+    are picked with a mask, so they keep the window's order."""
+
+    __slots__ = ("codes", "decision", "delay", "label", "score", "segments", "ts")
+
+    def __init__(self, fields: int) -> None:
+        self.ts = np.empty(0, dtype=np.int64)
+        self.score = np.empty(0, dtype=np.float64)
+        self.decision = np.empty(0, dtype=bool)
+        self.label = np.empty(0, dtype=np.int64)
+        self.delay = np.empty(0, dtype=np.float64)
+        self.segments = np.empty((fields, 0), dtype=np.int32)
+        # Per segment field: reported value name -> its code in ``segments``.
+        self.codes: list[dict[str, int]] = [{} for _ in range(fields)]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def extend(self, samples: Sequence[tuple[Any, ...]]) -> None:
+        """Append window tuples ``(ts, digest, score, decision, label, delay, segments)``."""
+        if not samples:
+            return
+        ts, _, scores, decisions, labels, delays, segs = zip(*samples, strict=True)
+        self.ts = np.concatenate((self.ts, np.asarray(ts, dtype=np.int64)))
+        self.score = np.concatenate((self.score, np.asarray(scores, dtype=np.float64)))
+        self.decision = np.concatenate((self.decision, np.asarray(decisions, dtype=bool)))
+        self.label = np.concatenate((self.label, np.asarray(labels, dtype=np.int64)))
+        self.delay = np.concatenate((self.delay, np.asarray(delays, dtype=np.float64)))
+        columns = []
+        for index, codes in enumerate(self.codes):
+            column = []
+            for names in segs:
+                code = codes.get(names[index])
+                if code is None:
+                    code = codes[names[index]] = len(codes)
+                column.append(code)
+            columns.append(column)
+        added = np.asarray(columns, dtype=np.int32).reshape(len(self.codes), len(samples))
+        self.segments = np.concatenate((self.segments, added), axis=1)
+
+    def _drop_first(self, count: int) -> None:
+        if count > 0:
+            self.ts, self.score = self.ts[count:], self.score[count:]
+            self.decision, self.label = self.decision[count:], self.label[count:]
+            self.delay, self.segments = self.delay[count:], self.segments[:, count:]
+
+    def keep_last(self, size: int) -> None:
+        self._drop_first(len(self.ts) - size)
+
+    def drop_until_after(self, lower: int) -> None:
+        self._drop_first(int(np.searchsorted(self.ts, lower, side="right")))
+
+    def columns(
+        self, index: int | None = None, value: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Scores, labels, decisions and delays of the window, or of one segment value."""
+        if index is None:
+            return self.score, self.label, self.decision, self.delay
+        code = self.codes[index].get(value) if value is not None else None
+        if code is None:
+            empty = np.empty(0, dtype=np.float64)
+            return empty, np.empty(0, dtype=np.int64), np.empty(0, dtype=bool), empty
+        mask = self.segments[index] == code
+        return self.score[mask], self.label[mask], self.decision[mask], self.delay[mask]
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -268,8 +358,19 @@ class PerformanceProcessor(Processor):
             tuple[tuple[Any, ...], int, dict[tuple[str | None, str | None], dict[str, Any]]],
         ] = {}
         self._dirty_models: set[tuple[Any, ...]] = set()
+        # The sliding window itself per model route, as of its last report: the samples in
+        # (time, digest) order and, per segment field, each value's samples in that order.
+        # Samples released at a boundary are all later than every sample in the window
+        # (their times are past the previous boundary), so the window moves by appending
+        # them and dropping from the front; rebuilt from the views when a correction
+        # changed a label in it, the reported segment values changed, or state reloaded.
+        self._window_cache: dict[tuple[str, str, str], tuple[tuple[Any, ...], _Window]] = {}
+        self._fresh: dict[tuple[str, str, str], list[tuple[PartitionView, bytes, Sample]]] = {}
+        self._relabelled: set[tuple[Any, ...]] = set()
         self._window_starts: list[int] = []
         self._state: State | None = None
+        # The bound state's stores (set by _bind; these placeholders are never written).
+        self._join = self._metrics = self._meta = KeyValueStore("unbound")
         self._views: dict[int, PartitionView] = {}
         self._owned: set[int] = set()
 
@@ -312,13 +413,13 @@ class PerformanceProcessor(Processor):
         for _, number in partitions:
             self._owned.add(number)
             self._views.pop(number, None)  # restored from the changelog: rebuild on first use
-        self._sliding_cache.clear()
+        self._forget_windows()
 
     def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         for _, number in partitions:
             self._owned.discard(number)
             self._views.pop(number, None)
-        self._sliding_cache.clear()
+        self._forget_windows()
 
     def process(self, records: Sequence[Record], state: State) -> Result:
         self._bind(state)
@@ -343,26 +444,21 @@ class PerformanceProcessor(Processor):
 
     # -- views and their persistence ------------------------------------------------
 
-    @property
-    def _join(self) -> KeyValueStore:
-        assert self._state is not None
-        return self._state.store(JOIN_STORE)
-
-    @property
-    def _metrics(self) -> KeyValueStore:
-        assert self._state is not None
-        return self._state.store(METRICS_STORE)
-
-    @property
-    def _meta(self) -> KeyValueStore:
-        assert self._state is not None
-        return self._state.store(META_STORE)
+    def _forget_windows(self) -> None:
+        """Drop what is cached about sliding windows (state reloaded or partitions moved)."""
+        self._sliding_cache.clear()
+        self._window_cache.clear()
+        self._fresh.clear()
+        self._relabelled.clear()
 
     def _bind(self, state: State) -> None:
         if state is not self._state:
             self._state = state
+            self._join = state.store(JOIN_STORE)
+            self._metrics = state.store(METRICS_STORE)
+            self._meta = state.store(META_STORE)
             self._views.clear()
-            self._sliding_cache.clear()
+            self._forget_windows()
 
     def _touch(self, partition: int) -> PartitionView:
         """The partition's view, in step with its stores; its sequence number moves on."""
@@ -373,7 +469,7 @@ class PerformanceProcessor(Processor):
             if view is not None:
                 log.info("partition %d: state moved back (aborted batch); rebuilding", partition)
             view = self._views[partition] = self._load(partition)
-            self._sliding_cache.clear()
+            self._forget_windows()
         view.seq += 1
         return view
 
@@ -405,6 +501,7 @@ class PerformanceProcessor(Processor):
                                                tuple(segments))  # fmt: skip
                 if ts > view.boundary:
                     view.unreleased.add(key[1:])
+                    self._index_release(view, key[1:], ts)
             elif prefix == _P_CORRECTION:
                 ts, old, new, score, decision, *segments = self._correction.unpack(value)
                 view.corrections[key[1:]] = Correction(
@@ -416,6 +513,11 @@ class PerformanceProcessor(Processor):
                 view.buckets.setdefault(k, {})[group] = list(_BUCKET.unpack(value))
             elif prefix == _P_CUMULATIVE:
                 view.cumulative[_GROUP.unpack(key[1:])] = Cumulative.unpack(value)
+        released: dict[bytes, list[tuple[int, bytes]]] = {}
+        for key, s in view.samples.items():
+            if key not in view.unreleased:
+                released.setdefault(key[16:], []).append((s.ts, key))
+        view.released = {model: deque(sorted(items)) for model, items in released.items()}
         for key, value in self._join.items(partition):
             self._index(view, key, self._deadline(_HEAD.unpack_from(value)))
         return view
@@ -675,6 +777,7 @@ class PerformanceProcessor(Processor):
         key = digest + _MODEL_ID.pack(model_id)
         view.samples[key] = sample
         view.unreleased.add(key)
+        self._index_release(view, key, sample.ts)
         self._put_sample(view, key, sample)
         for seq in range(1, len(entry.labels)):
             self._correct(view, key, seq=seq, old=entry.labels[seq - 1][0],
@@ -703,6 +806,14 @@ class PerformanceProcessor(Processor):
             self._correction.pack(ts, old, fix.new, score, decision, *segments),
         )
         self._count(view, ts, self._groups(model_id, segments), 2)
+
+    def _index_release(self, view: PartitionView, key: bytes, ts: int) -> None:
+        k = -(-ts // self._interval)
+        keys = view.release_index.get(k)
+        if keys is None:
+            view.release_index[k] = [key]
+        else:
+            keys.append(key)
 
     def _put_sample(self, view: PartitionView, key: bytes, s: Sample) -> None:
         self._metrics.put(
@@ -843,6 +954,7 @@ class PerformanceProcessor(Processor):
         alert_state = self._load_alerts(views)
         for k in range(last_k + 1, to_k + 1):
             end = k * self._interval
+            self._fresh.clear()
             for v in views:
                 self._expire(v, k, end)
                 self._release(v, end)
@@ -905,15 +1017,48 @@ class PerformanceProcessor(Processor):
 
     def _release(self, view: PartitionView, end: int) -> None:
         """Apply every contribution with event time <= end to the cumulative counters."""
-        for key in sorted(k for k in view.unreleased if view.samples[k].ts <= end):
-            view.unreleased.discard(key)
-            s = view.samples[key]
-            model_id = _MODEL_ID.unpack(key[16:])[0]
-            self._dirty_models.add(tuple(view.models[model_id][:3]))
+        last_k = end // self._interval
+        due_ks = [k for k in view.release_index if k <= last_k]
+        candidates: set[bytes] = set()
+        for k in due_ks:
+            candidates.update(view.release_index.pop(k))
+        samples, unreleased = view.samples, view.unreleased
+        due_keys = []
+        for key in candidates:
+            if key in unreleased:
+                if samples[key].ts <= end:
+                    due_keys.append(key)
+                else:  # not expected (a sample's time never changes); keep it indexed
+                    self._index_release(view, key, samples[key].ts)
+        models: dict[bytes, tuple[int, list[tuple[PartitionView, bytes, Sample]]]] = {}
+        by_time: dict[bytes, list[tuple[int, bytes]]] = {}
+        for key in sorted(due_keys):
+            unreleased.discard(key)
+            s = samples[key]
+            model_key = key[16:]
+            found = models.get(model_key)
+            if found is None:
+                model_id = _MODEL_ID.unpack(model_key)[0]
+                name, version, route = view.models[model_id][:3]
+                model = (name, version, route)
+                self._dirty_models.add(model)
+                found = models[model_key] = (model_id, self._fresh.setdefault(model, []))
+            model_id, fresh = found
+            fresh.append((view, key, s))
+            by_time.setdefault(model_key, []).append((s.ts, key))
+            # The same additions as add_labeled(score, decision, label, 1, delay) + seen(ts)
+            # per group, with the per-sample terms computed once.
+            terms = sample_terms(s.score, s.decision, s.label, s.delay)
             for group in self._groups(model_id, s.segments):
-                c = self._cumulative(view, group)
-                c.add_labeled(s.score, s.decision, s.label, 1, s.delay)
-                c.seen(s.ts)
+                self._cumulative(view, group).add_terms(terms, s.ts)
+        for model_key, items in by_time.items():
+            # Later than every sample released before (their times are past the last boundary).
+            items.sort()
+            queue = view.released.get(model_key)
+            if queue is None:
+                view.released[model_key] = deque(items)
+            else:
+                queue.extend(items)
         due = sorted((c.ts, k) for k, c in view.corrections.items() if c.ts <= end)
         for _, fix_key in due:
             fix = view.corrections.pop(fix_key)
@@ -921,6 +1066,7 @@ class PerformanceProcessor(Processor):
             key = fix_key[:18]
             model_id = _MODEL_ID.unpack(key[16:])[0]
             self._dirty_models.add(tuple(view.models[model_id][:3]))
+            self._relabelled.add(tuple(view.models[model_id][:3]))
             sample = view.samples.get(key)
             # A correction is never earlier than its sample, so the sample is counted already;
             # when it has left the window, ``old`` is what cumulative holds for it.
@@ -995,49 +1141,70 @@ class PerformanceProcessor(Processor):
             or self._sliding_cache[model][0] != shown_signature
         }
         self._dirty_models.clear()
-        if stale:
+        cache = self._window_cache
+        rebuild = {
+            model
+            for model in stale
+            if model in self._relabelled or model not in cache or cache[model][0] != shown_signature
+        }
+        self._relabelled.clear()
+        fresh, self._fresh = self._fresh, {}
+        if rebuild:
+            count_window = self._count_window
             for v in views:
-                models: dict[bytes, tuple[str, str, str] | None] = {}  # ids are per partition
+                # model key (id bytes, per partition) -> the window list it fills, or None
+                targets: dict[bytes, list[tuple[Any, ...]] | None] = {}
                 seg_names: dict[tuple[int, ...], tuple[str, ...]] = {}
                 for key, s in v.samples.items():
-                    if s.ts > end or (not self._count_window and s.ts <= lower):
+                    ts = s.ts
+                    if ts > end or (not count_window and ts <= lower):
                         continue
                     model_key = key[16:]
-                    if model_key not in models:
+                    if model_key in targets:
+                        target = targets[model_key]
+                    else:
                         name, version, route = v.models[_MODEL_ID.unpack(model_key)[0]][:3]
                         wanted = (name, version, route)
-                        models[model_key] = wanted if wanted in stale else None
-                    model = models[model_key]
-                    if model is None:
+                        target = targets[model_key] = (
+                            window.setdefault(wanted, []) if wanted in rebuild else None
+                        )
+                    if target is None:
                         continue
                     segs = seg_names.get(s.segments)
                     if segs is None:
                         segs = seg_names[s.segments] = tuple(
                             shown(i, v.segment_name(i, vid)) for i, vid in enumerate(s.segments)
                         )
-                    window.setdefault(model, []).append(
-                        (s.ts, key[:16], s.score, s.decision, s.label, s.delay, segs)
-                    )
+                    target.append((ts, key[:16], s.score, s.decision, s.label, s.delay, segs))
         model_reports: list[dict[str, Any]] = []
         self._window_starts = []
         for model in sorted(names):
             groups: list[tuple[str | None, str | None]] = [(None, None)]
             groups += sorted(segment_values.get(model, set()))
             if model in stale:
-                samples = sorted(window.get(model, []), key=lambda s: (s[0], s[1]))
-                if self._count_window:
-                    samples = samples[-self.settings.window_size :]
-                    start = samples[0][0] if samples else end
+                if model in rebuild:
+                    samples = _Window(len(self._fields))
+                    cache[model] = (shown_signature, samples)
+                    arrived = sorted(window.get(model, []), key=_BY_TIME)
+                    if self._count_window:
+                        arrived = arrived[-self.settings.window_size :]
                 else:
+                    samples = cache[model][1]
+                    arrived = self._window_samples(fresh.get(model, ()), shown)
+                    arrived.sort(key=_BY_TIME)
+                samples.extend(arrived)
+                if self._count_window:
+                    samples.keep_last(self.settings.window_size)
+                    start = int(samples.ts[0]) if len(samples) else end
+                else:
+                    samples.drop_until_after(lower)
                     start = lower
                 parts: dict[tuple[str | None, str | None], dict[str, Any]] = {}
                 for seg_field, seg_value in groups:
-                    if seg_field is None:
-                        chosen = samples
-                    else:
-                        index = self._fields.index(seg_field)
-                        chosen = [s for s in samples if s[6][index] == seg_value]
-                    parts[(seg_field, seg_value)] = self._window_part(chosen)
+                    field_index = None if seg_field is None else self._fields.index(seg_field)
+                    parts[(seg_field, seg_value)] = self._window_part(
+                        *samples.columns(field_index, seg_value)
+                    )
                 if self._count_window:
                     self._sliding_cache[model] = (shown_signature, start, parts)
             else:
@@ -1050,7 +1217,7 @@ class PerformanceProcessor(Processor):
             for seg_field, seg_value in groups:
                 part = parts.get((seg_field, seg_value))
                 if part is None:  # a segment value first counted now: none in this window
-                    part = self._window_part([])
+                    part = self._window_part(*_Window(0).columns())
                 sliding = self._sliding(
                     model, seg_field=seg_field, seg_value=seg_value, part=part,
                     start=start, end=end, counts=counts.get((seg_field, seg_value), (0, 0, 0)),
@@ -1075,6 +1242,22 @@ class PerformanceProcessor(Processor):
                 Output(topic=self._alert_topic, schema="SloAlert", value=alert,
                        key=alert["alert_id"].encode())
             )  # fmt: skip
+
+    @staticmethod
+    def _window_samples(
+        fresh: Iterable[tuple[PartitionView, bytes, Sample]], shown: Callable[[int, str], str]
+    ) -> list[tuple[Any, ...]]:
+        """Window tuples of samples released at this boundary (as the full build makes)."""
+        seg_names: dict[tuple[int, tuple[int, ...]], tuple[str, ...]] = {}
+        out = []
+        for v, key, s in fresh:
+            segs = seg_names.get((v.partition, s.segments))
+            if segs is None:
+                segs = seg_names[(v.partition, s.segments)] = tuple(
+                    shown(i, v.segment_name(i, vid)) for i, vid in enumerate(s.segments)
+                )
+            out.append((s.ts, key[:16], s.score, s.decision, s.label, s.delay, segs))
+        return out
 
     def _shown_segments(
         self, popularity: Mapping[tuple[int, str], int]
@@ -1152,16 +1335,16 @@ class PerformanceProcessor(Processor):
         }
 
     @staticmethod
-    def _window_part(samples: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    def _window_part(
+        scores: np.ndarray, labels: np.ndarray, decisions: np.ndarray, delays: np.ndarray
+    ) -> dict[str, Any]:
         """The sample-based fields of a sliding report (exact, from the joined samples)."""
-        part: dict[str, Any] = window_metrics(
-            [s[2] for s in samples], [s[4] for s in samples], [s[3] for s in samples]
-        )
-        delays = [float(s[5]) for s in samples]
+        part: dict[str, Any] = window_metrics(scores, labels, decisions)
+        ordered = np.sort(delays)
         part.update(
-            labeled=len(samples),
-            label_delay_p50_ms=percentile(delays, 50),
-            label_delay_p90_ms=percentile(delays, 90),
+            labeled=len(scores),
+            label_delay_p50_ms=sorted_percentile(ordered, 50),
+            label_delay_p90_ms=sorted_percentile(ordered, 90),
         )
         return part
 
@@ -1235,18 +1418,16 @@ class PerformanceProcessor(Processor):
         size = self.settings.window_size
         for v in views:
             p = v.partition
-            released = [(s.ts, key) for key, s in v.samples.items() if key not in v.unreleased]
-            if self._count_window:
-                by_model: dict[bytes, list[tuple[int, bytes]]] = {}
-                for ts, key in released:
-                    by_model.setdefault(key[16:], []).append((ts, key))
-                doomed = []
-                for items in by_model.values():
-                    if len(items) > size:
-                        items.sort()
-                        doomed += [key for _, key in items[: len(items) - size]]
-            else:
-                doomed = [key for ts, key in released if ts <= cutoff]
+            # The oldest released samples of each model route, beyond the window's size
+            # (count) or at or before its start (time).
+            doomed = []
+            for queue in v.released.values():
+                if self._count_window:
+                    while len(queue) > size:
+                        doomed.append(queue.popleft()[1])
+                else:
+                    while queue and queue[0][0] <= cutoff:
+                        doomed.append(queue.popleft()[1])
             for key in doomed:
                 del v.samples[key]
                 self._metrics.delete(p, _P_SAMPLE + key)

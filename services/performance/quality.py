@@ -68,11 +68,17 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) with linear interpolation, as ``numpy.percentile``."""
     if not values:
         return None
-    ordered = sorted(values)
+    return sorted_percentile(sorted(values), q)
+
+
+def sorted_percentile(ordered: Sequence[float] | np.ndarray, q: float) -> float | None:
+    """:func:`percentile` of values already in ascending order (sort once, read several)."""
+    if not len(ordered):
+        return None
     pos = (len(ordered) - 1) * q / 100
     low = math.floor(pos)
     high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (pos - low))
 
 
 def _ece(count: Sequence[int], sum_p: Sequence[float], sum_y: Sequence[int]) -> float | None:
@@ -105,7 +111,9 @@ def _mid_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def window_metrics(
-    scores: Sequence[float], labels: Sequence[int], decisions: Sequence[bool]
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    decisions: Sequence[bool] | np.ndarray,
 ) -> dict[str, float | None]:
     """Every quality metric over one joined set; None where a metric is undefined.
 
@@ -137,6 +145,25 @@ def window_metrics(
     else:
         metrics["roc_auc"] = None
     return metrics
+
+
+# What one joined sample adds to every group it counts in, computed once per sample:
+# decision, label, score, log loss, Brier term, ECE bin, AUC bin, label-delay bin.
+SampleTerms = tuple[bool, int, float, float, float, int, int, int]
+
+
+def sample_terms(score: float, decision: bool, label: int, delay_ms: int) -> SampleTerms:
+    """The terms ``Cumulative.add_labeled(score, decision, label, 1, delay_ms)`` adds."""
+    return (
+        decision,
+        label,
+        score,
+        _pointwise_loss(score, label),
+        (score - label) ** 2,
+        _ece_bin(score),
+        _auc_bin(score),
+        _delay_bin(delay_ms),
+    )
 
 
 _SCALARS = 9  # predictions, labeled, expired, corrections, tp, fp, tn, fn, first_ts
@@ -195,6 +222,33 @@ class Cumulative:
             self.labeled += sign
             self.delay[_delay_bin(delay_ms)] += sign
 
+    def add_terms(self, terms: SampleTerms, ts: int) -> None:
+        """Count one joined prediction (``add_labeled(..., 1, delay)`` then ``seen(ts)``) from
+        terms computed once for every group the sample belongs to: the same additions."""
+        decision, label, score, loss, brier, ece_bin, auc_bin, delay_bin = terms
+        if decision:
+            if label:
+                self.tp += 1
+            else:
+                self.fp += 1
+        elif label:
+            self.fn += 1
+        else:
+            self.tn += 1
+        self.sum_log_loss += loss
+        self.sum_brier += brier
+        self.ece_count[ece_bin] += 1
+        self.ece_sum_p[ece_bin] += score
+        self.ece_sum_y[ece_bin] += label
+        if label:
+            self.auc_pos[auc_bin] += 1
+        else:
+            self.auc_neg[auc_bin] += 1
+        self.labeled += 1
+        self.delay[delay_bin] += 1
+        if self.first_ts == NO_TIME or ts < self.first_ts:
+            self.first_ts = ts
+
     def seen(self, ts: int) -> None:
         if self.first_ts == NO_TIME or ts < self.first_ts:
             self.first_ts = ts
@@ -212,15 +266,12 @@ class Cumulative:
             self.seen(other.first_ts)
         self.sum_log_loss += other.sum_log_loss
         self.sum_brier += other.sum_brier
-        for b in range(ECE_BINS):
-            self.ece_count[b] += other.ece_count[b]
-            self.ece_sum_p[b] += other.ece_sum_p[b]
-            self.ece_sum_y[b] += other.ece_sum_y[b]
-        for b in range(AUC_BINS):
-            self.auc_pos[b] += other.auc_pos[b]
-            self.auc_neg[b] += other.auc_neg[b]
-        for b in range(DELAY_BINS):
-            self.delay[b] += other.delay[b]
+        self.ece_count = [a + b for a, b in zip(self.ece_count, other.ece_count, strict=True)]
+        self.ece_sum_p = [a + b for a, b in zip(self.ece_sum_p, other.ece_sum_p, strict=True)]
+        self.ece_sum_y = [a + b for a, b in zip(self.ece_sum_y, other.ece_sum_y, strict=True)]
+        self.auc_pos = [a + b for a, b in zip(self.auc_pos, other.auc_pos, strict=True)]
+        self.auc_neg = [a + b for a, b in zip(self.auc_neg, other.auc_neg, strict=True)]
+        self.delay = [a + b for a, b in zip(self.delay, other.delay, strict=True)]
 
     def metrics(self) -> dict[str, float | None]:
         """The quality metrics these counters support (AUC, delay percentiles approximate)."""
