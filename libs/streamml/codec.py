@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fastavro
+import numpy as np
 from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.utils import generate_many
@@ -385,10 +386,18 @@ def _array_writer(
     item_kind = items if isinstance(items, str) else None
     if item_kind in ("double", "float"):
         code = "d" if item_kind == "double" else "f"
+        dtype = np.dtype("<f8" if item_kind == "double" else "<f4")
         packers: dict[int, Callable[..., bytes]] = {}
 
         def write_numbers(v: Any) -> bytes:
             if type(v) is not list:
+                if type(v) is np.ndarray and v.dtype == dtype and v.ndim == 1:
+                    # A NumPy row (a batch's feature matrix): Avro writes IEEE doubles
+                    # (floats) little-endian, which is the array's memory as it is.
+                    n = len(v)
+                    if not n:
+                        return _EMPTY_BLOCKS
+                    return b"".join((_zigzag(n), v.tobytes(), _EMPTY_BLOCKS))
                 raise _NOT_FAST
             n = len(v)
             if not n:
@@ -542,6 +551,23 @@ def _read_file(path: Path, version: str) -> _SchemaVersion:
     except (OSError, ValueError) as exc:
         raise SchemaError(f"{path}: cannot read schema: {exc}") from exc
     return _load_version(definition, version, str(path))
+
+
+def _without_arrays(value: Any) -> Any:
+    """``value`` with NumPy arrays turned into lists (for fastavro and its validator).
+
+    Only the slow path needs it: the compiled writer takes a 1-D float64 (float32) array
+    for an array of doubles (floats) as it is.
+    """
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        if any(isinstance(v, np.ndarray | Mapping | list) for v in value.values()):
+            return {k: _without_arrays(v) for k, v in value.items()}
+        return value
+    if isinstance(value, list):
+        return [_without_arrays(v) for v in value]
+    return value
 
 
 class AvroCodec:
@@ -738,6 +764,7 @@ class AvroCodec:
             return header + body
         if not isinstance(value, Mapping):
             raise EncodeError(f"{writer.name}: expected a mapping, got {type(value).__name__}")
+        value = _without_arrays(value)
         if not writer.conforms(value):
             # The fast check is stricter than fastavro's validator (e.g. exact int and float
             # types); fastavro decides and words the error, naming the field.

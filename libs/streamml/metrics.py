@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -25,6 +27,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +212,65 @@ class HealthServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+class BulkHistogram(Collector):
+    """A Prometheus histogram fed a batch of observations at a time.
+
+    ``prometheus_client.Histogram.observe`` takes a lock and walks the buckets once per
+    value (~1 us); a service that emits thousands of records per second observes a whole
+    micro-batch with one NumPy pass instead. Exposed like a Histogram: ``_bucket{le}``
+    (cumulative), ``_count`` and ``_sum``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        bounds = sorted(float(b) for b in buckets if b != math.inf)
+        if not bounds:
+            raise ValueError(f"histogram {name}: at least one finite bucket bound is needed")
+        self._name = name
+        self._documentation = documentation
+        self._bounds = np.array(bounds, dtype=np.float64)
+        self._labels = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many(np.array([value], dtype=np.float64))
+
+    def observe_many(self, values: Any) -> None:
+        """Count every value of ``values`` (a sequence or array of numbers)."""
+        values = np.asarray(values, dtype=np.float64)
+        if not values.size:
+            return
+        # The first bound >= value is the value's bucket (Prometheus buckets are "le").
+        counts = np.bincount(
+            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts)
+        )
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts = self._counts.copy()
+            total = self._sum
+        cumulative = np.cumsum(counts).tolist()
+        yield HistogramMetricFamily(
+            self._name,
+            self._documentation,
+            buckets=list(zip(self._labels, cumulative, strict=True)),
+            sum_value=total,
+        )
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._documentation)

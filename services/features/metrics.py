@@ -11,9 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from streamml.metrics import BulkHistogram
 
 DUPLICATES = Counter(
     "streamml_features_duplicates_total",
@@ -30,7 +32,7 @@ LATE_EVENTS = Counter(
     "streamml_features_late_events_total",
     "Events older than their entity's watermark minus the allowed lateness (dead-lettered).",
 )
-FEATURE_AGE = Histogram(
+FEATURE_AGE = BulkHistogram(
     "streamml_features_feature_age_seconds",
     "Feature age at emit: computed_at minus the event's event_time.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86_400),

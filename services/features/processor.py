@@ -25,13 +25,15 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from services.features import metrics
 from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.dedup import DedupStore
 from services.features.entity_state import NO_TIME, EntityHistory
-from services.features.feature_set import FeatureSet, demo_feature_set, field_getter
+from services.features.feature_set import FeatureSet, Matrix, demo_feature_set, field_getter
 from services.features.validation import (
     DEFAULT_RULES,
     EventTimeBounds,
@@ -65,6 +67,33 @@ def tune_gc(young_threshold: int) -> None:
     if young_threshold > 0:
         _, middle, old = gc.get_threshold()
         gc.set_threshold(young_threshold, middle, old)
+
+
+class _Batch:
+    """One micro-batch in flight: what was computed up front, and what was accepted."""
+
+    __slots__ = (
+        "accepted",
+        "aggregates",
+        "failing",
+        "rows",
+        "stateless",
+        "stateless_rows",
+        "stateless_values",
+    )
+
+    def __init__(self) -> None:
+        self.failing: set[int] | None = None
+        """Indexes of the events that break a rule (None: not known, check each)."""
+        self.stateless: Matrix | None = None
+        """Stateless features of the rule-abiding events (None: compute per event)."""
+        self.rows: dict[int, int] | None = None
+        """Event index -> row of ``stateless`` when some events broke a rule."""
+        self.accepted: list[tuple[Record, str, str, int]] = []
+        """(record, event id, entity id, event time) of each vector to emit, in order."""
+        self.stateless_rows: list[int] = []
+        self.stateless_values: list[list[float]] = []
+        self.aggregates: list[list[float]] = []
 
 
 class FeaturesProcessor(Processor):
@@ -195,10 +224,12 @@ class FeaturesProcessor(Processor):
         before = circuit.snapshot() if circuit is not None else None
         # Largest accepted event time per partition, read once and written once per batch.
         maxima: dict[int, int | None] = {}
+        for partition in {record.partition for record in records}:
+            metrics.LAST_EVENT.touch(partition, now)
+        batch = self._prepare(records)
         try:
             for index, record in enumerate(records):
-                metrics.LAST_EVENT.touch(record.partition, now)
-                violation = self._one(record, entities, dedup, maxima, now, result)
+                violation = self._one(index, record, entities, dedup, maxima, batch, result)
                 if circuit is None:
                     continue
                 reason = violation.reason if violation is not None else ""
@@ -216,6 +247,7 @@ class FeaturesProcessor(Processor):
             if circuit is not None and before is not None:
                 circuit.restore(before)
             raise
+        self._emit(batch, now, result)
         for partition, latest in maxima.items():
             if latest is not None:
                 expired = dedup.advance(partition, latest)
@@ -230,13 +262,33 @@ class FeaturesProcessor(Processor):
         probe = self.circuit.probe_after_s if self.circuit is not None else None
         return Halt(reason=reason, unconsumed=tuple(unconsumed), probe_after_s=probe)
 
+    def _prepare(self, records: Sequence[Record]) -> _Batch:
+        """What can be computed for the whole batch up front, column by column."""
+        events = [record.value for record in records]
+        batch = _Batch()
+        try:
+            batch.failing = self._rules.failing(events)
+        except Exception:  # event by event below, which says what is wrong
+            return batch
+        if batch.failing:
+            batch.rows = {}
+            valid = [i for i in range(len(events)) if i not in batch.failing]
+            batch.rows = {i: row for row, i in enumerate(valid)}
+            events = [events[i] for i in valid]
+        try:
+            batch.stateless = self.feature_set.stateless_matrix(events)
+        except Exception:  # event by event below, as before
+            batch.stateless = None
+        return batch
+
     def _one(  # noqa: PLR0917 (the hot path: positional on purpose)
         self,
+        index: int,
         record: Record,
         entities: KeyValueStore,
         dedup: DedupStore,
         maxima: dict[int, int | None],
-        now: float,
+        batch: _Batch,
         result: Result,
     ) -> Violation | None:
         """Handle one record; returns the violation when it was invalid (or late)."""
@@ -258,7 +310,8 @@ class FeaturesProcessor(Processor):
         if dedup.seen(partition, digest):
             metrics.DUPLICATES.labels("replay" if record.is_replay else "live").inc()
             return None
-        violation = self._rules.check(event)
+        failing = batch.failing
+        violation = self._rules.check(event) if failing is None or index in failing else None
         if violation is None:
             event_time = int(event["event_time"])
             if partition in maxima:
@@ -296,8 +349,12 @@ class FeaturesProcessor(Processor):
 
         fs = self.feature_set
         value = fs.value_of(event)
-        values = fs.stateless(event)
-        values.extend(fs.stateful(history, event_time, value))
+        if batch.stateless is not None:
+            rows = batch.rows
+            batch.stateless_rows.append(index if rows is None else rows[index])
+        else:
+            batch.stateless_values.append(fs.stateless(event))
+        batch.aggregates.append(fs.stateful(history, event_time, value))
 
         history.add(event_time, value)
         history.evict_before(history.watermark - self._retention)
@@ -314,49 +371,60 @@ class FeaturesProcessor(Processor):
         if partition_max is None or event_time > partition_max:
             maxima[partition] = event_time
 
-        computed_at = int(now * 1000)
-        metrics.FEATURE_AGE.observe(max(computed_at - event_time, 0) / 1000.0)
-        result.outputs.append(
-            Output(
-                topic=self.output_topic,
-                schema=FEATURE_VECTOR_SCHEMA,
-                key=entity_id,
-                value=self._vector(
-                    event,
-                    event_id=event_id,
-                    entity_id=entity_id,
-                    event_time=event_time,
-                    computed_at=computed_at,
-                    values=values,
-                ),
-                headers=record.replay_headers() if record.headers else (),
-            )
-        )
+        batch.accepted.append((record, event_id, entity_id, event_time))
         return None
 
-    def _vector(
-        self,
-        event: Any,
-        *,
-        event_id: str,
-        entity_id: str,
-        event_time: int,
-        computed_at: int,
-        values: list[float],
-    ) -> dict[str, Any]:
+    def _emit(self, batch: _Batch, now: float, result: Result) -> None:
+        """One FeatureVector per accepted event: the batch's rows, in input order.
+
+        The values of the vectors are the rows of one float64 matrix (stateless columns,
+        then the aggregates); the codec writes a row as its memory.
+        """
+        accepted = batch.accepted
+        if not accepted:
+            return
         fs = self.feature_set
-        return {
-            "event_id": str(event["event_id"]) if self.dedup_field != "event_id" else event_id,
-            "entity_id": entity_id,
-            "event_time": event_time,
-            "computed_at": computed_at,
-            "feature_set": fs.name,
-            "feature_set_version": fs.version,
-            "feature_set_hash": fs.content_hash,
-            "names": self._names,
-            "values": values,
-            "categories": fs.categories_of(event),
-        }
+        width = fs.stateless_width
+        matrix = np.empty((len(accepted), len(fs.names)), dtype=np.float64)
+        if batch.stateless is not None:
+            matrix[:, :width] = batch.stateless[batch.stateless_rows]
+        else:
+            matrix[:, :width] = batch.stateless_values
+        if matrix.shape[1] > width:
+            matrix[:, width:] = batch.aggregates
+        computed_at = int(now * 1000)
+        times = [event_time for _, _, _, event_time in accepted]
+        metrics.FEATURE_AGE.observe_many(
+            np.maximum(computed_at - np.array(times, dtype=np.int64), 0) / 1000.0
+        )
+        topic = self.output_topic
+        name, version, content_hash = fs.name, fs.version, fs.content_hash
+        names = self._names
+        own_id = self.dedup_field == "event_id"
+        categories_of = fs.categories_of
+        outputs = result.outputs
+        for row, (record, event_id, entity_id, event_time) in enumerate(accepted):
+            event = record.value
+            outputs.append(
+                Output(
+                    topic,
+                    FEATURE_VECTOR_SCHEMA,
+                    {
+                        "event_id": event_id if own_id else str(event["event_id"]),
+                        "entity_id": entity_id,
+                        "event_time": event_time,
+                        "computed_at": computed_at,
+                        "feature_set": name,
+                        "feature_set_version": version,
+                        "feature_set_hash": content_hash,
+                        "names": names,
+                        "values": matrix[row],
+                        "categories": categories_of(event),
+                    },
+                    entity_id,
+                    record.replay_headers(),
+                )
+            )
 
     def _reject(self, record: Record, result: Result, violation: Violation) -> Violation:
         metrics.VALIDATION_FAILURES.labels(violation.reason, violation.field).inc()

@@ -11,6 +11,7 @@ from typing import Any
 
 import fastavro
 import fastavro.validation
+import numpy as np
 import pytest
 from confluent_kafka.schema_registry import Schema
 from fastavro.schema import fingerprint as fastavro_fingerprint
@@ -533,6 +534,32 @@ def test_feature_vector_values_bytes_match_fastavro(codec: AvroCodec, values: li
     assert codec.decode(data, "FeatureVector")["values"] == pytest.approx(
         [float(v) for v in values], nan_ok=True
     )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, -0.0, 1.5, 1e308, -1e-308, 5e-324],
+        [float("nan"), float("inf"), float("-inf")],
+        [],
+    ],
+)
+def test_feature_vector_values_from_a_numpy_row(codec: AvroCodec, values: list[float]) -> None:
+    # A row of a batch's float64 matrix (the features service) is written as its memory:
+    # the same bytes as the list, and as fastavro writes the list.
+    matrix = np.array([values, values], dtype=np.float64).reshape(2, len(values))
+    row = codec.encode("FeatureVector", _vector(matrix[1]))
+    assert row == codec.encode("FeatureVector", _vector(list(values)))
+    assert row[10:] == avro_body(codec, "FeatureVector", _vector(list(values)))
+
+
+def test_feature_vector_values_numpy_other_dtypes_take_the_slow_path(codec: AvroCodec) -> None:
+    # Not a 1-D float64 array: converted to a list and written by fastavro, same bytes.
+    for array in (np.arange(3, dtype=np.int64), np.arange(3, dtype=np.float32)):
+        data = codec.encode("FeatureVector", _vector(array))
+        assert data == codec.encode("FeatureVector", _vector(array.tolist()))
+    with pytest.raises(EncodeError, match="values"):
+        codec.encode("FeatureVector", _vector(np.array(["a", "b"])))
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.entity_state import EntityHistory
-from services.features.feature_set import demo_feature_set
+from services.features.feature_set import FeatureSet, demo_feature_set
 from services.features.offline import build_matrix
 from services.features.processor import FeaturesProcessor
 from streamml.processor import Record, Result
@@ -87,7 +88,11 @@ def test_one_vector_per_event_matching_the_feature_vector_schema() -> None:
     for out in result.outputs:
         assert out.topic == "t.features" and out.schema == "FeatureVector"
         assert out.key == out.value["entity_id"]
-        assert fastavro.validate(dict(out.value), schema, raise_errors=True)
+        # The values are a row of the batch's float64 matrix (the codec writes its memory).
+        values = out.value["values"]
+        assert isinstance(values, np.ndarray) and values.dtype == np.float64
+        plain = {**out.value, "values": values.tolist()}
+        assert fastavro.validate(plain, schema, raise_errors=True)
         assert list(out.value["names"]) == list(proc.feature_set.names)
         assert len(out.value["values"]) == len(proc.feature_set.names)
         assert all(math.isfinite(v) for v in out.value["values"])
@@ -262,8 +267,8 @@ def test_state_survives_a_restart_through_the_changelog_bytes() -> None:
             new.restore(0, k, v)
     proc2.on_assigned([("t.events", 0)], state2)
     second = _run(proc2, state2, _records(events[200:], start=200))  # overlap = redelivery
-    values = [o.value["values"] for o in first.outputs + second.outputs]
-    assert values == [o.value["values"] for o in whole.outputs]
+    values = [o.value["values"].tolist() for o in first.outputs + second.outputs]
+    assert values == [o.value["values"].tolist() for o in whole.outputs]
 
 
 def test_circuit_trips_holds_the_rest_and_resumes_by_operator() -> None:
@@ -391,7 +396,7 @@ def test_processor_vectors_do_not_depend_on_arrival_order_within_lateness(
                 break
             result = _run(proc, state, _records(stream[i : i + size], start=i))
             assert not result.rejections
-            out.update((o.value["event_id"], o.value["values"]) for o in result.outputs)
+            out.update((o.value["event_id"], o.value["values"].tolist()) for o in result.outputs)
             i += size
         return out
 
@@ -399,7 +404,7 @@ def test_processor_vectors_do_not_depend_on_arrival_order_within_lateness(
 
 
 def _vectors(result: Result) -> list[tuple[str, list[float]]]:
-    return [(o.value["event_id"], list(o.value["values"])) for o in result.outputs]
+    return [(o.value["event_id"], o.value["values"].tolist()) for o in result.outputs]
 
 
 def test_cached_histories_give_the_vectors_of_decoding_every_time() -> None:
@@ -456,3 +461,39 @@ def test_a_record_that_raises_mid_way_leaves_no_changed_history_behind(
     state.rollback(savepoint)
     rest = _records(events[100:], start=100)
     assert _vectors(_run(proc, state, rest)) == _vectors(_run(reference, ref_state, rest))
+
+
+def _bits(result: Result) -> list[tuple[str, bytes]]:
+    return [(o.value["event_id"], o.value["values"].tobytes()) for o in result.outputs]
+
+
+def test_invalid_events_in_a_batch_do_not_change_the_vectors_of_the_others() -> None:
+    # The batch path computes the stateless features of the rule-abiding events only (rows
+    # remapped past the invalid ones); the vectors must be those of a clean batch.
+    events = _events(300)
+    broken = copy.deepcopy(events[:40])
+    for i, event in enumerate(broken):
+        event["event_id"] = f"bad-{i}"
+        event["payload"]["amount"] = -1.0 if i % 2 else math.nan
+    mixed = [e for pair in zip(events[:40], broken, strict=True) for e in pair] + events[40:]
+    proc_a, proc_b = _processor(), _processor()
+    clean = _run(proc_a, _state(proc_a), _records(events))
+    dirty = _run(proc_b, _state(proc_b), _records(mixed))
+    assert len(dirty.rejections) == 40
+    assert _bits(dirty) == _bits(clean)
+
+
+def test_event_by_event_fallback_gives_the_same_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # When the column-wise pass cannot run (it raised), every event is computed on its own.
+    events = _events(400)
+    proc_a, proc_b = _processor(), _processor()
+    fast = _run(proc_a, _state(proc_a), _records(events))
+
+    def refuse(*_args: Any) -> Any:
+        raise TypeError("no column-wise pass here")
+
+    monkeypatch.setattr(FeatureSet, "stateless_matrix", refuse)  # frozen: patch the class
+    monkeypatch.setattr(proc_b._rules, "failing", refuse)
+    slow = _run(proc_b, _state(proc_b), _records(events))
+    assert len(fast.outputs) == 400
+    assert _bits(slow) == _bits(fast)

@@ -157,3 +157,47 @@ def _with_event(event: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         target = target[part]
     target[last] = value
     return event
+
+
+_VALUES = (
+    st.none()
+    | st.sampled_from(["", " ", "EUR", "eur", "DE", "pos", "x" * 200, "5411", "card_transaction"])
+    | st.integers(-5, 200)
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=True)
+    | st.booleans()
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.sampled_from([r.field for r in DEFAULT_RULES]), _VALUES), max_size=2),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_failing_marks_exactly_the_events_check_rejects(
+    changes: list[list[tuple[str, Any]]],
+) -> None:
+    # The batch's column-wise verdict equals the event-by-event one, so the processor can
+    # skip the ordered check for every event not marked (one RuleSet across examples, so
+    # the strings remembered as passing are exercised too).
+    events = []
+    for event_changes in changes:
+        event = _event()
+        for path, value in event_changes:
+            event = _with_event(event, path, value)
+        events.append(event)
+    expected = {i for i, event in enumerate(events) if _first_broken_rule(event) is not None}
+    assert _SHARED.failing(events) == expected
+
+
+def test_failing_on_a_clean_batch_and_on_one_bad_value() -> None:
+    events = [e for e, _ in generate_events(300, seed=5)]
+    rules = RuleSet(DEFAULT_RULES)
+    assert rules.failing(events) == set()
+    events[117] = _with_event(events[117], "payload.country", "Germany")
+    events[200] = _with_event(events[200], "payload.amount", -1.0)
+    assert rules.failing(events) == {117, 200}
+    assert rules.failing([]) == set()
