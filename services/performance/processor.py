@@ -51,6 +51,7 @@ from services.performance.alerts import SloMonitor
 from services.performance.quality import (
     NO_TIME,
     Cumulative,
+    SampleTerms,
     sample_terms,
     sorted_percentile,
     window_metrics,
@@ -337,6 +338,8 @@ class PerformanceProcessor(Processor):
         # among them at each boundary, deterministically (see _shown_segments).
         self._track_values = max(4 * settings.segment_max_values, 50)
         self._prediction = struct.Struct("<HdB" + "H" * len(self._fields))
+        # A new entry with one prediction: head + prediction ('<' formats have no padding).
+        self._first_prediction = struct.Struct(_HEAD.format + self._prediction.format[1:])
         self._sample = struct.Struct("<qdBbq" + "H" * len(self._fields))
         self._correction = struct.Struct("<qbbdB" + "H" * len(self._fields))
         self._monitor = SloMonitor(
@@ -687,10 +690,13 @@ class PerformanceProcessor(Processor):
 
     def _on_prediction(self, view: PartitionView, record: Record, result: Result) -> None:
         value = record.value
-        t = _millis(value["event_time"])
-        self._seen(view, t)
-        stream = self._stream[record.topic]
-        view.marks[stream] = max(view.marks[stream], t)
+        t = value["event_time"]
+        if type(t) is not int:
+            t = _millis(t)
+        if view.min_ts == NO_TIME or t < view.min_ts:
+            view.min_ts = t
+        marks, stream = view.marks, self._stream[record.topic]
+        marks[stream] = max(marks[stream], t)
         score, threshold = value["score"], value["threshold"]
         if not (0.0 <= score <= 1.0 and math.isfinite(threshold)):  # NaN fails both
             result.rejections.append(
@@ -746,10 +752,10 @@ class PerformanceProcessor(Processor):
                 self._index(view, digest, t + self._horizon)
                 return
         if entry is None:
-            entry = Entry(PENDING, t)
-            entry.predictions.append(prediction)
             self._count(view, t, groups, 0)
-            self._join.put(view.partition, digest, self._pack(entry))
+            # = _pack(Entry(PENDING, t, predictions=[prediction])), in one struct call
+            packed = self._first_prediction.pack(PENDING, t, 0, 1, *prediction[:3], *segments)
+            self._join.put(view.partition, digest, packed)
             self._index(view, digest, t + self._horizon)
             return
         # PENDING: another route for the same event, or a duplicate.
@@ -824,10 +830,13 @@ class PerformanceProcessor(Processor):
 
     def _on_label(self, view: PartitionView, record: Record, result: Result) -> None:
         value = record.value
-        a = _millis(value["labeled_at"])
-        self._seen(view, a)
-        stream = self._stream[record.topic]
-        view.marks[stream] = max(view.marks[stream], a)
+        a = value["labeled_at"]
+        if type(a) is not int:
+            a = _millis(a)
+        if view.min_ts == NO_TIME or a < view.min_ts:
+            view.min_ts = a
+        marks, stream = view.marks, self._stream[record.topic]
+        marks[stream] = max(marks[stream], a)
         label = value["label"]
         if label not in (0, 1):
             result.rejections.append(
@@ -1032,6 +1041,7 @@ class PerformanceProcessor(Processor):
                     self._index_release(view, key, samples[key].ts)
         models: dict[bytes, tuple[int, list[tuple[PartitionView, bytes, Sample]]]] = {}
         by_time: dict[bytes, list[tuple[int, bytes]]] = {}
+        by_group: dict[Group, list[SampleTerms]] = {}
         for key in sorted(due_keys):
             unreleased.discard(key)
             s = samples[key]
@@ -1046,11 +1056,17 @@ class PerformanceProcessor(Processor):
             model_id, fresh = found
             fresh.append((view, key, s))
             by_time.setdefault(model_key, []).append((s.ts, key))
-            # The same additions as add_labeled(score, decision, label, 1, delay) + seen(ts)
-            # per group, with the per-sample terms computed once.
-            terms = sample_terms(s.score, s.decision, s.label, s.delay)
+            # Per group the same additions, in the same (key) order, as add_labeled(score,
+            # decision, label, 1, delay) + seen(ts) per sample, with the terms computed once.
+            terms = sample_terms(s.score, s.decision, s.label, s.delay, s.ts)
             for group in self._groups(model_id, s.segments):
-                self._cumulative(view, group).add_terms(terms, s.ts)
+                group_terms = by_group.get(group)
+                if group_terms is None:
+                    by_group[group] = [terms]
+                else:
+                    group_terms.append(terms)
+        for group, group_terms in by_group.items():
+            self._cumulative(view, group).add_samples(group_terms)
         for model_key, items in by_time.items():
             # Later than every sample released before (their times are past the last boundary).
             items.sort()

@@ -148,11 +148,11 @@ def window_metrics(
 
 
 # What one joined sample adds to every group it counts in, computed once per sample:
-# decision, label, score, log loss, Brier term, ECE bin, AUC bin, label-delay bin.
-SampleTerms = tuple[bool, int, float, float, float, int, int, int]
+# decision, label, score, log loss, Brier term, ECE bin, AUC bin, label-delay bin, time.
+SampleTerms = tuple[bool, int, float, float, float, int, int, int, int]
 
 
-def sample_terms(score: float, decision: bool, label: int, delay_ms: int) -> SampleTerms:
+def sample_terms(score: float, decision: bool, label: int, delay_ms: int, ts: int) -> SampleTerms:
     """The terms ``Cumulative.add_labeled(score, decision, label, 1, delay_ms)`` adds."""
     return (
         decision,
@@ -163,6 +163,7 @@ def sample_terms(score: float, decision: bool, label: int, delay_ms: int) -> Sam
         _ece_bin(score),
         _auc_bin(score),
         _delay_bin(delay_ms),
+        ts,
     )
 
 
@@ -222,32 +223,39 @@ class Cumulative:
             self.labeled += sign
             self.delay[_delay_bin(delay_ms)] += sign
 
-    def add_terms(self, terms: SampleTerms, ts: int) -> None:
-        """Count one joined prediction (``add_labeled(..., 1, delay)`` then ``seen(ts)``) from
-        terms computed once for every group the sample belongs to: the same additions."""
-        decision, label, score, loss, brier, ece_bin, auc_bin, delay_bin = terms
-        if decision:
-            if label:
-                self.tp += 1
+    def add_samples(self, samples: Sequence[SampleTerms]) -> None:
+        """Count joined predictions, in order: for each, the same additions as
+        ``add_labeled(score, decision, label, 1, delay)`` then ``seen(ts)``, from terms
+        computed once per sample for every group it counts in (``sample_terms``)."""
+        tp, fp, tn, fn = self.tp, self.fp, self.tn, self.fn
+        sum_log_loss, sum_brier, first_ts = self.sum_log_loss, self.sum_brier, self.first_ts
+        ece_count, ece_sum_p, ece_sum_y = self.ece_count, self.ece_sum_p, self.ece_sum_y
+        auc_pos, auc_neg, delay = self.auc_pos, self.auc_neg, self.delay
+        for decision, label, score, loss, brier, ece_bin, auc_bin, delay_bin, ts in samples:
+            if decision:
+                if label:
+                    tp += 1
+                else:
+                    fp += 1
+            elif label:
+                fn += 1
             else:
-                self.fp += 1
-        elif label:
-            self.fn += 1
-        else:
-            self.tn += 1
-        self.sum_log_loss += loss
-        self.sum_brier += brier
-        self.ece_count[ece_bin] += 1
-        self.ece_sum_p[ece_bin] += score
-        self.ece_sum_y[ece_bin] += label
-        if label:
-            self.auc_pos[auc_bin] += 1
-        else:
-            self.auc_neg[auc_bin] += 1
-        self.labeled += 1
-        self.delay[delay_bin] += 1
-        if self.first_ts == NO_TIME or ts < self.first_ts:
-            self.first_ts = ts
+                tn += 1
+            sum_log_loss += loss
+            sum_brier += brier
+            ece_count[ece_bin] += 1
+            ece_sum_p[ece_bin] += score
+            ece_sum_y[ece_bin] += label
+            if label:
+                auc_pos[auc_bin] += 1
+            else:
+                auc_neg[auc_bin] += 1
+            delay[delay_bin] += 1
+            if first_ts == NO_TIME or ts < first_ts:
+                first_ts = ts
+        self.tp, self.fp, self.tn, self.fn = tp, fp, tn, fn
+        self.sum_log_loss, self.sum_brier, self.first_ts = sum_log_loss, sum_brier, first_ts
+        self.labeled += len(samples)
 
     def seen(self, ts: int) -> None:
         if self.first_ts == NO_TIME or ts < self.first_ts:

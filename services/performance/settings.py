@@ -140,6 +140,13 @@ class PerformanceSettings(BaseSettings):
         ge=0,
         description="A canary worse than primary by more than this (absolute) is flagged.",
     )
+    gc_young_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="Allocations between two young-generation collections of Python's cycle "
+        "collector (CPython's default, 700, costs this service ~0.8 us per input record, see "
+        "docs/decisions/performance-throughput.md); 0 keeps the default.",
+    )
 
     @field_validator("slo_min")
     @classmethod

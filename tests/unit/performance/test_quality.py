@@ -18,7 +18,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from services.performance.quality import Cumulative, percentile, window_metrics
+from services.performance.quality import (
+    Cumulative,
+    percentile,
+    sample_terms,
+    sorted_percentile,
+    window_metrics,
+)
 
 from .support import MIN, T0, label, new_state, prediction, processor, reports, run, tick
 
@@ -141,6 +147,36 @@ def test_cumulative_round_trips_through_bytes_and_merges() -> None:
     merged.merge(b)
     assert merged.labeled == 100 and merged.expired == 20 and merged.first_ts == T0
     assert merged.tp + merged.fp + merged.tn + merged.fn == 100
+
+
+def test_adding_samples_from_their_terms_equals_adding_them_one_by_one() -> None:
+    """The release path (terms computed once per sample, added per group) gives the same
+    bytes, float sums included, as add_labeled + seen per sample."""
+    rng = random.Random(12)
+    one_by_one, batched = Cumulative(), Cumulative()
+    for c in (one_by_one, batched):  # some history first
+        c.add_labeled(0.25, False, 1, 1, 7)
+        c.seen(T0 + 5)
+    terms = []
+    for i in range(500):
+        score = rng.choice([0.0, 1.0, rng.random(), round(rng.random(), 2)])
+        decision, y = score >= 0.4, int(rng.random() < score)
+        delay, ts = rng.choice([0, 1, rng.randint(0, 10**9)]), T0 + rng.randint(-1000, 1000) + i
+        one_by_one.add_labeled(score, decision, y, 1, delay)
+        one_by_one.seen(ts)
+        terms.append(sample_terms(score, decision, y, delay, ts))
+    batched.add_samples(terms[:123])
+    batched.add_samples(terms[123:])
+    assert batched.pack() == one_by_one.pack()
+
+
+def test_percentile_of_sorted_values_equals_percentile() -> None:
+    rng = random.Random(4)
+    values = [float(rng.randint(0, 10**7)) for _ in range(301)]
+    ordered = np.sort(np.asarray(values))
+    for q in (0, 1, 50, 90, 99.5, 100):
+        assert sorted_percentile(ordered, q) == percentile(values, q)
+    assert sorted_percentile(np.empty(0), 50) is None
 
 
 def test_retracting_a_sample_restores_the_counters() -> None:
