@@ -542,15 +542,25 @@ class StreamRuntime:
         try:
             outputs, dead, halt = self._process(batch)
             out_counts: dict[str, int] = {}
+            produce = producer.produce
             for out in outputs:
-                self._produce(out.topic, out.value, out.key, out.headers, out.partition)
+                if out.headers or out.partition is not None:
+                    self._produce(out.topic, out.value, out.key, out.headers, out.partition)
+                else:
+                    try:  # the common case, without building keyword arguments
+                        produce(out.topic, out.value, out.key)
+                    except BufferError:
+                        self._produce(out.topic, out.value, out.key, (), None)
                 out_counts[out.topic] = out_counts.get(out.topic, 0) + 1
             now_ms = int(self._clock() * 1000)
             for letter in dead:
                 self._produce_dead_letter(letter, now_ms)
             for name, topic in self.changelogs.items():
                 for partition, key, value in self.state.store(name).pending():
-                    self._produce(topic, value, key, (), partition)
+                    try:
+                        produce(topic, value, key, partition)
+                    except BufferError:
+                        self._produce(topic, value, key, (), partition)
             offsets = self._next_offsets(batch, halt)
             self.metrics.batch_seconds.labels(self.service).observe(time.monotonic() - started)
             commit_started = time.monotonic()

@@ -107,9 +107,12 @@ class KeyValueStore:
 
     def pending(self) -> Iterator[tuple[int, bytes, bytes | None]]:
         """Changes of the open transaction, savepoints flattened."""
-        merged: dict[tuple[int, bytes], bytes | None] = {}
-        for layer in self._layers:
-            merged.update(layer)
+        if len(self._layers) == 1:
+            merged = self._layers[0]  # no savepoint open: nothing to flatten
+        else:
+            merged = {}
+            for layer in self._layers:
+                merged.update(layer)
         for (partition, key), value in merged.items():
             yield partition, key, value
 
