@@ -288,12 +288,30 @@ def _zigzag(v: int) -> bytes:
     n = (v << 1) ^ (v >> 63)
     if n < 128:
         return _ONE_BYTE[n]
+    if n < 16_384:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    # Large values (epoch milliseconds) share their high bits with the previous ones: the
+    # low 14 bits are two bytes from a table, the varint of the rest is remembered.
+    high = n >> 14
+    tail = _VARINT_TAILS.get(high)
+    if tail is None:
+        if len(_VARINT_TAILS) >= _MEMO_LIMIT:
+            _VARINT_TAILS.clear()
+        tail = _VARINT_TAILS[high] = _varint(high)
+    return _LOW_14_BITS[n & 0x3FFF] + tail
+
+
+def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 127:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_VARINT_TAILS: dict[int, bytes] = {}
+_LOW_14_BITS = tuple(bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80)) for n in range(16_384))
 
 
 def _compile_writer(parsed: Any) -> Callable[[Any], bytes] | None:

@@ -727,6 +727,31 @@ class FeatureSet:
     def categories_of(self, event: Event) -> dict[str, str]:
         return {name: str(get(event) or "") for name, get in self._category_getters}
 
+    @cached_property
+    def _category_columns(self) -> tuple[Callable[[Sequence[Event]], list[Any]], ...]:
+        return tuple(column_reader(path) for _, path in self.categories)
+
+    @cached_property
+    def _category_memo(self) -> dict[tuple[Any, ...], dict[str, str]]:
+        return {}
+
+    def categories_many(self, events: Sequence[Event]) -> list[dict[str, str]]:
+        """:meth:`categories_of` of every event. Events with the same raw values share one
+        dict (the combinations repeat): read them, never change them."""
+        if not self.categories:
+            return [{} for _ in events]
+        names = [name for name, _ in self.categories]
+        memo = self._category_memo
+        if len(memo) >= 65_536:
+            memo.clear()
+        out = []
+        for raw in zip(*(read(events) for read in self._category_columns), strict=True):
+            found = memo.get(raw)
+            if found is None:
+                found = memo[raw] = {name: str(v or "") for name, v in zip(names, raw, strict=True)}
+            out.append(found)
+        return out
+
 
 DEMO_WINDOWS = (("10m", 600_000), ("1h", 3_600_000), ("24h", 86_400_000))
 CHANNELS = ("pos", "ecommerce", "atm", "moto")

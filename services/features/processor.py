@@ -401,16 +401,15 @@ class FeaturesProcessor(Processor):
         name, version, content_hash = fs.name, fs.version, fs.content_hash
         names = self._names
         own_id = self.dedup_field == "event_id"
-        categories_of = fs.categories_of
+        categories = fs.categories_many([record.value for record, _, _, _ in accepted])
         outputs = result.outputs
         for row, (record, event_id, entity_id, event_time) in enumerate(accepted):
-            event = record.value
             outputs.append(
                 Output(
                     topic,
                     FEATURE_VECTOR_SCHEMA,
                     {
-                        "event_id": event_id if own_id else str(event["event_id"]),
+                        "event_id": event_id if own_id else str(record.value["event_id"]),
                         "entity_id": entity_id,
                         "event_time": event_time,
                         "computed_at": computed_at,
@@ -419,7 +418,7 @@ class FeaturesProcessor(Processor):
                         "feature_set_hash": content_hash,
                         "names": names,
                         "values": matrix[row],
-                        "categories": categories_of(event),
+                        "categories": categories[row],
                     },
                     entity_id,
                     record.replay_headers(),

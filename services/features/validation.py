@@ -118,6 +118,9 @@ class Finite(Rule):
         return None if math.isfinite(value) else "is not finite"
 
     def passes_all(self, values: list[Any], types: set[type]) -> bool:
+        if _NONE in types:  # None passes: judge the others
+            values = [v for v in values if v is not None]
+            types = types - {_NONE}
         if types <= _NUMBERS:
             return all(map(math.isfinite, values))
         return super().passes_all(values, types)
@@ -147,6 +150,9 @@ class Range(Rule):
         return None
 
     def passes_all(self, values: list[Any], types: set[type]) -> bool:
+        if _NONE in types:  # None passes: judge the others
+            values = [v for v in values if v is not None]
+            types = types - {_NONE}
         if not values or not types <= _NUMBERS or not all(map(math.isfinite, values)):
             return super().passes_all(values, types)
         # Finite numbers: the bounds hold for all when they hold for the extremes.
@@ -366,6 +372,7 @@ ColumnReader = Callable[[Sequence[Event]], list[Any]]
 _STR = {str}
 _STR_OR_NONE = {str, type(None)}
 _NUMBERS = {int, float}
+_NONE = type(None)
 _DEFAULT_SET = RuleSet(DEFAULT_RULES)
 
 

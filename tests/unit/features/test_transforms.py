@@ -212,3 +212,16 @@ def test_stateless_matrix_rows_equal_stateless_per_event() -> None:
     assert matrix.shape == (500, fs.stateless_width)
     assert _bits(matrix) == _bits([fs.stateless(e) for e in events])
     assert fs.stateless_matrix([]).shape == (0, fs.stateless_width)
+
+
+def test_categories_many_equal_categories_of() -> None:
+    fs = demo_feature_set()
+    events = [e for e, _ in generate_events(300, seed=13)]
+    events[5]["payload"]["country"] = None
+    events[6]["payload"]["channel"] = 7
+    del events[7]["payload"]["currency"]
+    events[8]["payload"] = None
+    many = fs.categories_many(events)
+    assert many == [fs.categories_of(e) for e in events]
+    assert many[5]["country"] == "" and many[6]["channel"] == "7" and many[8]["currency"] == ""
+    assert fs.categories_many(events[:2]) == many[:2]  # remembered combinations: same answer
