@@ -482,7 +482,30 @@ def _map_writer(
         parts.append(_EMPTY_BLOCKS)
         return b"".join(parts)
 
-    return write_map
+    if values != "string":
+        return write_map
+    # Maps of short strings (segments, categories) repeat: remember the bytes of each
+    # (key, value) sequence. Equal str keys and values write equal bytes; a first value
+    # that is not exactly a str never gets here (write_map sends it to fastavro).
+    memo: dict[tuple[tuple[Any, Any], ...], bytes] = {}
+
+    def write_small_map(v: Any) -> bytes:
+        if type(v) is not dict or len(v) > 16:
+            return write_map(v)
+        items = tuple(v.items())
+        try:
+            found = memo.get(items)
+        except TypeError:  # an unhashable value: not a string, write_map sends it on
+            return write_map(v)
+        if found is not None:
+            return found
+        data = write_map(v)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[items] = data
+        return data
+
+    return write_small_map
 
 
 _STRING_MEMO: dict[str, bytes] = {}

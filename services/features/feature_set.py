@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
 from itertools import repeat
+from operator import mul, sub
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -477,7 +478,8 @@ def window_stats(values: Sequence[float]) -> tuple[float, float, float, float, f
         return (1.0, total, total, 0.0, only, only)
     total = math.fsum(values)
     mean = total / n
-    std = math.sqrt(math.fsum([(v - mean) * (v - mean) for v in values]) / n) if n > 1 else 0.0
+    deviations = list(map(sub, values, repeat(mean)))  # C-level: v - mean, squared below
+    std = math.sqrt(math.fsum(map(mul, deviations, deviations)) / n)
     return (float(n), total, mean, std, min(values), max(values))
 
 

@@ -819,3 +819,18 @@ def test_long_varint_equals_fastavro(value: int) -> None:
     fastavro.schemaless_writer(out, "long", value)
     assert _zigzag(value) == out.getvalue()
     assert _zigzag(value) == out.getvalue()  # and again, from the remembered tail
+
+
+def test_repeated_string_maps_write_the_same_bytes_and_bad_ones_still_fail(
+    codec: AvroCodec,
+) -> None:
+    first = codec.encode("FeatureVector", _vector([1.0]))
+    again = _vector([1.0])
+    again["categories"] = dict(again["categories"])  # an equal map, another object
+    assert codec.encode("FeatureVector", again) == first
+    assert first[10:] == avro_body(codec, "FeatureVector", _vector([1.0]))
+    for bad in ({"country": ["DE"]}, {"country": 5}, {"country": None}):
+        value = _vector([1.0])
+        value["categories"] = bad
+        with pytest.raises(EncodeError, match="categories"):
+            codec.encode("FeatureVector", value)
