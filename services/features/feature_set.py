@@ -83,6 +83,7 @@ def _as_float(value: Any, default: float = 0.0) -> float:
     return float(value)
 
 
+@lru_cache(maxsize=256)
 def column_reader(path: str) -> Callable[[Sequence[Event]], list[Any]]:
     """Reads one field of every event into a list (None where absent), like field_getter."""
     parts = tuple(path.split("."))
@@ -102,6 +103,30 @@ def column_reader(path: str) -> Callable[[Sequence[Event]], list[Any]]:
         return read2
     get = field_getter(path)
     return lambda events: [get(event) for event in events]
+
+
+class Columns:
+    """One batch of events, read field by field: each field path is read once, into a list
+    (None where absent), and shared by whoever asks for it (rules, transforms)."""
+
+    __slots__ = ("_read", "events")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+        self._read: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __getitem__(self, path: str) -> list[Any]:
+        column = self._read.get(path)
+        if column is None:
+            column = self._read[path] = column_reader(path)(self.events)
+        return column
+
+
+def as_columns(events: Sequence[Event] | Columns) -> Columns:
+    return events if isinstance(events, Columns) else Columns(events)
 
 
 # -- stateless transforms -------------------------------------------------------------
@@ -686,29 +711,17 @@ class FeatureSet:
         """How many of :attr:`names` come from the stateless transforms (the first ones)."""
         return sum(len(t.names) for t in self.transforms)
 
-    @cached_property
-    def _column_steps(self) -> tuple[tuple[Callable[[list[Any]], list[Any]], Transform], ...]:
-        # One column read per distinct field, shared by the transforms on it.
-        readers: dict[str, Callable[[list[Any]], list[Any]]] = {}
-        for t in self.transforms:
-            if t.field not in readers:
-                readers[t.field] = column_reader(t.field)
-        return tuple((readers[t.field], t) for t in self.transforms)
-
-    def stateless_matrix(self, events: Sequence[Event]) -> Matrix:
+    def stateless_matrix(self, events: Sequence[Event] | Columns) -> Matrix:
         """:meth:`stateless` of every event, as the rows of an ``(n, stateless_width)`` matrix.
 
         Bit for bit the same numbers, computed transform by transform over the batch.
         Raises what :meth:`stateless` would raise for some event (an invalid one).
         """
-        out = np.empty((len(events), self.stateless_width), dtype=np.float64)
-        columns: dict[Callable[[list[Any]], list[Any]], list[Any]] = {}
+        columns = as_columns(events)
+        out = np.empty((len(columns), self.stateless_width), dtype=np.float64)
         at = 0
-        for read, transform in self._column_steps:
-            column = columns.get(read)
-            if column is None:
-                column = columns[read] = read(events)  # type: ignore[arg-type]
-            block = transform.columns(column)
+        for transform in self.transforms:
+            block = transform.columns(columns[transform.field])
             width = block.shape[1]
             out[:, at : at + width] = block
             at += width
@@ -730,24 +743,21 @@ class FeatureSet:
         return {name: str(get(event) or "") for name, get in self._category_getters}
 
     @cached_property
-    def _category_columns(self) -> tuple[Callable[[Sequence[Event]], list[Any]], ...]:
-        return tuple(column_reader(path) for _, path in self.categories)
-
-    @cached_property
     def _category_memo(self) -> dict[tuple[Any, ...], dict[str, str]]:
         return {}
 
-    def categories_many(self, events: Sequence[Event]) -> list[dict[str, str]]:
+    def categories_many(self, events: Sequence[Event] | Columns) -> list[dict[str, str]]:
         """:meth:`categories_of` of every event. Events with the same raw values share one
         dict (the combinations repeat): read them, never change them."""
+        columns = as_columns(events)
         if not self.categories:
-            return [{} for _ in events]
+            return [{} for _ in range(len(columns))]
         names = [name for name, _ in self.categories]
         memo = self._category_memo
         if len(memo) >= 65_536:
             memo.clear()
         out = []
-        for raw in zip(*(read(events) for read in self._category_columns), strict=True):
+        for raw in zip(*(columns[path] for _, path in self.categories), strict=True):
             found = memo.get(raw)
             if found is None:
                 found = memo[raw] = {name: str(v or "") for name, v in zip(names, raw, strict=True)}

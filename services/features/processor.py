@@ -33,7 +33,13 @@ from services.features import metrics
 from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.dedup import DedupStore
 from services.features.entity_state import NO_TIME, EntityHistory
-from services.features.feature_set import FeatureSet, Matrix, demo_feature_set, field_getter
+from services.features.feature_set import (
+    Columns,
+    FeatureSet,
+    Matrix,
+    demo_feature_set,
+    field_getter,
+)
 from services.features.validation import (
     DEFAULT_RULES,
     EventTimeBounds,
@@ -265,18 +271,18 @@ class FeaturesProcessor(Processor):
     def _prepare(self, records: Sequence[Record]) -> _Batch:
         """What can be computed for the whole batch up front, column by column."""
         events = [record.value for record in records]
+        columns = Columns(events)  # each field read once, for the rules and the transforms
         batch = _Batch()
         try:
-            batch.failing = self._rules.failing(events)
+            batch.failing = self._rules.failing(columns)
         except Exception:  # event by event below, which says what is wrong
             return batch
         if batch.failing:
-            batch.rows = {}
             valid = [i for i in range(len(events)) if i not in batch.failing]
             batch.rows = {i: row for row, i in enumerate(valid)}
-            events = [events[i] for i in valid]
+            columns = Columns([events[i] for i in valid])
         try:
-            batch.stateless = self.feature_set.stateless_matrix(events)
+            batch.stateless = self.feature_set.stateless_matrix(columns)
         except Exception:  # event by event below, as before
             batch.stateless = None
         return batch

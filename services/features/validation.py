@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
-from services.features.feature_set import CHANNELS, Event, column_reader, field_getter
+from services.features.feature_set import CHANNELS, Columns, Event, as_columns, field_getter
 
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
@@ -305,14 +305,13 @@ class RuleSet:
         return None
 
     @cached_property
-    def _columns(self) -> tuple[tuple[ColumnReader, tuple[Rule, ...]], ...]:
+    def _rules_by_field(self) -> tuple[tuple[str, tuple[Rule, ...]], ...]:
         fields = list(dict.fromkeys(rule.field for rule in self.rules))
         return tuple(
-            (column_reader(path), tuple(rule for rule in self.rules if rule.field == path))
-            for path in fields
+            (path, tuple(rule for rule in self.rules if rule.field == path)) for path in fields
         )
 
-    def failing(self, events: Sequence[Event]) -> set[int]:
+    def failing(self, events: Sequence[Event] | Columns) -> set[int]:
         """Indexes of the events that break some rule (:meth:`check` is not None for them).
 
         Column by column: each rule first asks whether the whole column passes (C-level
@@ -320,9 +319,10 @@ class RuleSet:
         checked value by value. So a batch with no invalid event costs a few passes per
         field instead of a call per rule and event.
         """
+        columns = as_columns(events)
         bad: set[int] = set()
-        for read, rules in self._columns:
-            values = read(events)
+        for path, rules in self._rules_by_field:
+            values = columns[path]
             types = set(map(type, values))
             for rule in rules:
                 if not rule.passes_all(values, types):
@@ -368,7 +368,6 @@ def _inline_path(path: str) -> tuple[Any, Any]:
 
 
 _PASSED_LIMIT = 16_384
-ColumnReader = Callable[[Sequence[Event]], list[Any]]
 _STR = {str}
 _STR_OR_NONE = {str, type(None)}
 _NUMBERS = {int, float}
