@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from streamml.codec import AvroCodec
     from streamml.state import State
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -165,6 +166,13 @@ class Processor(ABC):
 
     def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:  # noqa: B027
         """Partitions were taken away; their state is gone from ``state`` after this."""
+
+    def on_codec(self, codec: AvroCodec) -> None:  # noqa: B027
+        """The codec the runtime encodes outputs with (called once, before any record).
+
+        A processor that writes :attr:`Output.raw_value` itself must produce the bytes
+        this codec would (framing included) and can check that here.
+        """
 
     def on_resume(self, *, probe: bool) -> None:  # noqa: B027
         """Consumption resumes after a :class:`Halt` (``probe`` when by timer)."""

@@ -145,6 +145,7 @@ class StreamRuntime:
         self.settings = settings
         self.http = http
         self.codec = codec or AvroCodec.from_settings(kafka)
+        processor.on_codec(self.codec)
         self.metrics = metrics or RuntimeMetrics(service)
         self._clock = clock
         self.group_id = settings.group_id or kafka.topic(service)

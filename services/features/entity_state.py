@@ -120,6 +120,11 @@ class EntityHistory:
 
     # -- queries --------------------------------------------------------------------
 
+    @property
+    def partials(self) -> list[float]:
+        """The exact sum of the evicted values, as non-overlapping partials (read only)."""
+        return self._partials
+
     def window(self, start: int, end: int) -> tuple[array[float], int]:
         """Values with ``start <= time < end`` (sorted by time, value) and their count."""
         lo = bisect_left(self.times, start)

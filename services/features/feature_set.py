@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
 from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from services.features import native
 from services.features.entity_state import NO_TIME, EntityHistory
 
 Matrix = np.ndarray[Any, np.dtype[np.float64]]
@@ -726,6 +728,52 @@ class FeatureSet:
             out[:, at : at + width] = block
             at += width
         return out
+
+    @cached_property
+    def _native_plan(self) -> tuple[tuple[Any, ...], ...] | None:
+        """The aggregates as steps of the C kernel, or None if it cannot compute them all."""
+        if native.KERNEL is None:
+            return None
+        steps: list[tuple[Any, ...]] = []
+        for aggregate in self.aggregates:
+            kind = type(aggregate)  # exact types: a subclass may compute something else
+            if kind is WindowStats:
+                windows = aggregate.windows  # type: ignore[attr-defined]
+                steps.append((0, tuple(int(ms) for _, ms in windows)))
+            elif kind is SecondsSincePrevious:
+                steps.append((1, aggregate.cap_s))  # type: ignore[attr-defined]
+            elif kind is RatioToRunningMean:
+                steps.append((2,))
+            elif kind is HistoryCount:
+                steps.append((3,))
+            else:
+                return None
+        return tuple(steps)
+
+    @cached_property
+    def stateful_width(self) -> int:
+        """How many of :attr:`names` come from the aggregates (the last ones)."""
+        return len(self.names) - self.stateless_width
+
+    def stateful_bytes(self, history: EntityHistory, event_time: int, value: float) -> bytes:
+        """:meth:`stateful` as little-endian float64 bytes (the C kernel's when it can)."""
+        plan = self._native_plan
+        if plan is not None:
+            packed = native.KERNEL.aggregates(  # type: ignore[union-attr]
+                history.times,
+                history.values,
+                history.partials,
+                history.count_evicted,
+                history.last_evicted,
+                event_time,
+                value,
+                self.allowed_lateness_ms,
+                plan,
+            )
+            if packed is not None:
+                return packed  # type: ignore[no-any-return]
+        values = self.stateful(history, event_time, value)
+        return struct.pack(f"<{len(values)}d", *values)
 
     def stateful(self, history: EntityHistory, event_time: int, value: float) -> list[float]:
         """The aggregates for an event at ``event_time``, from the history *before* it."""

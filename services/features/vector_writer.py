@@ -1,0 +1,135 @@
+"""FeatureVector records of a whole batch in one call, framed the way the codec frames them.
+
+The runtime encodes every :class:`~streamml.processor.Output` with the codec, a few
+microseconds a record. The features service writes the same bytes faster: the fields
+that repeat (feature set name, version, hash, names) are encoded once, each distinct
+categories map once per batch, and the C kernel (``services.features._native``) lays out
+each record around the row of the batch's float64 matrix. The bytes must be the codec's:
+:meth:`VectorWriter.bind` encodes a sample vector with the codec and with this writer and
+keeps the writer only if the two agree (taking the codec's framing - single-object
+header or schema-registry id - from that sample); otherwise, or without the C kernel,
+the outputs go to the codec as before. tests/unit/features/test_native.py compares them
+on generated vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from services.features import native
+from streamml.codec import AvroCodec
+
+log = logging.getLogger(__name__)
+
+FEATURE_VECTOR_SCHEMA = "FeatureVector"
+
+
+def avro_long(n: int) -> bytes:
+    """Avro's zig-zag varint of ``n`` (a long)."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def avro_string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return avro_long(len(data)) + data
+
+
+def avro_string_map(mapping: Mapping[str, str]) -> bytes:
+    """A map of strings in iteration order, as one block (how the codec writes it)."""
+    if not mapping:
+        return b"\x00"
+    body = b"".join(avro_string(k) + avro_string(v) for k, v in mapping.items())
+    return avro_long(len(mapping)) + body + b"\x00"
+
+
+def avro_string_array(items: Sequence[str]) -> bytes:
+    if not items:
+        return b"\x00"
+    return avro_long(len(items)) + b"".join(avro_string(s) for s in items) + b"\x00"
+
+
+class VectorWriter:
+    """Writes a batch's FeatureVector records (one feature set, one topic)."""
+
+    def __init__(
+        self, *, feature_set: str, version: str, content_hash: str, names: Sequence[str]
+    ) -> None:
+        self._middle = (
+            avro_string(feature_set)
+            + avro_string(version)
+            + avro_string(content_hash)
+            + avro_string_array(names)
+        )
+        self._header = b""
+        self._constants = (feature_set, version, content_hash, tuple(names))
+
+    def encode(  # noqa: PLR0917 (one call per batch, the columns in schema order)
+        self,
+        event_ids: list[str],
+        entity_ids: list[str],
+        event_times: list[int],
+        computed_at: int,
+        matrix: np.ndarray[Any, Any],
+        categories: Sequence[Mapping[str, str]],
+    ) -> list[bytes] | None:
+        """The framed records, or None when some value is not for this writer."""
+        kernel = native.KERNEL
+        if kernel is None:
+            return None
+        encoded: dict[int, bytes] = {}  # the maps repeat (shared dicts): once per batch
+        tails = []
+        for mapping in categories:
+            tail = encoded.get(id(mapping))
+            if tail is None:
+                tail = encoded[id(mapping)] = avro_string_map(mapping)
+            tails.append(tail)
+        return kernel.encode_vectors(  # type: ignore[no-any-return]
+            self._header, event_ids, entity_ids, event_times, computed_at, self._middle,
+            matrix, tails,
+        )  # fmt: skip
+
+    @classmethod
+    def bind(cls, codec: AvroCodec, topic: str, **constants: Any) -> VectorWriter | None:
+        """A writer whose records equal ``codec.encode`` on ``topic``, or None."""
+        if native.KERNEL is None:
+            return None
+        writer = cls(**constants)
+        names = writer._constants[3]
+        sample: dict[str, Any] = {
+            "event_id": "evt-\u00e9-1",
+            "entity_id": "entity-42",
+            "event_time": 1_700_000_000_123,
+            "computed_at": 1_700_000_000_456,
+            "feature_set": writer._constants[0],
+            "feature_set_version": writer._constants[1],
+            "feature_set_hash": writer._constants[2],
+            "names": names,
+            "values": np.linspace(-1.5, 1e6, len(names) or 3),
+            "categories": {"country": "DE", "channel": "pos"},
+        }
+        try:
+            expected = codec.encode(FEATURE_VECTOR_SCHEMA, sample, topic=topic)
+        except Exception as exc:
+            log.warning(
+                "FeatureVector writer not used: the codec could not encode a sample: %s", exc
+            )
+            return None
+        body = writer.encode(
+            [sample["event_id"]], [sample["entity_id"]], [sample["event_time"]],
+            sample["computed_at"], sample["values"].reshape(1, -1), [sample["categories"]],
+        )  # fmt: skip
+        if body is None or not expected.endswith(body[0]):
+            log.warning("FeatureVector writer not used: its bytes differ from the codec's")
+            return None
+        writer._header = expected[: len(expected) - len(body[0])]
+        return writer
