@@ -1013,17 +1013,23 @@ def _plan(writer: _SchemaVersion, reader: _SchemaVersion) -> _ReadPlan:
 # fastavro skips a field it does not read at the cost of reading it (~17 us for the 88
 # names of a FeatureVector, the same as decoding them), so a projection read by fastavro
 # saves nothing. A projection of a writer whose kept fields have the very same types is
-# read by this closure tree instead: an array of doubles is one ``struct.unpack_from``, and
-# a skipped array or map of strings whose bytes equal the ones skipped last time (a feature
-# set's names repeat in every vector) is passed over with one ``startswith`` - the same
-# bytes from the same position parse the same way, so this is exact. It returns what
-# fastavro returns (tests/unit/test_codec.py compares them); anything unusual (a type it
-# does not handle, bad or trailing bytes, a boolean byte other than 0/1) raises and the
-# value is read by fastavro, which decides and words the error.
+# read by this closure tree instead. A skipped array or map whose bytes equal the ones
+# skipped last time (a feature set's names repeat in every vector) is passed over with one
+# ``startswith``, and a map of strings whose bytes equal a map read before (the categories
+# of a vector take few distinct values) is a copy of the value read then - the same bytes
+# from the same position parse the same way, so both are exact. An array of doubles (or
+# floats) is read as one float64 NumPy array copied from the bytes with one
+# ``np.frombuffer`` (same numbers, bit for bit, as fastavro's list; a consumer that stacks
+# rows into a matrix skips 88 Python floats per vector). Everything else is what fastavro
+# returns (tests/unit/test_codec.py compares them); anything unusual (a type it does not
+# handle, bad or trailing bytes, a boolean byte other than 0/1) raises and the value is
+# read by fastavro, which decides and words the error (and returns lists for arrays).
 
 _READ_ERRORS = (_NotFastError, IndexError, ValueError, struct.error, UnicodeDecodeError)
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
+_NUMBER_DTYPES: dict[str, np.dtype[Any]] = {"double": np.dtype("<f8"), "float": np.dtype("<f4")}
+_MAP_MEMO_SIZE = 4096
 
 _Reader = Callable[[bytes, int], tuple[Any, int]]
 _Skipper = Callable[[bytes, int], int]
@@ -1048,9 +1054,16 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 def _read_string(data: bytes, pos: int) -> tuple[str, int]:
-    n, pos = _read_varint(data, pos)
-    end = pos + n
-    if n < 0 or end > len(data):
+    n = data[pos]
+    if n < 128 and not n & 1:  # a length below 64 is one byte: no varint call
+        pos += 1
+        end = pos + (n >> 1)
+    else:
+        n, pos = _read_varint(data, pos)
+        end = pos + n
+        if n < 0:
+            raise _NOT_FAST
+    if end > len(data):
         raise _NOT_FAST
     return data[pos:end].decode("utf-8"), end
 
@@ -1079,6 +1092,9 @@ def _read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
 
 
 def _block_count(data: bytes, pos: int) -> tuple[int, int]:
+    b = data[pos]
+    if b < 128 and not b & 1:  # a count below 64 in one byte: no varint call
+        return b >> 1, pos + 1
     count, pos = _read_varint(data, pos)
     if count < 0:  # a negative count is followed by the block's size in bytes
         count = -count
@@ -1122,20 +1138,8 @@ def _reader_for(schema: Any) -> _Reader:
 
         return read_optional
     kind = schema.get("type")
-    if kind == "array" and schema["items"] in ("double", "float"):
-        code = "d" if schema["items"] == "double" else "f"
-        size = 8 if code == "d" else 4
-
-        def read_numbers(data: bytes, pos: int) -> tuple[list[float], int]:
-            out: list[float] = []
-            count, pos = _block_count(data, pos)
-            while count:
-                out.extend(struct.unpack_from(f"<{count}{code}", data, pos))
-                pos += count * size
-                count, pos = _block_count(data, pos)
-            return out, pos
-
-        return read_numbers
+    if kind == "array" and schema["items"] in _NUMBER_DTYPES:
+        return _number_array_reader(_NUMBER_DTYPES[schema["items"]])
     if kind == "array":
         item = _reader_for(schema["items"])
 
@@ -1163,8 +1167,67 @@ def _reader_for(schema: Any) -> _Reader:
                 count, pos = _block_count(data, pos)
             return out, pos
 
+        if schema["values"] == "string":
+            return _remembering_string_map(read_map)
         return read_map
     raise _UnsupportedError(str(kind))
+
+
+def _number_array_reader(dtype: np.dtype[Any]) -> _Reader:
+    size = dtype.itemsize
+
+    def read_numbers(data: bytes, pos: int) -> tuple[np.ndarray[Any, np.dtype[np.float64]], int]:
+        count, pos = _block_count(data, pos)
+        blocks = []
+        while count:
+            end = pos + count * size
+            if end > len(data):
+                raise _NOT_FAST
+            blocks.append(np.frombuffer(data, dtype, count, pos))
+            count, pos = _block_count(data, end)
+        if not blocks:
+            return np.empty(0, dtype=np.float64), pos
+        numbers = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        # A copy in native float64: owns its memory (not a view of the record's bytes).
+        return numbers.astype(np.float64), pos
+
+    return read_numbers
+
+
+def _remembering_string_map(read_map: _Reader) -> _Reader:
+    """``read_map`` for a map of strings, remembering the maps read by their bytes.
+
+    Finding a map's end costs one length byte per string; a map seen before is then a
+    dict copy instead of a decode per key and value. At most ``_MAP_MEMO_SIZE`` maps are
+    kept (all forgotten when full, so a changing mix of values is remembered afresh).
+    """
+    seen: dict[bytes, dict[str, Any]] = {}
+
+    def read_string_map(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        start = pos
+        count, pos = _block_count(data, pos)
+        while count:
+            for _ in range(2 * count):  # a key and a value per entry
+                n = data[pos]
+                if n < 128 and not n & 1:
+                    pos += 1 + (n >> 1)
+                else:
+                    pos = _skip_string(data, pos)
+            count, pos = _block_count(data, pos)
+        if pos > len(data):
+            raise _NOT_FAST
+        raw = data[start:pos]
+        known = seen.get(raw)
+        if known is None:
+            known, end = read_map(data, start)
+            if end != pos:  # cannot happen: both walk the same lengths
+                raise _NOT_FAST
+            if len(seen) >= _MAP_MEMO_SIZE:
+                seen.clear()
+            seen[raw] = known
+        return dict(known), pos
+
+    return read_string_map
 
 
 def _skipper_for(schema: Any) -> _Skipper:
@@ -1217,6 +1280,7 @@ def _compile_projection_reader(
     if kept:  # a reader field the writer lacks: defaults are fastavro's business
         return None
     order = [str(f["name"]) for f in reader["fields"]]
+    in_order = order == [name for name, _ in steps if name is not None]
     plan = tuple(steps)
 
     def read(data: bytes, pos: int) -> dict[str, Any]:
@@ -1228,7 +1292,7 @@ def _compile_projection_reader(
                 found[name], pos = step(data, pos)  # type: ignore[misc]
         if pos != len(data):
             raise _NOT_FAST
-        return {name: found[name] for name in order}
+        return found if in_order else {name: found[name] for name in order}
 
     return read
 

@@ -29,8 +29,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -79,13 +79,14 @@ class ScoringPolicy:
     canary_window_records: int = 2000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Vector:
     record: Record
     value: Mapping[str, Any]
     entity_id: str
     feature_set_hash: str
     values: Sequence[float]
+    """A list, or a float64 NumPy array (the codec's projection reads them so)."""
     matrix: np.ndarray[Any, Any] | None = None
     """The float64 matrix of the batch's vectors of this width, and this vector's row."""
     row: int = -1
@@ -109,6 +110,8 @@ class _Batch:
     served: list[dict[str, Any] | None]
     reasons: dict[int, str | None]
     scored_at: int
+    routes: Counter[str] = field(default_factory=Counter)
+    """Predictions served per route (for the metric)."""
 
 
 def _wall_clock_ms() -> int:
@@ -223,20 +226,15 @@ class ScorerProcessor(Processor):
                 batch.reasons[i] = f"canary_{why}"
             main_idx = sorted(main_idx + failed)
         self._score_hierarchy(batch, main_idx)
-        routes: Counter[str] = Counter()
+        topic, outputs = self._predictions_topic, result.outputs
         for vec, prediction in zip(vectors, batch.served, strict=True):
             assert prediction is not None  # the rules route always answers
-            routes[prediction["route"]] += 1
-            result.outputs.append(
+            outputs.append(
                 Output(
-                    topic=self._predictions_topic,
-                    schema=PREDICTION_SCHEMA,
-                    key=vec.entity_id,
-                    value=prediction,
-                    headers=vec.record.replay_headers(),
+                    topic, PREDICTION_SCHEMA, prediction, vec.entity_id, vec.record.replay_headers()
                 )
             )
-        for route, count in routes.items():
+        for route, count in batch.routes.items():
             metrics.PREDICTIONS.labels(route).inc(count)
         if table.shadow is not None:
             result.outputs.extend(self._score_shadow(table.shadow, batch))
@@ -298,7 +296,7 @@ class ScorerProcessor(Processor):
             values = value.get("values")
             names = value.get("names")
             fs_hash = str(value.get("feature_set_hash", ""))
-            if not values:
+            if values is None or len(values) == 0:
                 rejections.append(Rejection(record, "validation.empty", "no feature values"))
                 continue
             if fs_hash in by_hash:
@@ -389,7 +387,8 @@ class ScorerProcessor(Processor):
         """Run ``entry`` on the indices its feature set fits: (eligible, run or None)."""
         model = entry.model
         vectors = batch.vectors
-        eligible = [i for i in indices if vectors[i].feature_set_hash == model.feature_set_hash]
+        fs_hash = model.feature_set_hash
+        eligible = [i for i in indices if vectors[i].feature_set_hash == fs_hash]
         if not eligible:
             return eligible, None
         run = self._run(model, _rows(vectors, eligible), budget=budget)
@@ -401,19 +400,14 @@ class ScorerProcessor(Processor):
     ) -> None:
         assert run.scores is not None
         model = entry.model
-        for j, i in enumerate(eligible):
-            score = float(run.scores[j])
-            batch.served[i] = self._value(
-                batch.vectors[i],
-                model_name=model.name,
-                model_version=model.version,
-                score=score,
-                threshold=model.threshold,
-                route=route,
-                reason=batch.reasons.get(i),
-                latency_ms=run.latency_ms,
-                scored_at=batch.scored_at,
-            )
+        by = _ServedBy(
+            model.name, model.version, model.threshold, route, run.latency_ms, batch.scored_at
+        )
+        vectors, served, reasons = batch.vectors, batch.served, batch.reasons
+        # Python floats from the float64 scores, the same numbers float() gives one by one.
+        for i, score in zip(eligible, run.scores.tolist(), strict=True):
+            served[i] = _prediction(vectors[i], score, reasons.get(i), by)
+        batch.routes[route] += len(eligible)
 
     def _score_canary(
         self, canary: RouteEntry, batch: _Batch, indices: list[int]
@@ -497,28 +491,16 @@ class ScorerProcessor(Processor):
             return []
         metrics.PREDICTIONS.labels("shadow").inc(len(eligible))
         model = shadow.model
+        by = _ServedBy(
+            model.name, model.version, model.threshold, "shadow", run.latency_ms, batch.scored_at
+        )
+        topic = self._shadow_topic
         outputs = []
-        for j, i in enumerate(eligible):
+        for i, score in zip(eligible, run.scores.tolist(), strict=True):
             vec = batch.vectors[i]
-            value = self._value(
-                vec,
-                model_name=model.name,
-                model_version=model.version,
-                score=float(run.scores[j]),
-                threshold=model.threshold,
-                route="shadow",
-                reason=None,
-                latency_ms=run.latency_ms,
-                scored_at=batch.scored_at,
-            )
+            value = _prediction(vec, score, None, by)
             outputs.append(
-                Output(
-                    topic=self._shadow_topic,
-                    schema=PREDICTION_SCHEMA,
-                    key=vec.entity_id,
-                    value=value,
-                    headers=vec.record.replay_headers(),
-                )
+                Output(topic, PREDICTION_SCHEMA, value, vec.entity_id, vec.record.replay_headers())
             )
         return outputs
 
@@ -572,51 +554,52 @@ class ScorerProcessor(Processor):
             names = []
             if "names" not in vec.value and self._names_of is not None:
                 names = self._names_of(vec.record)  # decoded without names: decode them now
-        score = self._rules.score(dict(zip(names, vec.values, strict=False)))
-        return self._value(
-            vec,
-            model_name=self._rules.name,
-            model_version=self._rules.version,
-            score=score,
-            threshold=self._rules.threshold,
-            route="rules",
-            reason=batch.reasons.get(i) or "no_model",
-            latency_ms=0.0,
-            scored_at=batch.scored_at,
-        )
+        values = vec.values
+        if isinstance(values, np.ndarray):
+            values = values.tolist()  # Python floats, as a list of values would hold
+        score = self._rules.score(dict(zip(names, values, strict=False)))
+        batch.routes["rules"] += 1
+        rules = self._rules
+        by = _ServedBy(rules.name, rules.version, rules.threshold, "rules", 0.0, batch.scored_at)
+        return _prediction(vec, score, batch.reasons.get(i) or "no_model", by)
 
-    @staticmethod
-    def _value(
-        vec: _Vector,
-        *,
-        model_name: str,
-        model_version: str,
-        score: float,
-        threshold: float,
-        route: str,
-        reason: str | None,
-        latency_ms: float,
-        scored_at: int,
-    ) -> dict[str, Any]:
-        value = vec.value
-        computed_at = value.get("computed_at")
-        return {
-            "event_id": value["event_id"],
-            "entity_id": vec.entity_id,
-            "event_time": _millis(value["event_time"]),
-            "scored_at": scored_at,
-            "model_name": model_name,
-            "model_version": model_version,
-            "score": score,
-            "threshold": threshold,
-            "decision": score >= threshold,
-            "route": route,
-            "fallback_reason": reason,
-            "latency_ms": latency_ms,
-            "feature_set_hash": vec.feature_set_hash,
-            "features_computed_at": None if computed_at is None else _millis(computed_at),
-            "segments": value.get("categories") or {},
-        }
+
+class _ServedBy(NamedTuple):
+    """What every prediction a route makes for one batch shares."""
+
+    model_name: str
+    model_version: str
+    threshold: float
+    route: str
+    latency_ms: float
+    scored_at: int
+
+
+def _prediction(vec: _Vector, score: float, reason: str | None, by: _ServedBy) -> dict[str, Any]:
+    """The Prediction value of ``vec`` scored ``score`` by ``by``."""
+    model_name, model_version, threshold, route, latency_ms, scored_at = by
+    value = vec.value
+    event_time = value["event_time"]
+    computed_at = value.get("computed_at")
+    return {
+        "event_id": value["event_id"],
+        "entity_id": vec.entity_id,
+        "event_time": event_time if type(event_time) is int else _millis(event_time),
+        "scored_at": scored_at,
+        "model_name": model_name,
+        "model_version": model_version,
+        "score": score,
+        "threshold": threshold,
+        "decision": score >= threshold,
+        "route": route,
+        "fallback_reason": reason,
+        "latency_ms": latency_ms,
+        "feature_set_hash": vec.feature_set_hash,
+        "features_computed_at": (
+            computed_at if computed_at is None or type(computed_at) is int else _millis(computed_at)
+        ),
+        "segments": value.get("categories") or {},
+    }
 
 
 def names_decoder(codec: AvroCodec) -> Callable[[Record], list[str]]:

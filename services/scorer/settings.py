@@ -104,6 +104,14 @@ class ScorerSettings(BaseSettings):
     intra_op_threads: int = Field(
         default=1, ge=1, le=64, description="onnxruntime intra-op threads per session."
     )
+    gc_young_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="Allocations between two young-generation collections of Python's "
+        "cycle collector (CPython's default is 700: with ~10 objects per vector it ran "
+        "every few dozen vectors, see docs/decisions/scorer-throughput.md); 0 keeps the "
+        "default.",
+    )
     warmup_rows: int = Field(
         default=64, ge=1, description="Rows of the warm-up batch run before a model serves."
     )

@@ -671,6 +671,32 @@ def _single_object(version: Any, value: Any) -> bytes:
     return b"\xc3\x01" + version.fingerprint + out.getvalue()
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every NumPy array as the list fastavro returns (to compare with ==)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _assert_arrays_exact(got: Any, expected: Any) -> None:
+    """Every NumPy array in ``got`` is a float64 array of its own memory holding the bits of
+    the floats at the same place in ``expected`` (what fastavro decoded)."""
+    if isinstance(got, np.ndarray):
+        assert isinstance(expected, list)
+        assert got.dtype == np.float64 and got.ndim == 1 and got.base is None
+        assert got.tobytes() == np.array(expected, dtype=np.float64).tobytes()
+    elif isinstance(got, dict):
+        for key, value in got.items():
+            _assert_arrays_exact(value, expected[key])
+    elif isinstance(got, list):
+        for item, other in zip(got, expected, strict=True):
+            _assert_arrays_exact(item, other)
+
+
 def _projection_cases() -> list[tuple[str, str]]:
     codec = AvroCodec()
     return [
@@ -697,8 +723,9 @@ def test_projection_equals_full_decode_minus_the_dropped_field(
             full = codec.decode(encoded, name)
             expected = {k: v for k, v in full.items() if k != field}
             got = codec.decode(encoded, projection)
-            assert got == expected
+            assert _plain(got) == expected
             assert list(got) == list(expected)  # same field order too
+            _assert_arrays_exact(got, expected)
 
 
 _NAMES = st.lists(st.sampled_from(["a", "b", "ab", "é", "amount", ""]), max_size=5)
@@ -727,7 +754,112 @@ def test_skipped_names_memo_never_changes_other_fields(
         got = codec.decode(encoded, "FeatureVector[-names]")
         expected = {k: v for k, v in codec.decode(encoded, "FeatureVector").items()}
         del expected["names"]
-        assert repr(got) == repr(expected)  # repr: NaN and -0.0 compare exactly
+        assert repr(_plain(got)) == repr(expected)  # repr: NaN and -0.0 compare exactly
+        _assert_arrays_exact(got, expected)
+
+
+def _fv(values: list[float], categories: dict[str, str], i: int = 0) -> dict[str, Any]:
+    return {
+        "event_id": f"e{i}",
+        "entity_id": "c1",
+        "event_time": EPOCH_MS + i,
+        "computed_at": EPOCH_MS + i + 1,
+        "feature_set": "demo",
+        "feature_set_version": "3",
+        "feature_set_hash": "ab" * 32,
+        "names": [f"f{j}" for j in range(len(values))],
+        "values": values,
+        "categories": categories,
+    }
+
+
+def test_projection_reads_doubles_as_a_float64_array_of_its_own(codec: AvroCodec) -> None:
+    values = [1.5, -0.0, float("nan"), float("inf"), -float("inf"), 5e-324, 1e308, 0.1]
+    encoded = codec.encode("FeatureVector", _fv(values, {"country": "DE"}))
+    got = codec.decode(encoded, "FeatureVector[-names]")["values"]
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.base is None
+    assert got.tobytes() == np.array(values, dtype=np.float64).tobytes()  # NaN, -0.0 too
+    got[:] = 7.0  # the caller's to change: the next read of the same bytes is unaffected
+    again = codec.decode(encoded, "FeatureVector[-names]")["values"]
+    assert again.tobytes() == np.array(values, dtype=np.float64).tobytes()
+    empty = codec.decode(codec.encode("FeatureVector", _fv([], {})), "FeatureVector[-names]")
+    assert empty["values"].dtype == np.float64 and empty["values"].shape == (0,)
+
+
+def test_projection_reads_number_arrays_in_blocks_like_fastavro(tmp_path: Path) -> None:
+    # Arrays written in several blocks, some with a negative count and a byte size (the
+    # Avro spec allows both; fastavro's writer never makes them), of doubles and floats.
+    (tmp_path / "reading.avsc").write_text(
+        json.dumps(
+            {
+                "type": "record",
+                "name": "Reading",
+                "fields": [
+                    {"name": "skipped", "type": "string"},
+                    {"name": "doubles", "type": {"type": "array", "items": "double"}},
+                    {"name": "floats", "type": {"type": "array", "items": "float"}},
+                ],
+            }
+        )
+    )
+    codec = AvroCodec(tmp_path)
+    doubles, floats = [0.5, -2.25, 1e-300, float("nan")], [0.1, -3.5, 7.0]
+    body = (
+        b"\x04ab"
+        + b"\x03\x20" + np.array(doubles[:2], "<f8").tobytes()  # count -2, 16 bytes
+        + b"\x02" + np.array(doubles[2:3], "<f8").tobytes()
+        + b"\x01\x10" + np.array(doubles[3:], "<f8").tobytes()  # count -1, 8 bytes
+        + b"\x00"
+        + b"\x04" + np.array(floats[:2], "<f4").tobytes()
+        + b"\x02" + np.array(floats[2:], "<f4").tobytes()
+        + b"\x00"
+    )  # fmt: skip
+    encoded = b"\xc3\x01" + codec._schema("Reading").fingerprint + body
+    full = codec.decode(encoded, "Reading")
+    got = codec.decode(encoded, "Reading[-skipped]")
+    assert list(got) == ["doubles", "floats"]
+    _assert_arrays_exact(got, {k: v for k, v in full.items() if k != "skipped"})
+    assert isinstance(got["floats"], np.ndarray)  # float32 on the wire, exact as float64
+    for end in range(len(encoded)):  # every truncation is still an error
+        with pytest.raises(DecodeError):
+            codec.decode(encoded[:end], "Reading[-skipped]")
+
+
+_CATEGORY_TEXT = st.sampled_from(["DE", "pos", "5411", "é", "", "x" * 63, "y" * 64, "ü" * 40])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    maps=st.lists(
+        st.dictionaries(_CATEGORY_TEXT, _CATEGORY_TEXT, max_size=4), min_size=1, max_size=8
+    )
+)
+def test_remembered_string_maps_equal_the_full_decode(
+    codec: AvroCodec, maps: list[dict[str, str]]
+) -> None:
+    # Maps that repeat, share prefixes and hold strings of 63/64+ bytes (one- and two-byte
+    # lengths): a map read from memory must equal its decode, and be the caller's own dict.
+    for i, categories in enumerate([*maps, *maps]):
+        encoded = codec.encode("FeatureVector", _fv([1.0], categories, i))
+        got = codec.decode(encoded, "FeatureVector[-names]")
+        assert got["categories"] == codec.decode(encoded, "FeatureVector")["categories"]
+        assert list(got["categories"]) == list(categories)
+        got["categories"]["mutated"] = "yes"
+        assert "mutated" not in codec.decode(encoded, "FeatureVector[-names]")["categories"]
+
+
+def test_remembered_string_maps_are_forgotten_when_full(
+    codec: AvroCodec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamml.codec
+
+    monkeypatch.setattr(streamml.codec, "_MAP_MEMO_SIZE", 3)
+    projection = "FeatureVector[-names,-event_id]"  # a reader built with the small memo
+    for round_ in range(3):
+        for i in range(10):
+            categories = {"country": f"C{i}", "channel": "pos" if i % 2 else "web"}
+            encoded = codec.encode("FeatureVector", _fv([float(i)], categories, i))
+            assert codec.decode(encoded, projection)["categories"] == categories, round_
 
 
 def test_projection_of_several_fields_and_full_name(codec: AvroCodec) -> None:

@@ -84,3 +84,20 @@ def test_category_frequencies_pool_the_tail() -> None:
     rows = [{"country": "DE"}] * 6 + [{"country": "FR"}] * 3 + [{"country": "NL"}]
     freqs = category_frequencies(rows, max_categories=2)
     assert freqs == {"country": {"DE": 0.6, "FR": 0.3, "__other__": pytest.approx(0.1)}}
+
+
+def test_tune_gc_sets_only_the_young_threshold() -> None:
+    import gc
+
+    from services.scorer.__main__ import tune_gc
+    from services.scorer.settings import ScorerSettings
+
+    assert ScorerSettings.model_fields["gc_young_threshold"].default == 20_000
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before
+        tune_gc(12_345)
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.set_threshold(*before)

@@ -5,8 +5,11 @@ full decode of the record's bytes."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pytest
 
 from services.scorer.processor import (
@@ -35,6 +38,12 @@ def registry(keys, model_dir, public_key) -> ModelRegistry:  # type: ignore[no-u
     modelkit.publish(model_dir, key, "raises", "1", modelkit.raising_model())
     modelkit.publish(model_dir, key, "nan", "1", modelkit.nan_model())
     return ModelRegistry(model_dir, public_key, warmup_rows=2)
+
+
+def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoded vector with its values as a list (the projection reads a NumPy array)."""
+    values = value.get("values")
+    return {**value, "values": values.tolist() if isinstance(values, np.ndarray) else values}
 
 
 def _as_on_the_topic(record: Record, schema: str) -> Record:
@@ -101,9 +110,46 @@ def test_names_decoder_without_bytes_or_with_bad_names() -> None:
     # Bad UTF-8 inside the names: the projection skips it, the full decode refuses it.
     assert good.raw_value is not None
     broken = good.raw_value.replace(b"f0", b"\xff0", 1)
-    assert CODEC.decode(broken, NAMELESS_VECTOR) == good.value
+    assert _plain(CODEC.decode(broken, NAMELESS_VECTOR)) == _plain(good.value)
     assert names_of(dataclasses.replace(good, raw_value=broken)) == []
 
 
 def test_the_service_reads_without_names_unless_asked() -> None:
     assert ScorerSettings.model_fields["check_names"].default is False
+
+
+@pytest.mark.parametrize("tables", ["empty", "good", "other_feature_set"])
+def test_values_as_numpy_arrays_score_exactly_like_lists(registry, tables: str) -> None:
+    # The projection reads values as float64 arrays, fastavro (full decode, or a fallback)
+    # as lists: every output and rejection is the same either way, invalid vectors included.
+    table = {
+        "empty": RouteTable,
+        "good": lambda: RouteTable(
+            primary=RouteEntry(registry.load("good", "1"), -1),
+            shadow=RouteEntry(registry.load("good", "1"), -1),
+        ),
+        "other_feature_set": lambda: RouteTable(primary=RouteEntry(registry.load("good", "1"), -1)),
+    }[tables]()
+    fs_hash = modelkit.OTHER_HASH if tables == "other_feature_set" else modelkit.FS_HASH
+    lists = [
+        *modelkit.batch(6, seed=5, names=modelkit.NAMES, fs_hash=fs_hash),
+        modelkit.vector_record(50, [5.0, 0, 0, -5.0], names=modelkit.NAMES, fs_hash=fs_hash),
+        modelkit.vector_record(51, [1.0, math.nan, 0.0, 0.0], fs_hash=fs_hash),
+        modelkit.vector_record(52, [1e300, 0.0, 0.0, 0.0], fs_hash=fs_hash),
+        modelkit.vector_record(53, [], fs_hash=fs_hash),
+        modelkit.vector_record(54, [1.0, 2.0], fs_hash=fs_hash),
+        modelkit.vector_record(55, [1.0, 2.0, 3.0, 4.0], names=["f1", "f0", "f2", "f3"]),
+    ]
+    arrays = [
+        dataclasses.replace(
+            r, value={**r.value, "values": np.array(r.value["values"], dtype=np.float64)}
+        )
+        for r in lists
+    ]
+    expected = _outputs(table, lists, None)
+    assert _outputs(table, arrays, None) == expected
+    rejected = {reason for reason, _ in (e for e in expected if len(e) == 2)}
+    if tables == "good":  # with a model of the feature set, every check runs
+        assert rejected == {
+            "validation.non_finite", "validation.empty", "validation.length", "validation.names"
+        }  # fmt: skip
