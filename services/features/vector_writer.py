@@ -26,6 +26,7 @@ from streamml.codec import AvroCodec
 log = logging.getLogger(__name__)
 
 FEATURE_VECTOR_SCHEMA = "FeatureVector"
+_MAPS_KEPT = 65_536
 
 
 def avro_long(n: int) -> bytes:
@@ -71,6 +72,7 @@ class VectorWriter:
             + avro_string_array(names)
         )
         self._header = b""
+        self._maps: dict[int, tuple[Mapping[str, str], bytes]] = {}
         self._constants = (feature_set, version, content_hash, tuple(names))
 
     def encode(  # noqa: PLR0917 (one call per batch, the columns in schema order)
@@ -82,17 +84,25 @@ class VectorWriter:
         matrix: np.ndarray[Any, Any],
         categories: Sequence[Mapping[str, str]],
     ) -> list[bytes] | None:
-        """The framed records, or None when some value is not for this writer."""
+        """The framed records, or None when some value is not for this writer.
+
+        A categories map is encoded the first time its dict is seen: pass dicts that do
+        not change afterwards (as :meth:`FeatureSet.categories_many` returns them).
+        """
         kernel = native.KERNEL
         if kernel is None:
             return None
-        encoded: dict[int, bytes] = {}  # the maps repeat (shared dicts): once per batch
+        # The maps repeat as the very same dicts (FeatureSet.categories_many shares them):
+        # each is encoded once. The entry keeps its dict alive, so its id is not reused.
+        memo = self._maps
+        if len(memo) > _MAPS_KEPT:
+            memo.clear()
         tails = []
         for mapping in categories:
-            tail = encoded.get(id(mapping))
-            if tail is None:
-                tail = encoded[id(mapping)] = avro_string_map(mapping)
-            tails.append(tail)
+            entry = memo.get(id(mapping))
+            if entry is None or entry[0] is not mapping:
+                entry = memo[id(mapping)] = (mapping, avro_string_map(mapping))
+            tails.append(entry[1])
         return kernel.encode_vectors(  # type: ignore[no-any-return]
             self._header, event_ids, entity_ids, event_times, computed_at, self._middle,
             matrix, tails,
