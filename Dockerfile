@@ -6,12 +6,18 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/streamml/src
-COPY pyproject.toml README.md ./
+# A C compiler for the features service's optional kernel (services/features/_native.c);
+# only in this stage: the built module is copied, the compiler is not.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY libs ./libs
 COPY services ./services
 COPY schemas ./schemas
 RUN python -m venv /opt/streamml/venv \
  && /opt/streamml/venv/bin/pip install -e . \
+ && /opt/streamml/venv/bin/python -c "import services.features._native" \
  && find /opt/streamml -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM python:3.11-slim
