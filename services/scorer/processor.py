@@ -289,33 +289,40 @@ class ScorerProcessor(Processor):
         self, records: Sequence[Record], table: RouteTable, rejections: list[Rejection]
     ) -> list[_Vector]:
         models = table.models()
-        by_hash: dict[str, OnnxModel | None] = {}
+        # Per feature set hash: its model and input width, looked up once per batch.
+        by_hash: dict[str, tuple[OnnxModel, int] | None] = {}
         vectors: list[_Vector] = []
+        # Indices into ``vectors`` per width: one matrix each (normally one per batch).
+        by_width: dict[int, list[int]] = {}
         for record in records:
             value = record.value
             values = value.get("values")
             names = value.get("names")
-            fs_hash = str(value.get("feature_set_hash", ""))
+            fs_hash = value.get("feature_set_hash", "")
+            if type(fs_hash) is not str:
+                fs_hash = str(fs_hash)
             if values is None or len(values) == 0:
                 rejections.append(Rejection(record, "validation.empty", "no feature values"))
                 continue
+            width = len(values)
             if fs_hash in by_hash:
                 expected = by_hash[fs_hash]
             else:
-                expected = next((m for m in models if m.feature_set_hash == fs_hash), None)
+                model = next((m for m in models if m.feature_set_hash == fs_hash), None)
+                expected = None if model is None else (model, model.n_inputs)
                 by_hash[fs_hash] = expected
-            if expected is not None and len(values) != expected.n_inputs:
+            if expected is not None and width != expected[1]:
                 rejections.append(
                     Rejection(
                         record,
                         "validation.length",
-                        f"{len(values)} values, feature set {fs_hash[:12]} has {expected.n_inputs}",
+                        f"{width} values, feature set {fs_hash[:12]} has {expected[1]}",
                     )
                 )
                 continue
             if names and (
-                len(names) != len(values)
-                or (expected is not None and list(names) != expected.metadata.input_names)
+                len(names) != width
+                or (expected is not None and list(names) != expected[0].metadata.input_names)
             ):
                 rejections.append(
                     Rejection(
@@ -325,22 +332,34 @@ class ScorerProcessor(Processor):
                     )
                 )
                 continue
-            vectors.append(_Vector(record, value, str(value["entity_id"]), fs_hash, values))
+            entity_id = value["entity_id"]
+            indices = by_width.get(width)
+            if indices is None:
+                indices = by_width[width] = []
+            indices.append(len(vectors))
+            vectors.append(
+                _Vector(
+                    record,
+                    value,
+                    entity_id if type(entity_id) is str else str(entity_id),
+                    fs_hash,
+                    values,
+                    None,
+                    len(indices) - 1,
+                )
+            )
         if not vectors:
             return vectors
-        # One matrix per width (normally one per batch): the range check runs vectorised,
-        # and the model routes slice their rows from it instead of rebuilding arrays.
+        # The range check runs vectorised, and the model routes slice their rows from the
+        # matrix instead of rebuilding arrays.
         bad: set[int] = set()
-        by_width: dict[int, list[int]] = {}
-        for i, vec in enumerate(vectors):
-            by_width.setdefault(len(vec.values), []).append(i)
         for indices in by_width.values():
             matrix = np.array([vectors[i].values for i in indices], dtype=np.float64)
             ok = np.isfinite(matrix).all(axis=1) & (np.abs(matrix) <= _FLOAT32_MAX).all(axis=1)
-            bad.update(indices[j] for j in np.flatnonzero(~ok))
-            for row, i in enumerate(indices):
+            if not ok.all():
+                bad.update(indices[j] for j in np.flatnonzero(~ok))
+            for i in indices:
                 vectors[i].matrix = matrix
-                vectors[i].row = row
         for i in sorted(bad):
             rejections.append(
                 Rejection(
@@ -623,8 +642,14 @@ def _rows(vectors: list[_Vector], indices: list[int]) -> np.ndarray[Any, Any]:
     """The float32 input matrix of ``vectors[indices]``, in that order."""
     shared = vectors[indices[0]].matrix
     if shared is not None and all(vectors[i].matrix is shared for i in indices):
-        rows = np.fromiter((vectors[i].row for i in indices), dtype=np.intp, count=len(indices))
-        return shared[rows].astype(np.float32)
+        rows = [vectors[i].row for i in indices]
+        if (
+            len(rows) == len(shared)
+            and rows[-1] == len(rows) - 1
+            and rows == list(range(len(rows)))
+        ):
+            return shared.astype(np.float32)  # every row in order: no gather
+        return shared[np.array(rows, dtype=np.intp)].astype(np.float32)
     return np.array([vectors[i].values for i in indices], dtype=np.float32)
 
 
