@@ -22,12 +22,17 @@ does the same-input no-op; ``--check-names`` runs both with the full ``FeatureVe
 decode instead (scorer setting ``check_names``), i.e. as before the projection.
 
 Measured on the 2-core dev machine (shared, so +-30% run to run), 40,000 records, 4
-partitions, five interleaved pairs: the scorer at 0.47-0.63 of the Event no-op
-(26,500-30,700 predictions/s) and 0.82-0.96 of the same-input no-op; with
-``--check-names`` at 0.26-0.41 (15,900-17,900). Decoding a 2.3 KB
-FeatureVector costs ~27 us in full against ~6.4 us with the projection (~5 us for an
-Event); the scorer's own work is ~6 us/record plus ~1.3 us/record of onnxruntime in
-1,000-row batches.
+partitions, 5 interleaved rounds (docs/decisions/scorer-throughput.md): the scorer at
+30,100-31,400 predictions/s, a median 0.49 of the Event no-op and ~1.0 of the same-input
+no-op. Both readers of the 2.3 KB vectors are held back by librdkafka's consumer: once
+64 MB are prefetched (~28,000 vectors; the Event no-op's 4.8 MB never are) it postpones
+the next fetch by ``fetch.queue.backoff.ms``, 1 s by default, and the scorer waits. With
+that back-off at 20 ms (a runtime change, measured in a copy of the tree) the scorer
+reaches 40,500-49,100/s, a median 0.83 of the Event no-op; ``--records 20000`` (46 MB)
+stays under the limit and shows the same (median 0.81). Off-broker a vector costs ~7 us
+to decode with the projection (an array of 88 doubles as one NumPy array), ~3.4 us in
+the scorer (~1.3 us of onnxruntime in 1,000-row batches) and ~3.5 us to encode its
+Prediction.
 
 Usage: ``python -m benchmarks.scorer [--records 20000] [--partitions 4] [--batch 1000]
 [--rounds 3] [--check-names] [--without-names]``. ``share_of_noop`` (the target's figure)
@@ -83,7 +88,7 @@ CHECK_NAMES = False  # --check-names: full FeatureVector decode, as before the p
 def _vectors(n: int) -> list[tuple[bytes, bytes, list[Any]]]:
     codec = AvroCodec()
     matrix = build_matrix(e for e, _ in generate_events(n, seed=17, n_entities=5000))
-    out = []
+    out: list[tuple[bytes, bytes, list[Any]]] = []
     for i in range(len(matrix)):
         value = {
             "event_id": matrix.event_ids[i],
@@ -132,7 +137,7 @@ def measure_scorer(
         proc.stop()
     stamps = sorted(m.timestamp()[1] for m in out)
     span_s = max((stamps[-1] - stamps[0]) / 1000.0, 1e-3)
-    predictions = [codec.decode(m.value(), "Prediction") for m in out]
+    predictions = [codec.decode(m.value() or b"", "Prediction") for m in out]
     # One micro-batch per (scored_at, latency_ms) pair: every record of a batch shares both.
     batches = Counter((p["scored_at"], p["latency_ms"]) for p in predictions)
     model_ms = np.array([latency for _, latency in batches])

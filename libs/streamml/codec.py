@@ -27,9 +27,12 @@ Projections (reader side): ``decode(data, "FeatureVector[-names]")`` reads the v
 The projection is the base record's current schema minus those top-level fields, used as
 the Avro reader schema, so the decoder skips the dropped fields' bytes instead of building
 Python objects for them; every other field decodes exactly as with the base name, from
-every writer version the base can read. It is built and checked once per name (an unknown
-field or a malformed name raises :class:`~streamml.errors.SchemaError`) and cached like
-the rest. Projections are for decoding only: ``encode`` takes the base name.
+every writer version the base can read, except that an array of doubles or floats read by
+the compiled projection reader is a float64 NumPy array of its own (the same numbers, bit
+for bit; a value fastavro reads instead, e.g. from a non-``bytes`` buffer, has a list).
+It is built and checked once per name (an unknown field or a malformed name raises
+:class:`~streamml.errors.SchemaError`) and cached like the rest. Projections are for
+decoding only: ``encode`` takes the base name.
 
 Errors: ``decode`` raises :class:`~streamml.errors.DecodeError` (with ``raw`` and
 ``topic``) for bad bytes; ``encode`` raises :class:`~streamml.errors.EncodeError` naming
