@@ -345,6 +345,7 @@ class StreamRuntime:
             "heartbeat.interval.ms": max(1000, self.settings.session_timeout_ms // 4),
             "max.poll.interval.ms": self.settings.max_poll_interval_ms,
             "client.id": f"{self.service}-{self.settings.instance_id}",
+            "fetch.queue.backoff.ms": self.settings.fetch_queue_backoff_ms,
         }
         return Consumer(config)
 

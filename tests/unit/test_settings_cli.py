@@ -86,3 +86,36 @@ def test_cli_bad_arguments_give_one_line_and_exit_2(args: list[str]) -> None:
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+
+
+def test_the_consumer_gets_the_fetch_queue_backoff_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # librdkafka's default (1,000 ms) idles a service for a second each time 64 MB of
+    # large records are prefetched; the runtime passes its own setting.
+    from services.features.settings import FeaturesSettings
+    from streamml import runtime as runtime_module
+    from streamml.processor import Processor, Result
+    from streamml.settings import HttpSettings, RuntimeSettings
+
+    class Nothing(Processor):
+        def process(self, records, state):  # type: ignore[no-untyped-def]
+            return Result()
+
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(runtime_module, "Consumer", seen.append)
+    for settings, expected in (
+        (RuntimeSettings(), 20),
+        (RuntimeSettings(fetch_queue_backoff_ms=5), 5),
+    ):
+        rt = runtime_module.StreamRuntime(
+            service="t", processor=Nothing(), inputs={"t.in": "Event"},
+            kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"), settings=settings,
+            http=HttpSettings(),
+        )  # fmt: skip
+        rt._make_consumer()
+        assert seen[-1]["fetch.queue.backoff.ms"] == expected
+    monkeypatch.setenv("STREAMML_FEATURES_RUNTIME__FETCH_QUEUE_BACKOFF_MS", "-1")
+    with pytest.raises(ConfigError) as info:
+        load_settings(FeaturesSettings)
+    assert "\n" not in str(info.value) and "FETCH_QUEUE_BACKOFF_MS" in str(info.value)
