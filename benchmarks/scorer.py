@@ -22,17 +22,14 @@ does the same-input no-op; ``--check-names`` runs both with the full ``FeatureVe
 decode instead (scorer setting ``check_names``), i.e. as before the projection.
 
 Measured on the 2-core dev machine (shared, so +-30% run to run), 40,000 records, 4
-partitions, 5 interleaved rounds (docs/decisions/scorer-throughput.md): the scorer at
-30,100-31,400 predictions/s, a median 0.49 of the Event no-op and ~1.0 of the same-input
-no-op. Both readers of the 2.3 KB vectors are held back by librdkafka's consumer: once
-64 MB are prefetched (~28,000 vectors; the Event no-op's 4.8 MB never are) it postpones
-the next fetch by ``fetch.queue.backoff.ms``, 1 s by default, and the scorer waits. With
-that back-off at 20 ms (a runtime change, measured in a copy of the tree) the scorer
-reaches 40,500-49,100/s, a median 0.83 of the Event no-op; ``--records 20000`` (46 MB)
-stays under the limit and shows the same (median 0.81). Off-broker a vector costs ~7 us
-to decode with the projection (an array of 88 doubles as one NumPy array), ~3.4 us in
-the scorer (~1.3 us of onnxruntime in 1,000-row batches) and ~3.5 us to encode its
-Prediction.
+partitions, 5 interleaved rounds: the scorer at 47,700-54,600 predictions/s, a median
+0.79 (0.73-0.84) of the Event no-op (docs/decisions/runtime-fetch-queue-backoff.md).
+Before the runtime's ``fetch_queue_backoff_ms`` setting (20 ms), librdkafka's default
+1 s back-off after 64 MB prefetched (~28,000 vectors; the Event no-op's 4.8 MB never
+reach it) held the scorer at ~30,000/s, a median 0.49 (docs/decisions/
+scorer-throughput.md). Off-broker a vector costs ~7 us to decode with the projection (an
+array of 88 doubles as one NumPy array), ~3.4 us in the scorer (~1.3 us of onnxruntime in
+1,000-row batches) and ~3.5 us to encode its Prediction.
 
 Usage: ``python -m benchmarks.scorer [--records 20000] [--partitions 4] [--batch 1000]
 [--rounds 3] [--check-names] [--without-names]``. ``share_of_noop`` (the target's figure)
