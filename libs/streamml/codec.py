@@ -304,6 +304,17 @@ def _zigzag(v: int) -> bytes:
     return _LOW_14_BITS[n & 0x3FFF] + tail
 
 
+def encode_long(n: int) -> bytes:
+    """The Avro binary of a long (also of an int, and of a block count or length)."""
+    return _zigzag(n)
+
+
+def encode_string(text: str) -> bytes:
+    """The Avro binary of a string (UTF-8, strict: a lone surrogate raises)."""
+    data = text.encode("utf-8")
+    return _zigzag(len(data)) + data
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 127:

@@ -750,11 +750,6 @@ class FeatureSet:
                 return None
         return tuple(steps)
 
-    @cached_property
-    def stateful_width(self) -> int:
-        """How many of :attr:`names` come from the aggregates (the last ones)."""
-        return len(self.names) - self.stateless_width
-
     def stateful_bytes(self, history: EntityHistory, event_time: int, value: float) -> bytes:
         """:meth:`stateful` as little-endian float64 bytes (the C kernel's when it can)."""
         plan = self._native_plan

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from services.features import native
-from streamml.codec import AvroCodec
+from streamml.codec import AvroCodec, encode_long, encode_string
 
 log = logging.getLogger(__name__)
 
@@ -29,34 +29,18 @@ FEATURE_VECTOR_SCHEMA = "FeatureVector"
 _MAPS_KEPT = 65_536
 
 
-def avro_long(n: int) -> bytes:
-    """Avro's zig-zag varint of ``n`` (a long)."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-def avro_string(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return avro_long(len(data)) + data
-
-
 def avro_string_map(mapping: Mapping[str, str]) -> bytes:
     """A map of strings in iteration order, as one block (how the codec writes it)."""
     if not mapping:
         return b"\x00"
-    body = b"".join(avro_string(k) + avro_string(v) for k, v in mapping.items())
-    return avro_long(len(mapping)) + body + b"\x00"
+    body = b"".join(encode_string(k) + encode_string(v) for k, v in mapping.items())
+    return encode_long(len(mapping)) + body + b"\x00"
 
 
 def avro_string_array(items: Sequence[str]) -> bytes:
     if not items:
         return b"\x00"
-    return avro_long(len(items)) + b"".join(avro_string(s) for s in items) + b"\x00"
+    return encode_long(len(items)) + b"".join(encode_string(s) for s in items) + b"\x00"
 
 
 class VectorWriter:
@@ -66,14 +50,13 @@ class VectorWriter:
         self, *, feature_set: str, version: str, content_hash: str, names: Sequence[str]
     ) -> None:
         self._middle = (
-            avro_string(feature_set)
-            + avro_string(version)
-            + avro_string(content_hash)
+            encode_string(feature_set)
+            + encode_string(version)
+            + encode_string(content_hash)
             + avro_string_array(names)
         )
         self._header = b""
         self._maps: dict[int, tuple[Mapping[str, str], bytes]] = {}
-        self._constants = (feature_set, version, content_hash, tuple(names))
 
     def encode(  # noqa: PLR0917 (one call per batch, the columns in schema order)
         self,
@@ -109,21 +92,31 @@ class VectorWriter:
         )  # fmt: skip
 
     @classmethod
-    def bind(cls, codec: AvroCodec, topic: str, **constants: Any) -> VectorWriter | None:
+    def bind(
+        cls,
+        codec: AvroCodec,
+        topic: str,
+        *,
+        feature_set: str,
+        version: str,
+        content_hash: str,
+        names: Sequence[str],
+    ) -> VectorWriter | None:
         """A writer whose records equal ``codec.encode`` on ``topic``, or None."""
         if native.KERNEL is None:
             return None
-        writer = cls(**constants)
-        names = writer._constants[3]
+        writer = cls(
+            feature_set=feature_set, version=version, content_hash=content_hash, names=names
+        )
         sample: dict[str, Any] = {
             "event_id": "evt-\u00e9-1",
             "entity_id": "entity-42",
             "event_time": 1_700_000_000_123,
             "computed_at": 1_700_000_000_456,
-            "feature_set": writer._constants[0],
-            "feature_set_version": writer._constants[1],
-            "feature_set_hash": writer._constants[2],
-            "names": names,
+            "feature_set": feature_set,
+            "feature_set_version": version,
+            "feature_set_hash": content_hash,
+            "names": tuple(names),
             "values": np.linspace(-1.5, 1e6, len(names) or 3),
             "categories": {"country": "DE", "channel": "pos"},
         }

@@ -688,15 +688,18 @@ class PerformanceProcessor(Processor):
         if self._on_event is not None:
             self._on_event(kind)
 
-    def _on_prediction(self, view: PartitionView, record: Record, result: Result) -> None:
-        value = record.value
-        t = value["event_time"]
-        if type(t) is not int:
-            t = _millis(t)
+    def _note_time(self, view: PartitionView, record: Record, raw: Any) -> int:
+        """A record's event time in ms, noted as the partition's oldest and its stream's mark."""
+        t = raw if type(raw) is int else _millis(raw)
         if view.min_ts == NO_TIME or t < view.min_ts:
             view.min_ts = t
         marks, stream = view.marks, self._stream[record.topic]
         marks[stream] = max(marks[stream], t)
+        return t
+
+    def _on_prediction(self, view: PartitionView, record: Record, result: Result) -> None:
+        value = record.value
+        t = self._note_time(view, record, value["event_time"])
         score, threshold = value["score"], value["threshold"]
         if not (0.0 <= score <= 1.0 and math.isfinite(threshold)):  # NaN fails both
             result.rejections.append(
@@ -830,13 +833,7 @@ class PerformanceProcessor(Processor):
 
     def _on_label(self, view: PartitionView, record: Record, result: Result) -> None:
         value = record.value
-        a = value["labeled_at"]
-        if type(a) is not int:
-            a = _millis(a)
-        if view.min_ts == NO_TIME or a < view.min_ts:
-            view.min_ts = a
-        marks, stream = view.marks, self._stream[record.topic]
-        marks[stream] = max(marks[stream], a)
+        a = self._note_time(view, record, value["labeled_at"])
         label = value["label"]
         if label not in (0, 1):
             result.rejections.append(
