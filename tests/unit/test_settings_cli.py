@@ -96,6 +96,7 @@ def test_the_consumer_gets_the_fetch_queue_backoff_setting(
     from services.features.settings import FeaturesSettings
     from streamml import runtime as runtime_module
     from streamml.processor import Processor, Result
+    from streamml.runtime import clients as clients_module
     from streamml.settings import HttpSettings, RuntimeSettings
 
     class Nothing(Processor):
@@ -103,7 +104,7 @@ def test_the_consumer_gets_the_fetch_queue_backoff_setting(
             return Result()
 
     seen: list[dict[str, object]] = []
-    monkeypatch.setattr(runtime_module, "Consumer", seen.append)
+    monkeypatch.setattr(clients_module, "Consumer", seen.append)
     for settings, expected in (
         (RuntimeSettings(), 20),
         (RuntimeSettings(fetch_queue_backoff_ms=5), 5),

@@ -1,0 +1,64 @@
+"""Construction of the runtime's Kafka clients from the settings (one place for their config)."""
+
+from __future__ import annotations
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from streamml.settings import KafkaSettings, RuntimeSettings
+
+
+def make_admin(kafka: KafkaSettings) -> AdminClient:
+    return AdminClient(kafka.client_config())
+
+
+def make_producer(
+    kafka: KafkaSettings, settings: RuntimeSettings, *, transactional_id: str, client_id: str
+) -> Producer:
+    """The transactional, idempotent producer of one instance."""
+    config = {
+        **kafka.client_config(),
+        "transactional.id": transactional_id,
+        "enable.idempotence": True,
+        "transaction.timeout.ms": settings.transaction_timeout_ms,
+        "linger.ms": 5,
+        "queue.buffering.max.messages": settings.producer_queue_max_messages,
+        "compression.type": "lz4",
+        "client.id": client_id,
+    }
+    return Producer(config)
+
+
+def make_consumer(
+    kafka: KafkaSettings, settings: RuntimeSettings, *, group_id: str, client_id: str
+) -> Consumer:
+    """The group member: ``read_committed``, no auto-commit, ``range`` assignor."""
+    config = {
+        **kafka.client_config(),
+        "group.id": group_id,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.auto_offset_reset,
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": max(1000, settings.session_timeout_ms // 4),
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        "client.id": client_id,
+        "fetch.queue.backoff.ms": settings.fetch_queue_backoff_ms,
+    }
+    return Consumer(config)
+
+
+def make_restore_consumer(kafka: KafkaSettings, *, group_id: str) -> Consumer:
+    """A consumer that reads changelog partitions by assignment (it never joins the group)."""
+    return Consumer(
+        {
+            **kafka.client_config(),
+            "group.id": f"{group_id}-restore",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 52428800,
+        }
+    )

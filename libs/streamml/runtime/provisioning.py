@@ -1,0 +1,165 @@
+"""Provisioning and restore: the topics a service needs, and its state read back from changelogs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from streamml.deadletter import dlq_topic
+from streamml.errors import ProcessingError
+from streamml.runtime.clients import make_admin, make_restore_consumer
+from streamml.runtime.executor import Polled, TopicPartitionKey
+from streamml.settings import KafkaSettings, RuntimeSettings
+from streamml.state import State
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(
+    kafka: KafkaSettings,
+    settings: RuntimeSettings,
+    inputs: Sequence[str],
+    changelogs: Sequence[str],
+) -> None:
+    """Check the inputs exist; create missing changelogs and dead-letter topics.
+
+    A dead letter sent to a topic that does not exist would fail its transaction again
+    and again, so every input's ``.dlq`` is made sure of before the first record.
+    """
+    admin = make_admin(kafka)
+    try:
+        metadata = admin.list_topics(timeout=30)
+    except KafkaException as exc:
+        raise ProcessingError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}") from exc
+    missing = [t for t in inputs if t not in metadata.topics]
+    if missing:
+        raise ProcessingError(
+            f"input topic(s) {', '.join(missing)} do not exist; create them with "
+            "`streamml topics create`"
+        )
+    partitions = max(len(metadata.topics[t].partitions) for t in inputs)
+    for name in changelogs:
+        if name in metadata.topics and len(metadata.topics[name].partitions) < partitions:
+            raise ProcessingError(
+                f"changelog {name} has {len(metadata.topics[name].partitions)} partitions "
+                f"but the inputs have {partitions}; state cannot follow its partitions"
+            )
+    replicas = settings.changelog_replication_factor
+    changelog_config = {
+        "cleanup.policy": "compact",
+        "min.cleanable.dirty.ratio": "0.1",
+        "segment.ms": "600000",
+    }
+    new = [
+        NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=replicas,
+            config=changelog_config,
+        )
+        for name in changelogs
+        if name not in metadata.topics
+    ]
+    new += [
+        NewTopic(
+            dlq_topic(topic),
+            num_partitions=len(metadata.topics[topic].partitions),
+            replication_factor=replicas,
+            config={"retention.ms": str(30 * 24 * 3600 * 1000)},
+        )
+        for topic in inputs
+        if dlq_topic(topic) not in metadata.topics
+    ]
+    if not new:
+        return
+    for name, future in admin.create_topics(new).items():
+        try:
+            future.result()
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ProcessingError(f"cannot create topic {name}: {exc}") from exc
+
+
+def restore(
+    numbers: Sequence[int],
+    *,
+    state: State,
+    changelogs: Mapping[str, str],
+    kafka: KafkaSettings,
+    settings: RuntimeSettings,
+    group_id: str,
+) -> None:
+    """Load changelog partitions ``numbers`` of every store, up to their end.
+
+    ``changelogs`` maps each store name to its changelog topic.
+    """
+    if not numbers or not changelogs:
+        for number in numbers:
+            for store in state.stores:
+                store.assign(number)
+        return
+    from confluent_kafka import IsolationLevel
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+    admin = make_admin(kafka)
+    tps = [TopicPartition(t, n) for t in changelogs.values() for n in numbers]
+    # Wait until no transaction is open on the changelog partitions (last stable
+    # offset == high watermark), so that reading to the end sees every committed write.
+    deadline = time.monotonic() + settings.transaction_timeout_ms / 1000
+    while True:
+        committed = list_offsets(admin, tps, IsolationLevel.READ_COMMITTED, OffsetSpec)
+        latest = list_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED, OffsetSpec)
+        if committed == latest or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    store_of = {topic: name for name, topic in changelogs.items()}
+    for number in numbers:
+        for store in state.stores:
+            store.assign(number)
+    todo = [tp for tp in tps if latest[(tp.topic, tp.partition)] > 0]
+    if not todo:
+        return
+    restorer = make_restore_consumer(kafka, group_id=group_id)
+    try:
+        restorer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in todo])
+        pending = {(tp.topic, tp.partition) for tp in todo}
+        count = 0
+        while pending:
+            for msg in restorer.consume(10_000, timeout=0.2):
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((msg.topic(), msg.partition()))
+                        continue
+                    raise ProcessingError(f"restoring state: {error.str()}")
+                polled = Polled.of(msg)
+                store = state.store(store_of[polled.topic])
+                store.restore(polled.partition, polled.key or b"", polled.value)
+                count += 1
+        log.info("restored %d changelog records for partitions %s", count, list(numbers))
+    finally:
+        restorer.close()
+
+
+def list_offsets(
+    admin: AdminClient, tps: Sequence[TopicPartition], isolation: Any, spec: Any
+) -> dict[TopicPartitionKey, int]:
+    """End offsets of ``tps``; retries while leadership of new partitions settles."""
+    request = {tp: spec.latest() for tp in tps}
+    deadline = time.monotonic() + 30
+    while True:
+        futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=30)
+        try:
+            return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+        except KafkaException as exc:
+            # A changelog created moments ago may not have a leader yet
+            # (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE): retriable.
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise ProcessingError(f"listing changelog offsets: {exc}") from exc
+            time.sleep(0.2)
