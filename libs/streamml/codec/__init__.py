@@ -67,14 +67,12 @@ from streamml.codec.avro import AvroCodec
 from streamml.codec.catalog import default_schemas_dir
 from streamml.codec.compat import check_compatibility
 from streamml.codec.framing import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC
-from streamml.codec.reader import _MAP_MEMO_SIZE
 from streamml.codec.writer import _zigzag, encode_long, encode_string
 
-# _MAP_MEMO_SIZE and _zigzag: names the codec's own tests reach for (tests/unit/test_codec.py).
+# _zigzag: the compiled writer's varint, which tests/unit/test_codec.py checks against fastavro.
 __all__ = [
     "CONFLUENT_MAGIC",
     "SINGLE_OBJECT_MAGIC",
-    "_MAP_MEMO_SIZE",
     "AvroCodec",
     "_zigzag",
     "check_compatibility",
