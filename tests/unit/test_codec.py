@@ -851,9 +851,9 @@ def test_remembered_string_maps_equal_the_full_decode(
 def test_remembered_string_maps_are_forgotten_when_full(
     codec: AvroCodec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import streamml.codec
+    import streamml.codec.reader  # where the projection reader's memo size lives
 
-    monkeypatch.setattr(streamml.codec, "_MAP_MEMO_SIZE", 3)
+    monkeypatch.setattr(streamml.codec.reader, "_MAP_MEMO_SIZE", 3)
     projection = "FeatureVector[-names,-event_id]"  # a reader built with the small memo
     for round_ in range(3):
         for i in range(10):

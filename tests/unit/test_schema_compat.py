@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from streamml import codec as codec_module
 from streamml.codec import AvroCodec, check_compatibility, default_schemas_dir
+from streamml.codec import compat as codec_module
 
 SCHEMAS = default_schemas_dir()
 
