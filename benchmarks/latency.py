@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -194,6 +195,32 @@ class _PredictionReader(threading.Thread):
             self.consumer.close()
 
 
+def _loop_figures(service: ServiceProcess) -> dict[str, float]:
+    """Transactions, mean batch size and mean commit time of a service, from /metrics."""
+    _, body = service.http("/metrics")
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(body.get("text", "")):
+        for sample in family.samples:
+            if sample.name == "streamml_transactions_total" and sample.labels.get(
+                "outcome", "committed"
+            ) not in ("committed",):
+                continue
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    batches = sums.get("streamml_batch_records_count", 0.0)
+    commits = sums.get("streamml_transaction_commit_seconds_count", 0.0)
+    return {
+        "transactions": sums.get("streamml_transactions_total", 0.0),
+        "mean_batch": round(sums.get("streamml_batch_records_sum", 0.0) / batches, 1)
+        if batches
+        else 0.0,
+        "mean_commit_ms": round(
+            1000 * sums.get("streamml_transaction_commit_seconds_sum", 0.0) / commits, 1
+        )
+        if commits
+        else 0.0,
+    }
+
+
 def measure(
     bootstrap: str,
     tree: Path,
@@ -261,6 +288,7 @@ def measure(
         deadline = time.monotonic() + drain_s
         while len(reader.latency_ms) < sent["measured"] and time.monotonic() < deadline:
             time.sleep(0.1)
+        loops = {s.args[-1].split(".")[-1]: _loop_figures(s) for s in services}
     finally:
         reader.halt.set()
         if producer is not None and producer.poll() is None:
@@ -286,6 +314,9 @@ def measure(
         for column, stage in enumerate(("to_features", "features_to_scored", "scored_to_read")):
             row[f"{stage}_p50_ms"] = round(float(np.percentile(stages[:, column], 50)), 1)
             row[f"{stage}_p99_ms"] = round(float(np.percentile(stages[:, column], 99)), 1)
+    for name, figures in loops.items():
+        for key, value in figures.items():
+            row[f"{name}_{key}"] = value
     row["sustained"] = bool(
         received == sent["measured"]
         and sent["achieved_rate"] >= 0.95 * rate
