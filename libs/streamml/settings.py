@@ -139,7 +139,11 @@ class RuntimeSettings(BaseModel):
         default=500, ge=1, le=100_000, description="Most records in one micro-batch/transaction."
     )
     batch_max_ms: int = Field(
-        default=100, ge=1, le=60_000, description="Longest wait to fill a micro-batch."
+        default=100,
+        ge=1,
+        le=60_000,
+        description="Longest wait for the first record of a micro-batch; the batch then "
+        "takes what is already fetched and closes (streamml.batching).",
     )
     transaction_timeout_ms: int = Field(
         default=60_000, ge=1_000, description="transaction.timeout.ms of the producer."

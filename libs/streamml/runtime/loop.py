@@ -35,6 +35,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from streamml.batching import collect_batch
 from streamml.codec import AvroCodec
 from streamml.deadletter import dead_letter_headers, dlq_topic
 from streamml.errors import ConfigError, FencedError, ProcessingError
@@ -274,8 +275,10 @@ class StreamRuntime:
         assert consumer is not None
         if self._halt is not None:
             self._maybe_resume()
-        messages = consumer.consume(
-            self.settings.batch_max_records, timeout=self.settings.batch_max_ms / 1000
+        messages = collect_batch(
+            consumer.consume,
+            max_records=self.settings.batch_max_records,
+            wait_s=self.settings.batch_max_ms / 1000,
         )
         batch = []
         for msg in messages:
