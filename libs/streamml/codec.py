@@ -657,9 +657,7 @@ class AvroCodec:
     @classmethod
     def from_settings(cls, kafka: KafkaSettings) -> AvroCodec:
         """The codec for these Kafka settings: registry wire format if a registry URL is set."""
-        config: dict[str, Any] = {}
-        if kafka.schema_registry_basic_auth is not None:
-            config["basic.auth.user.info"] = kafka.schema_registry_basic_auth.get_secret_value()
+        config = kafka.registry_client_config()  # basic auth and TLS (CA, client cert)
         return cls(registry_url=kafka.schema_registry_url or None, registry_config=config)
 
     # -- schemas -------------------------------------------------------------------------

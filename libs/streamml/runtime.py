@@ -52,6 +52,7 @@ from streamml.errors import ConfigError, DecodeError, FencedError, ProcessingErr
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor, Record, Rejection, Result
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+from streamml.startup import preflight, retry_transient
 from streamml.state import State
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,14 @@ class StreamRuntime:
     # -- public ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped. Returns the process exit code (0 clean, 1 gave up)."""
+        """Run until stopped. Returns the process exit code (0 clean, 1 gave up, 2 a
+        configuration fault: a missing file, a taken port, wrong credentials or CA)."""
         self._install_signal_handlers()
+        try:
+            preflight(self.kafka, self.http)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 2
         self._health = HealthServer(
             self.http.host,
             self.http.port,
@@ -265,7 +272,9 @@ class StreamRuntime:
         """
         admin = self._admin()
         try:
-            metadata = admin.list_topics(timeout=30)
+            metadata = retry_transient(
+                lambda: admin.list_topics(timeout=30), what="reading topic metadata"
+            )
         except KafkaException as exc:
             raise ProcessingError(
                 f"cannot reach Kafka at {self.kafka.bootstrap_servers}: {exc}"
@@ -476,19 +485,18 @@ class StreamRuntime:
     ) -> dict[TopicPartitionKey, int]:
         """End offsets of ``tps``; retries while leadership of new partitions settles."""
         request = {tp: spec.latest() for tp in tps}
-        deadline = time.monotonic() + 30
-        while True:
+
+        def list_once() -> dict[TopicPartitionKey, int]:
             futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=30)
-            try:
-                return {
-                    (tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()
-                }
-            except KafkaException as exc:
-                # A changelog created moments ago may not have a leader yet
-                # (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE): retriable.
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
-                    raise ProcessingError(f"listing changelog offsets: {exc}") from exc
-                time.sleep(0.2)
+            return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+
+        try:
+            # A changelog created moments ago, or a fresh broker, may answer
+            # NOT_LEADER_OR_FOLLOWER / LEADER_NOT_AVAILABLE for a while without marking
+            # the error retriable(): streamml.startup knows which errors heal by waiting.
+            return retry_transient(list_once, what="listing changelog offsets")
+        except KafkaException as exc:
+            raise ProcessingError(f"listing changelog offsets: {exc}") from exc
 
     # -- the loop -------------------------------------------------------------------
 

@@ -1,0 +1,33 @@
+"""The local broker script: KRaft storage formatting (cluster ids that start with '-')."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import pytest
+
+from streamml.broker import LocalBroker, _kafka_cluster_id, fetch_kafka_jars, format_storage
+
+pytestmark = [pytest.mark.integration]
+
+
+def test_a_cluster_id_that_starts_with_a_dash_formats_the_storage(tmp_path: Path) -> None:
+    # 0xF8 as the first byte makes the first base64 character '-' (index 62).
+    cluster_id = base64.urlsafe_b64encode(bytes([0xF8]) + bytes(15)).decode().rstrip("=")
+    assert cluster_id.startswith("-") and len(cluster_id) == 22
+    broker = LocalBroker(run_dir=tmp_path / "kafka", port=0, sasl_ssl_port=0)
+    broker.run_dir.mkdir(parents=True)
+    config = broker._write_config(controller_port=broker._controller_port())
+    java = shutil.which("java")
+    assert java is not None
+    format_storage(java, f"{fetch_kafka_jars()}/*", config, cluster_id, scram_users={"svc": "pw-1"})
+    meta = (broker.run_dir / "data" / "meta.properties").read_text()
+    assert f"cluster.id={cluster_id}\n" in meta
+
+
+def test_cluster_ids_are_22_url_safe_characters() -> None:
+    ids = {_kafka_cluster_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(len(i) == 22 and "=" not in i for i in ids)
