@@ -68,7 +68,7 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka", "urllib3", "asyncio"):
+    for noisy in ("aiokafka", "kafka", "urllib3", "asyncio", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
