@@ -55,6 +55,11 @@ TRANSIENT_METADATA_ERRORS = frozenset(
         KafkaError.NOT_ENOUGH_REPLICAS,
         KafkaError._TIMED_OUT,
         KafkaError._WAIT_COORD,
+        # librdkafka's local codes for a topic its metadata cache does not hold yet: what
+        # list_offsets answers (_NOENT) for a topic created moments ago.
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._NOENT,
     }
 )
 

@@ -1,9 +1,12 @@
-"""The local broker script: KRaft storage formatting (cluster ids that start with '-')."""
+"""Start-up on the real broker: KRaft storage formatting (cluster ids that start with '-')
+and metadata errors that heal by waiting."""
 
 from __future__ import annotations
 
 import base64
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,37 @@ def test_cluster_ids_are_22_url_safe_characters() -> None:
     ids = {_kafka_cluster_id() for _ in range(200)}
     assert len(ids) == 200
     assert all(len(i) == 22 and "=" not in i for i in ids)
+
+
+def test_listing_changelog_offsets_waits_for_a_topic_the_broker_does_not_know_yet(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """The real broker answers for a topic that is not (yet) in its metadata; the runtime's
+    start-up listing retries with backoff until the topic is there instead of exiting."""
+    from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+
+    from streamml.runtime import StreamRuntime
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topic = f"{topic_prefix}late-changelog"
+    tps = [TopicPartition(topic, 0)]
+    # What the broker says first: an error that librdkafka does not mark retriable().
+    first = admin.list_offsets({tps[0]: OffsetSpec.latest()}, request_timeout=10)[tps[0]]
+    with pytest.raises(KafkaException) as info:
+        first.result()
+    assert not info.value.args[0].retriable()
+
+    def create_later() -> None:
+        time.sleep(2.0)
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[
+            topic
+        ].result()
+
+    creator = threading.Thread(target=create_later)
+    creator.start()
+    try:
+        offsets = StreamRuntime._list_offsets(admin, tps, IsolationLevel.READ_COMMITTED, OffsetSpec)
+    finally:
+        creator.join()
+    assert offsets == {(topic, 0): 0}
