@@ -19,6 +19,7 @@ that CA and speaks HTTPS to the upstream, so clients keep their CA setting uncha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -170,7 +171,7 @@ class FaultProxy:
                     return
                 rest += chunk
             body, buffer = rest[:length], rest[length:]
-            method, target = (head.split(b" ", 2) + [b"", b""])[:2]
+            method, target = [*head.split(b" ", 2), b"", b""][:2]
             if (
                 self._mode == "refuse_registrations"
                 and method == b"POST"
@@ -187,18 +188,13 @@ class FaultProxy:
 
 
 def _pump(source: socket.socket, target: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         while chunk := source.recv(65536):
             target.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        _close(target)
+    _close(target)
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
