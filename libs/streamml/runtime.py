@@ -276,6 +276,7 @@ class StreamRuntime:
                 lambda: admin.list_topics(timeout=30), what="reading topic metadata"
             )
         except KafkaException as exc:
+            admin.poll(0)  # hands librdkafka's queued lines (the cause) to the logging
             raise ProcessingError(
                 f"cannot reach Kafka at {self.kafka.bootstrap_servers}: {exc}"
             ) from exc

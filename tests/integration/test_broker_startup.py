@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from streamml.broker import LocalBroker, _kafka_cluster_id, fetch_kafka_jars, format_storage
+from streamml.broker import (
+    LocalBroker,
+    _kafka_cluster_id,
+    fetch_kafka_jars,
+    format_storage,
+    free_port,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -68,3 +74,32 @@ def test_listing_changelog_offsets_waits_for_a_topic_the_broker_does_not_know_ye
     finally:
         creator.join()
     assert offsets == {(topic, 0): 0}
+
+
+def test_librdkafka_lines_of_a_dead_broker_are_structured_and_not_repeated(
+    logs_dir: Path,
+) -> None:
+    """librdkafka retries a closed port several times a second for the 30 s the start-up
+    waits; its lines reach the service's JSON log once, with facility and client, and the
+    service gives up with exit code 1 (an infrastructure fault, not a configuration one)."""
+    import json
+
+    from tests.integration.test_features_service import features_process
+
+    dead = free_port()
+    service = features_process(
+        f"127.0.0.1:{dead}", "", logs_dir, env={"STREAMML_FEATURES_LOG_FORMAT": "json"}
+    ).start()
+    try:
+        code = service.wait(120)
+    finally:
+        service.stop()
+    lines = (logs_dir / "features.log").read_text().splitlines()
+    assert code == 1
+    assert not [line for line in lines if line.startswith("%")]  # no raw librdkafka stderr
+    records = [json.loads(line) for line in lines]
+    refused = [r for r in records if r["logger"] == "streamml.librdkafka" and "refused" in r["msg"]]
+    assert len(refused) == 1, records
+    assert refused[0]["facility"] == "FAIL" and refused[0]["level"] == "error"
+    assert refused[0]["service"] == "features"
+    assert any(f"cannot reach Kafka at 127.0.0.1:{dead}" in r["msg"] for r in records)
