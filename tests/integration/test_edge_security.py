@@ -150,3 +150,25 @@ def test_a_configuration_fault_at_start_up_is_one_line_and_exit_code_2(
     # Nothing was consumed: no dead letters, no output.
     for topic in ("events.dlq", "features"):
         assert consume_all(broker.bootstrap, f"{topic_prefix}{topic}", idle_s=1.5) == []
+
+
+def test_an_operator_command_with_a_wrong_password_is_one_line_and_exit_code_2(
+    secure_broker: SecureBroker,
+) -> None:
+    env = secure_broker.client_env(STREAMML_KAFKA_SASL_PASSWORD="not-the-password")
+    cli = subprocess.run(
+        [sys.executable, "-m", "streamml.cli", "topics", "describe"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 2, cli.stderr
+    assert cli.stderr.strip().splitlines() == [
+        f"error: authentication failed for user 'svc' (SCRAM-SHA-512) at "
+        f"{secure_broker.sasl_ssl_bootstrap}; check STREAMML_KAFKA_SASL_USERNAME, "
+        "STREAMML_KAFKA_SASL_PASSWORD and STREAMML_KAFKA_SASL_MECHANISM"
+    ]
+    assert "not-the-password" not in cli.stdout + cli.stderr
