@@ -69,7 +69,10 @@ def fetch_registry() -> Path:
             + " | ".join(tail)
         )
     with tarfile.open(archive) as tar:
-        tar.extractall(home / "app", filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: refuse paths out of "app"
+            tar.extractall(home / "app", filter="data")
+        else:
+            tar.extractall(home / "app")  # Maven Central's checksummed archive
     archive.unlink()
     jar = _runner(home)
     (home / _COMPLETE_MARKER).write_text(APICURIO_VERSION)
