@@ -50,7 +50,12 @@ def test_listing_changelog_offsets_waits_for_a_topic_the_broker_does_not_know_ye
     from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-    from streamml.runtime import StreamRuntime
+    try:  # after the runtime split (i13-runtime): provisioning.list_offsets
+        from streamml.runtime.provisioning import list_offsets
+    except ImportError:
+        from streamml.runtime import StreamRuntime
+
+        list_offsets = StreamRuntime._list_offsets
 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     topic = f"{topic_prefix}late-changelog"
@@ -70,7 +75,7 @@ def test_listing_changelog_offsets_waits_for_a_topic_the_broker_does_not_know_ye
     creator = threading.Thread(target=create_later)
     creator.start()
     try:
-        offsets = StreamRuntime._list_offsets(admin, tps, IsolationLevel.READ_COMMITTED, OffsetSpec)
+        offsets = list_offsets(admin, tps, IsolationLevel.READ_COMMITTED, OffsetSpec)
     finally:
         creator.join()
     assert offsets == {(topic, 0): 0}
