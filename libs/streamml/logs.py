@@ -75,12 +75,15 @@ def configure_logging(
 LIBRDKAFKA_LOGGER = "streamml.librdkafka"
 LIBRDKAFKA_REPEAT_INTERVAL_S = 30.0
 _DIGITS = re.compile(r"\d+")
+# librdkafka's own suffix: "(after 3ms in state CONNECT, 4 identical error(s) suppressed)"
+_LIBRDKAFKA_SUFFIX = re.compile(r"\s*\(after [^()]*(\([^()]*\)[^()]*)*\)\s*$")
 
 
 class RepeatFilter(logging.Filter):
     """Let one record per distinct message through per ``interval_s``; count the rest.
 
-    Messages that differ only in numbers (timings, counters, ports of the same broker) are
+    Messages that differ only in numbers (timings, counters, ports of the same broker) or
+    in librdkafka's "(after ...ms in state ..., N identical error(s) suppressed)" suffix are
     the same message. The record that ends a quiet spell carries ``repeated=<count>``.
     """
 
@@ -92,7 +95,7 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = _DIGITS.sub("#", record.getMessage())
+        key = _DIGITS.sub("#", _LIBRDKAFKA_SUFFIX.sub("", record.getMessage()))
         now = self._clock()
         with self._lock:
             last, held = self._seen.get(key, (float("-inf"), 0))
