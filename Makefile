@@ -4,11 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 KAFKA_PORT ?= 9092
+REGISTRY_PORT ?= 8081
 BENCH_PORT ?= 19192
 DURATION ?= 180
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit test-integration lint format bench kafka-up kafka-down clean
+.PHONY: help venv demo test test-unit test-integration lint format bench kafka-up kafka-down \
+	registry-up registry-down clean
 
 help:
 	@echo "make demo        set up everything and run the pipeline end to end (DURATION=$(DURATION)s)"
@@ -17,6 +19,8 @@ help:
 	@echo "make bench       run the benchmarks against a local broker"
 	@echo "make kafka-up    start the local broker on 127.0.0.1:$(KAFKA_PORT) (KAFKA_PORT=...)"
 	@echo "make kafka-down  stop it"
+	@echo "make registry-up    start a local schema registry on 127.0.0.1:$(REGISTRY_PORT) (Apicurio)"
+	@echo "make registry-down  stop it"
 
 $(STAMP): pyproject.toml setup.py services/features/_native.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11+ is needed (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -32,6 +36,12 @@ kafka-up: venv
 
 kafka-down: venv
 	$(BIN)/streamml kafka down
+
+registry-up: venv
+	$(BIN)/streamml registry up --port $(REGISTRY_PORT)
+
+registry-down: venv
+	$(BIN)/streamml registry down
 
 demo: venv
 	$(BIN)/streamml demo run --duration $(DURATION)
@@ -69,4 +79,5 @@ bench: venv
 
 clean:
 	-$(BIN)/streamml kafka down
-	rm -rf $(VENV) .kafka .kafka-bench .pytest_cache .mypy_cache .ruff_cache
+	-$(BIN)/streamml registry down
+	rm -rf $(VENV) .kafka .kafka-bench .registry .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,11 @@ The broker runs as combined broker+controller on 127.0.0.1 with the settings tha
 transactions need on one node, logs to ``<run dir>/server.log``, and is up when it
 answers a metadata request.
 
+With ``sasl_ssl_port`` set it also listens for SASL_SSL (SCRAM-SHA-512) on that port: the
+script makes a private CA and a broker certificate under ``<run dir>/tls`` and creates the
+SCRAM users when it formats the storage (``kafka-storage format --add-scram``), so the
+users exist before the broker first starts. Clients trust ``<run dir>/tls/ca.pem``.
+
 >>> broker = LocalBroker(run_dir=Path("/tmp/demo-kafka"), port=0)  # doctest: +SKIP
 >>> broker.start(); print(broker.bootstrap); broker.stop()          # doctest: +SKIP
 """
@@ -27,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 from streamml.errors import BrokerError
+from streamml.tls import LocalCA
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +121,32 @@ class LocalBroker:
     run_dir: Path
     port: int = 9092
     heap: str = "768m"
+    #: port of an extra SASL_SSL listener (SCRAM-SHA-512); None = PLAINTEXT only, 0 = free
+    sasl_ssl_port: int | None = None
+    #: SCRAM-SHA-512 users (name -> password) created when the storage is formatted
+    scram_users: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
         if self.port == 0:
             self.port = free_port()
+        if self.sasl_ssl_port == 0:
+            self.sasl_ssl_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str | None:
+        """host:port of the SASL_SSL listener, if it has one."""
+        return None if self.sasl_ssl_port is None else f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA that signed the SASL_SSL listener's certificate."""
+        return LocalCA(self.run_dir / "tls").cert_path
 
     @property
     def pid_file(self) -> Path:
@@ -136,16 +158,32 @@ class LocalBroker:
 
     def _write_config(self, controller_port: int) -> Path:
         data = self.run_dir / "data"
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+        secure: dict[str, str] = {}
+        if self.sasl_ssl_port is not None:
+            listeners.append(f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}")
+            protocols.append("SASL_SSL:SASL_SSL")
+            server = LocalCA.create(self.run_dir / "tls").issue("broker")
+            secure = {
+                "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                ),
+                # Kafka reads PEM directly (KIP-651): certificate chain + PKCS#8 key.
+                "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+                "listener.name.sasl_ssl.ssl.keystore.location": str(server.keystore_path),
+            }
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{controller_port}"]),
+            "advertised.listeners": ",".join(listeners),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(protocols),
+            **secure,
             "log.dirs": str(data),
             # One node: every internal topic has one replica, or transactions never start.
             "offsets.topic.replication.factor": "1",
@@ -198,22 +236,19 @@ class LocalBroker:
             log.info("broker already running at %s", self.bootstrap)
             self.wait_ready(timeout_s)
             return
-        if _port_open(self.port):
-            raise BrokerError(
-                f"port {self.port} is taken by another process; choose another with "
-                "KAFKA_PORT=<port> (or stop what listens there)"
-            )
+        for port in (self.port, self.sasl_ssl_port):
+            if port is not None and _port_open(port):
+                raise BrokerError(
+                    f"port {port} is taken by another process; choose another with "
+                    "KAFKA_PORT=<port> (or stop what listens there)"
+                )
         config = self._write_config(self._controller_port())
         classpath = f"{libs}/*"
         data = self.run_dir / "data"
         if not (data / "meta.properties").exists():
-            fmt = subprocess.run(
-                [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", _kafka_cluster_id(), "-c", str(config)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if fmt.returncode != 0:
-                raise BrokerError("formatting KRaft storage failed: " + fmt.stderr.strip()[-500:])
+            format_storage(
+                java, classpath, config, _kafka_cluster_id(), scram_users=self.scram_users or {}
+            )
         stdout = open(self.run_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
         self._process = subprocess.Popen(
             [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC",
@@ -283,6 +318,31 @@ class LocalBroker:
         if self.running_pid() is not None:
             raise BrokerError("stop the broker before wiping its data")
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def format_storage(
+    java: str,
+    classpath: str,
+    config: Path,
+    cluster_id: str,
+    *,
+    scram_users: dict[str, str] | None = None,
+) -> None:
+    """``kafka-storage format`` the log directories of ``config`` as cluster ``cluster_id``.
+
+    The id goes in as ``--cluster-id=<id>``: one random id in 64 starts with ``-``, and
+    given as a separate argument the tool's parser reads it as an unknown option.
+    """
+    cmd = [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
+           f"--cluster-id={cluster_id}", "--config", str(config)]  # fmt: skip
+    for name, password in sorted((scram_users or {}).items()):
+        cmd.append(f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]")
+    fmt = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if fmt.returncode != 0:
+        output = (fmt.stderr.strip() or fmt.stdout.strip())[-500:]
+        for password in (scram_users or {}).values():
+            output = output.replace(password, "***")
+        raise BrokerError("formatting KRaft storage failed: " + output)
 
 
 def _kafka_cluster_id() -> str:

@@ -1,6 +1,9 @@
 """The project's command line: ``streamml <command>``.
 
-- ``streamml kafka up|down|status``: the local single-node broker.
+- ``streamml kafka up|down|status``: the local single-node broker (``--sasl-ssl-port``
+  adds a SASL_SSL listener with SCRAM-SHA-512).
+- ``streamml registry up|down|status``: a local Confluent-compatible schema registry
+  (Apicurio Registry from Maven Central; ``--tls`` serves HTTPS).
 - ``streamml run <service>``: run a service in the foreground (same as
   ``python -m services.<service>``).
 - ``streamml topics|replay|dlq|offsets|tail``: operator tools.
@@ -35,6 +38,10 @@ kafka_app = typer.Typer(
     help="The local Kafka broker (fetched from Maven Central).", no_args_is_help=True
 )
 app.add_typer(kafka_app, name="kafka")
+registry_app = typer.Typer(
+    help="A local schema registry (Apicurio Registry, from Maven Central).", no_args_is_help=True
+)
+app.add_typer(registry_app, name="registry")
 
 SERVICES = ("features", "scorer", "drift", "performance")
 EXIT_USAGE = 2
@@ -54,14 +61,39 @@ def kafka_up(
     run_dir: Path = typer.Option(
         None, "--dir", help="Data, logs and pid (default: $STREAMML_KAFKA_DIR or .kafka)."
     ),
+    sasl_ssl_port: int = typer.Option(
+        None,
+        help="Also listen for SASL_SSL (SCRAM-SHA-512) on this port, with a certificate from "
+        "a CA made in <dir>/tls and the SCRAM user 'svc' (password in <dir>/svc.password). "
+        "Users are created when the storage is first formatted.",
+    ),
 ) -> None:
     """Fetch Kafka (first time only) and start the local broker; prints its bootstrap."""
     from streamml.broker import LocalBroker
 
     broker = _broker(port, run_dir)
     assert isinstance(broker, LocalBroker)
+    if sasl_ssl_port is not None:
+        broker.sasl_ssl_port = sasl_ssl_port
+        broker.scram_users = {"svc": _scram_password(broker.run_dir / "svc.password")}
     broker.start()
     typer.echo(f"Kafka is up: bootstrap {broker.bootstrap} (log: {broker.log_file})")
+    if broker.sasl_ssl_bootstrap is not None:
+        typer.echo(
+            f"SASL_SSL (SCRAM-SHA-512) on {broker.sasl_ssl_bootstrap}: user svc, password in "
+            f"{broker.run_dir / 'svc.password'}, CA {broker.ca_path}"
+        )
+
+
+def _scram_password(path: Path) -> str:
+    """The dev SCRAM user's password: made once, kept in a file only its owner reads."""
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(18))
+    return path.read_text().strip()
 
 
 @kafka_app.command("down")
@@ -92,6 +124,64 @@ def kafka_status(
     assert isinstance(broker, LocalBroker)
     pid = broker.running_pid()
     typer.echo(f"Kafka runs (pid {pid})" if pid else "Kafka is not running")
+    if pid is None:
+        raise typer.Exit(1)
+
+
+def _registry(port: int | None, run_dir: Path | None, tls: bool) -> object:
+    from streamml.localregistry import LocalRegistry
+
+    chosen_port = port if port is not None else int(os.environ.get("REGISTRY_PORT", "8081"))
+    directory = run_dir or Path(os.environ.get("STREAMML_REGISTRY_DIR", ".registry"))
+    return LocalRegistry(
+        run_dir=directory, port=chosen_port, tls_dir=directory / "tls" if tls else None
+    )
+
+
+@registry_app.command("up")
+def registry_up(
+    port: int = typer.Option(None, help="HTTP(S) port (default: $REGISTRY_PORT or 8081)."),
+    run_dir: Path = typer.Option(
+        None, "--dir", help="Log and pid (default: $STREAMML_REGISTRY_DIR or .registry)."
+    ),
+    tls: bool = typer.Option(False, help="Serve HTTPS only, with a CA made in <dir>/tls."),
+) -> None:
+    """Fetch Apicurio Registry (first time only), start it; prints the URL to use."""
+    from streamml.localregistry import LocalRegistry
+
+    registry = _registry(port, run_dir, tls)
+    assert isinstance(registry, LocalRegistry)
+    registry.start()
+    typer.echo(f"schema registry is up: STREAMML_KAFKA_SCHEMA_REGISTRY_URL={registry.url}")
+    if registry.ca_path is not None:
+        typer.echo(f"STREAMML_KAFKA_SCHEMA_REGISTRY_SSL_CA_LOCATION={registry.ca_path}")
+
+
+@registry_app.command("down")
+def registry_down(
+    run_dir: Path = typer.Option(None, "--dir", help="Directory it was started with."),
+) -> None:
+    """Stop the local schema registry (its in-memory schemas go with it)."""
+    from streamml.localregistry import LocalRegistry
+
+    registry = _registry(0, run_dir, False)
+    assert isinstance(registry, LocalRegistry)
+    was_running = registry.running_pid() is not None
+    registry.stop()
+    typer.echo("schema registry stopped" if was_running else "schema registry was not running")
+
+
+@registry_app.command("status")
+def registry_status(
+    run_dir: Path = typer.Option(None, "--dir", help="Directory it was started with."),
+) -> None:
+    """Say whether the local schema registry runs."""
+    from streamml.localregistry import LocalRegistry
+
+    registry = _registry(0, run_dir, False)
+    assert isinstance(registry, LocalRegistry)
+    pid = registry.running_pid()
+    typer.echo(f"schema registry runs (pid {pid})" if pid else "schema registry is not running")
     if pid is None:
         raise typer.Exit(1)
 
@@ -139,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     configure_logging(os.environ.get("STREAMML_LOG_LEVEL", "WARNING"))
     logging.getLogger("streamml.broker").setLevel(logging.INFO)
+    logging.getLogger("streamml.localregistry").setLevel(logging.INFO)
     try:
         code = run_one_line(_build(), argv)
     except ConfigError as exc:

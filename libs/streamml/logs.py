@@ -3,14 +3,22 @@
 ``fmt="kv"`` (default) prints ``ts=... level=... logger=... msg="..."`` lines; ``fmt="json"``
 prints one JSON object per line for log shippers. Secrets never reach a log line: settings
 hold them as ``SecretStr``.
+
+librdkafka's own log lines (a broker it cannot reach, a failed SASL handshake) come through
+:func:`librdkafka_logger`, which every confluent-kafka client gets as its ``logger``: they
+are structured like the rest, and a line that repeats (librdkafka retries a dead broker
+several times a second) is printed once per interval with the count it held back.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 LogFormat = Literal["kv", "json"]
@@ -60,5 +68,69 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka", "urllib3", "asyncio"):
+    for noisy in ("aiokafka", "kafka", "urllib3", "asyncio", "httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+LIBRDKAFKA_LOGGER = "streamml.librdkafka"
+LIBRDKAFKA_REPEAT_INTERVAL_S = 30.0
+_DIGITS = re.compile(r"\d+")
+# librdkafka's own suffix: "(after 3ms in state CONNECT, 4 identical error(s) suppressed)"
+_LIBRDKAFKA_SUFFIX = re.compile(r"\s*\(after [^()]*(\([^()]*\)[^()]*)*\)\s*$")
+
+
+class RepeatFilter(logging.Filter):
+    """Let one record per distinct message through per ``interval_s``; count the rest.
+
+    Messages that differ only in numbers (timings, counters, ports of the same broker) or
+    in librdkafka's "(after ...ms in state ..., N identical error(s) suppressed)" suffix are
+    the same message. The record that ends a quiet spell carries ``repeated=<count>``.
+    """
+
+    def __init__(self, interval_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _DIGITS.sub("#", _LIBRDKAFKA_SUFFIX.sub("", record.getMessage()))
+        now = self._clock()
+        with self._lock:
+            last, held = self._seen.get(key, (float("-inf"), 0))
+            if now - last < self.interval_s:
+                self._seen[key] = (last, held + 1)
+                return False
+            self._seen[key] = (now, 0)
+            if len(self._seen) > 1000:  # bounded: forget the oldest half
+                for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[old]
+        if held:
+            record.repeated = held
+        return True
+
+
+class _LibrdkafkaFields(logging.Filter):
+    """Turns librdkafka's ``(fac, client name, text)`` arguments into fields of the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # confluent-kafka calls logger.log(level, "%s [%s] %s", fac, client name, text).
+        args = record.args
+        if record.msg == "%s [%s] %s" and isinstance(args, tuple) and len(args) == 3:
+            record.facility, record.client = args[0], args[1]
+            record.msg, record.args = str(args[2]), ()
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger every confluent-kafka client gets as its ``logger`` setting."""
+    logger = logging.getLogger(LIBRDKAFKA_LOGGER)
+    with _LOGGER_LOCK:
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(_LibrdkafkaFields())
+            logger.addFilter(RepeatFilter(LIBRDKAFKA_REPEAT_INTERVAL_S))
+    return logger
+
+
+_LOGGER_LOCK = threading.Lock()

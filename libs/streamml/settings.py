@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamml.errors import ConfigError
+from streamml.logs import librdkafka_logger
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -62,6 +63,33 @@ class KafkaSettings(BaseSettings):
     schema_registry_basic_auth: SecretStr | None = Field(
         default=None, description="'user:password' for the schema registry, if it needs one."
     )
+    schema_registry_ssl_ca_location: str | None = Field(
+        default=None,
+        description="CA bundle (PEM) that signed an https:// registry's certificate; "
+        "default: the system CA store.",
+    )
+    schema_registry_ssl_certificate_location: str | None = Field(
+        default=None, description="Client certificate (PEM) for a registry that asks for mTLS."
+    )
+    schema_registry_ssl_key_location: str | None = Field(
+        default=None, description="Client key (PEM) that goes with the certificate above."
+    )
+
+    @field_validator(
+        "ssl_ca_location",
+        "ssl_certificate_location",
+        "ssl_key_location",
+        "schema_registry_ssl_ca_location",
+        "schema_registry_ssl_certificate_location",
+        "schema_registry_ssl_key_location",
+    )
+    @classmethod
+    def _check_file(cls, value: str | None) -> str | None:
+        # Checked here, so a mistyped path is one line at start-up instead of a TLS error
+        # from every client later.
+        if value and not os.path.isfile(value):
+            raise ValueError(f"no such file {value}; give the path of a PEM file")
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -92,6 +120,21 @@ class KafkaSettings(BaseSettings):
             config["ssl.key.location"] = self.ssl_key_location
         if self.ssl_key_password:
             config["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        # librdkafka's own lines go through the project's structured logging, rate-limited.
+        config["logger"] = librdkafka_logger()
+        return config
+
+    def registry_client_config(self) -> dict[str, Any]:
+        """Settings of confluent-kafka's SchemaRegistryClient: auth and TLS, no URL."""
+        config: dict[str, Any] = {}
+        if self.schema_registry_basic_auth is not None:
+            config["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
+        if self.schema_registry_ssl_ca_location:
+            config["ssl.ca.location"] = self.schema_registry_ssl_ca_location
+        if self.schema_registry_ssl_certificate_location:
+            config["ssl.certificate.location"] = self.schema_registry_ssl_certificate_location
+        if self.schema_registry_ssl_key_location:
+            config["ssl.key.location"] = self.schema_registry_ssl_key_location
         return config
 
     def aiokafka_config(self) -> dict[str, Any]:
@@ -207,6 +250,10 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
 
 def describe_validation_error(exc: ValidationError, cls: type[BaseSettings]) -> str:
     """One line naming the environment variable, the value and what is wrong."""
+    # An error raised while building a nested settings class (KafkaSettings inside a
+    # service's settings) is that class's error, named with that class's prefix.
+    if exc.title != cls.__name__:
+        cls = next((c for c in _settings_classes() if c.__name__ == exc.title), cls)
     prefix = str(cls.model_config.get("env_prefix", ""))
     delimiter = str(cls.model_config.get("env_nested_delimiter") or "__")
     parts = []
@@ -216,3 +263,13 @@ def describe_validation_error(exc: ValidationError, cls: type[BaseSettings]) -> 
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         parts.append(f"{prefix}{location}: {error['msg']}{shown}")
     return "invalid setting " + "; ".join(parts)
+
+
+def _settings_classes() -> list[type[BaseSettings]]:
+    found: list[type[BaseSettings]] = []
+    todo: list[type[BaseSettings]] = [BaseSettings]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.append(sub)
+            todo.append(sub)
+    return found

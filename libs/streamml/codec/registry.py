@@ -32,10 +32,7 @@ def _registry_client(url: str, config: dict[str, Any]) -> Any:
 
 def registry_config(kafka: KafkaSettings) -> dict[str, Any]:
     """The registry client's settings (beside its URL) taken from the Kafka settings."""
-    config: dict[str, Any] = {}
-    if kafka.schema_registry_basic_auth is not None:
-        config["basic.auth.user.info"] = kafka.schema_registry_basic_auth.get_secret_value()
-    return config
+    return kafka.registry_client_config()  # basic auth and TLS (CA, client certificate)
 
 
 def register_schema(client: Any, subject: str, writer: _SchemaVersion) -> int:

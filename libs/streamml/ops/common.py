@@ -144,7 +144,13 @@ def kafka_settings(bootstrap: str | None, prefix: str | None) -> KafkaSettings:
         overrides["bootstrap_servers"] = bootstrap
     if prefix is not None:
         overrides["topic_prefix"] = prefix
-    return load_settings(KafkaSettings, **overrides)
+    kafka = load_settings(KafkaSettings, **overrides)
+    if kafka.security_protocol != "PLAINTEXT":
+        from streamml.startup import probe_credentials
+
+        # A wrong password or CA is one line and exit 2, not librdkafka's "transport failure".
+        probe_credentials(kafka, timeout_s=15.0)
+    return kafka
 
 
 def admin_client(kafka: KafkaSettings) -> AdminClient:

@@ -58,6 +58,7 @@ from streamml.runtime.transactions import (
     classify,
 )
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+from streamml.startup import preflight
 from streamml.state import State
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,14 @@ class StreamRuntime:
     # -- public ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped. Returns the process exit code (0 clean, 1 gave up)."""
+        """Run until stopped. Returns the process exit code (0 clean, 1 gave up, 2 a
+        configuration fault: a missing file, a taken port, wrong credentials or CA)."""
         self._install_signal_handlers()
+        try:
+            preflight(self.kafka, self.http)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 2
         self._health = HealthServer(
             self.http.host,
             self.http.port,

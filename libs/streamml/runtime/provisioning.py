@@ -15,6 +15,7 @@ from streamml.errors import ProcessingError
 from streamml.runtime.clients import make_admin, make_restore_consumer
 from streamml.runtime.executor import Polled, TopicPartitionKey
 from streamml.settings import KafkaSettings, RuntimeSettings
+from streamml.startup import retry_transient
 from streamml.state import State
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ def ensure_topics(
     """
     admin = make_admin(kafka)
     try:
-        metadata = admin.list_topics(timeout=30)
+        metadata = retry_transient(
+            lambda: admin.list_topics(timeout=30), what="reading topic metadata"
+        )
     except KafkaException as exc:
+        admin.poll(0)  # hands librdkafka's queued lines (the cause) to the logging
         raise ProcessingError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}") from exc
     missing = [t for t in inputs if t not in metadata.topics]
     if missing:
@@ -152,14 +156,15 @@ def list_offsets(
 ) -> dict[TopicPartitionKey, int]:
     """End offsets of ``tps``; retries while leadership of new partitions settles."""
     request = {tp: spec.latest() for tp in tps}
-    deadline = time.monotonic() + 30
-    while True:
+
+    def list_once() -> dict[TopicPartitionKey, int]:
         futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=30)
-        try:
-            return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
-        except KafkaException as exc:
-            # A changelog created moments ago may not have a leader yet
-            # (NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE): retriable.
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
-                raise ProcessingError(f"listing changelog offsets: {exc}") from exc
-            time.sleep(0.2)
+        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+
+    try:
+        # A changelog created moments ago, or a fresh broker, may answer
+        # NOT_LEADER_OR_FOLLOWER / LEADER_NOT_AVAILABLE (or librdkafka's _NOENT) for a while
+        # without marking the error retriable(): streamml.startup knows which heal by waiting.
+        return retry_transient(list_once, what="listing changelog offsets")
+    except KafkaException as exc:
+        raise ProcessingError(f"listing changelog offsets: {exc}") from exc
