@@ -36,8 +36,10 @@ decoding only: ``encode`` takes the base name.
 
 Errors: ``decode`` raises :class:`~streamml.errors.DecodeError` (with ``raw`` and
 ``topic``) for bad bytes; ``encode`` raises :class:`~streamml.errors.EncodeError` naming
-the offending field; a registry that cannot be reached raises
-:class:`~streamml.errors.SchemaError` (not a fault of the record, so not a dead letter).
+the offending field; a registry that cannot be reached (or answers 5xx) raises
+:class:`~streamml.errors.RegistryUnavailableError`, one that refuses the request (409
+incompatible, 401/403, 422) :class:`~streamml.errors.RegistryRefusedError`: neither is a
+fault of the record, so neither is a dead letter (see :mod:`streamml.faults`).
 
 Example::
 
@@ -71,7 +73,13 @@ from fastavro.utils import generate_many
 from fastavro.validation import ValidationError as AvroValidationError
 from fastavro.validation import validate
 
-from streamml.errors import DecodeError, EncodeError, SchemaError
+from streamml.errors import (
+    DecodeError,
+    EncodeError,
+    RegistryRefusedError,
+    RegistryUnavailableError,
+    SchemaError,
+)
 
 if TYPE_CHECKING:
     from streamml.settings import KafkaSettings
@@ -657,7 +665,9 @@ class AvroCodec:
     @classmethod
     def from_settings(cls, kafka: KafkaSettings) -> AvroCodec:
         """The codec for these Kafka settings: registry wire format if a registry URL is set."""
-        config: dict[str, Any] = {}
+        # httpx (under the registry client) waits forever without a timeout: a registry
+        # that hangs must fail the call, so the runtime retries instead of freezing.
+        config: dict[str, Any] = {"timeout": _REGISTRY_TIMEOUT_S}
         if kafka.schema_registry_basic_auth is not None:
             config["basic.auth.user.info"] = kafka.schema_registry_basic_auth.get_secret_value()
         return cls(registry_url=kafka.schema_registry_url or None, registry_config=config)
@@ -947,8 +957,8 @@ class AvroCodec:
                     )
                 )
             except Exception as exc:
-                raise SchemaError(
-                    _short(f"cannot register {writer.name} under subject {subject}: {exc}")
+                raise _registry_fault(
+                    exc, f"cannot register {writer.name} under subject {subject}"
                 ) from exc
             self._registered_ids[key] = schema_id
             self._registry_writers.setdefault(schema_id, writer)
@@ -967,9 +977,9 @@ class AvroCodec:
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 raise DecodeError(f"schema id {schema_id} is not in the registry") from exc
-            raise SchemaError(_short(f"schema registry: {exc}")) from exc
+            raise _registry_fault(exc, f"looking up schema id {schema_id}") from exc
         except Exception as exc:
-            raise SchemaError(_short(f"schema registry unreachable: {exc}")) from exc
+            raise _registry_fault(exc, f"looking up schema id {schema_id}") from exc
         if (registered.schema_type or "AVRO") != "AVRO":
             raise DecodeError(f"schema id {schema_id} is {registered.schema_type}, not Avro")
         try:
@@ -1309,6 +1319,28 @@ def _compile_projection_reader(
         return found if in_order else {name: found[name] for name in order}
 
     return read
+
+
+_REGISTRY_TIMEOUT_S = 10
+
+
+def _registry_fault(exc: Exception, doing: str) -> SchemaError:
+    """The typed error for a failed registry call: unavailable (retry) or refused (fix)."""
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        # 409 (incompatible schema), 401/403 (credentials), 422 (invalid schema): waiting
+        # does not change the answer.
+        if status in (401, 403):
+            setting, fix = "STREAMML_KAFKA_SCHEMA_REGISTRY_BASIC_AUTH", "check the credentials"
+        elif status == 409:
+            setting = None
+            fix = "make the schema in schemas/ compatible or change the subject's compatibility"
+        else:
+            setting, fix = None, "check the schema and the registry"
+        return RegistryRefusedError(
+            _short(f"schema registry refused ({doing}): {exc}") + f"; {fix}", setting=setting
+        )
+    return RegistryUnavailableError(_short(f"schema registry unavailable ({doing}): {exc}"))
 
 
 def _registry_client(url: str, config: dict[str, Any]) -> Any:
