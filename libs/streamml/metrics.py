@@ -148,6 +148,13 @@ class RuntimeMetrics:
             ["service", "cause"],
             registry=registry,
         )
+        self.replayed_dead_letters = Counter(
+            "streamml_replayed_dead_letters_skipped_total",
+            "Replayed records that failed again and were not dead-lettered a second time "
+            "(their dead letter from the first pass is already in the dead-letter topic).",
+            ["service", "topic"],
+            registry=registry,
+        )
         self.circuit_trips = Counter(
             "streamml_dead_letter_circuit_trips_total",
             "Times the dead-letter-rate circuit halted the service.",

@@ -92,3 +92,42 @@ def assert_exactly_once(outputs: list[Message], events: list[dict]) -> None:
 
 def random_pause(rng: random.Random, low: float, high: float) -> None:
     time.sleep(rng.uniform(low, high))
+
+
+def open_transaction_on(bootstrap: str, topic: str) -> bool:
+    """True when a transaction holds records on ``topic``: its high watermark is above its
+    last stable offset on some partition (read_uncommitted end > read_committed end)."""
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
+
+    def ends(isolation: IsolationLevel) -> dict[int, int]:
+        futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=10)
+        return {tp.partition: f.result().offset for tp, f in futures.items()}
+
+    stable = ends(IsolationLevel.READ_COMMITTED)
+    high = ends(IsolationLevel.READ_UNCOMMITTED)
+    return any(high[p] > stable[p] for p in high)
+
+
+def wait_for_open_transaction(bootstrap: str, topic: str, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if open_transaction_on(bootstrap, topic):
+            return True
+    return False
+
+
+def kill_mid_transaction(proc: ServiceProcess, bootstrap: str, topic: str) -> bool:
+    """SIGKILL ``proc`` as soon as one of its transactions holds records on ``topic``.
+
+    Returns whether the kill is proven to have landed inside that transaction: after the
+    kill, nothing can commit it, so the topic's last stable offset is still below its high
+    watermark. (The service is the only writer of ``topic``.)
+    """
+    wait_for_open_transaction(bootstrap, topic)
+    proc.kill()
+    return open_transaction_on(bootstrap, topic)

@@ -16,9 +16,11 @@ import pytest
 
 from streamml.codec import AvroCodec
 from tests.integration.runtime_support import (
+    BackgroundProducer,
     assert_exactly_once,
     counter_process,
     encoded,
+    kill_mid_transaction,
     make_events,
 )
 from tests.kafkatest import ServiceProcess, consume_all, create_topics, free_port, produce
@@ -304,3 +306,47 @@ def test_two_instances_with_default_settings_share_one_host(
         assert "fenced" not in log
         ids |= set(re.findall(r"transactional_id=(\S+)", log))
     assert len(ids) == 2, ids
+
+
+@pytest.mark.eos
+def test_a_new_transactional_id_says_it_waits_for_the_killed_instances_transaction(
+    kafka_bootstrap: str, topic_prefix: str, logs_dir: Path
+) -> None:
+    out = f"{topic_prefix}example.out"
+    create_topics(kafka_bootstrap, topic_prefix, partitions=2, names=[out])
+    events = make_events(6000, seed=31)
+    feeder = BackgroundProducer(kafka_bootstrap, f"{topic_prefix}events", events)
+    feeder.start()
+    timeout_env = {"STREAMML_EXAMPLE_RUNTIME__TRANSACTION_TIMEOUT_MS": "15000"}
+    # A pod killed mid-transaction (proven: its output's last stable offset stays behind).
+    for _ in range(5):
+        killed = counter_process(
+            kafka_bootstrap, topic_prefix, logs_dir, instance="pod-1", extra_env=timeout_env
+        ).start()
+        killed.wait_ready(60)
+        if kill_mid_transaction(killed, kafka_bootstrap, out):
+            break
+    else:
+        raise AssertionError("no kill landed inside a transaction")
+    # Its replacement has another transactional id (a new pod name): it must wait for the
+    # open transaction to time out, and say so.
+    replacement = counter_process(
+        kafka_bootstrap, topic_prefix, logs_dir, instance="pod-2", extra_env=timeout_env
+    ).start()
+    try:
+        body = wait_for(
+            lambda: not_ready_because(replacement, "transaction", "to end", "timeout_ms"),
+            60, "readiness saying it waits for the earlier transaction",
+        )  # fmt: skip
+        assert "15000" in body["reason"]
+        replacement.wait_ready(90)
+        feeder.join(120)
+        assert feeder.error is None, feeder.error
+        outputs = consume_all(kafka_bootstrap, out, expect=len(events), timeout_s=180)
+        assert_exactly_once(outputs, events)
+    finally:
+        assert replacement.terminate() == 0
+    log = (logs_dir / "counter-pod-2.log").read_text()
+    assert re.search(r"level=warning .*waiting for an? (earlier|open) transaction", log), log[
+        -2000:
+    ]

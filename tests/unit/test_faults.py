@@ -157,3 +157,24 @@ def test_the_default_instance_id_differs_per_process_and_comes_back_after_a_rest
         for proc in (first, second):
             proc.kill()
             proc.wait()
+
+
+def test_the_origin_of_a_dead_letter_is_its_replay_source_else_its_position() -> None:
+    from streamml.deadletter import dead_letter_headers, dead_letter_origin, replay_origin
+
+    first = dead_letter_headers(
+        [("trace", b"x")], error_class="decode", message="m", service="s", stage="decode",
+        topic="p.events", partition=1, offset=100, source_timestamp_ms=0, now_ms=0,
+    )  # fmt: skip
+    replayed_copy = [("trace", b"x"), ("replay.id", b"r1"), ("replay.source", b"p.events/1/100")]
+    second = dead_letter_headers(
+        replayed_copy, error_class="decode", message="m", service="s", stage="decode",
+        topic="p.events", partition=1, offset=900, source_timestamp_ms=0, now_ms=0,
+    )  # fmt: skip
+    assert dead_letter_origin(first) == dead_letter_origin(second) == ("p.events", 1, 100)
+    # A copy of a copy still points at the first origin.
+    again = [*replayed_copy, ("replay.id", b"r2"), ("replay.source", b"p.events/1/900")]
+    assert replay_origin(again) == ("p.events", 1, 100)
+    # A redriven record failing again is the next attempt, not a replay.
+    assert replay_origin([*replayed_copy, ("redrive.id", b"d1")]) is None
+    assert replay_origin([("trace", b"x")]) is None

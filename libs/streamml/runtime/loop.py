@@ -50,7 +50,7 @@ from tenacity import (
 
 from streamml.circuit import FailStopCircuit
 from streamml.codec import AvroCodec
-from streamml.deadletter import dead_letter_headers, dlq_topic
+from streamml.deadletter import Origin, dead_letter_headers, dlq_topic, replay_origin
 from streamml.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -69,6 +69,7 @@ from streamml.runtime.executor import (
     TopicPartitionKey,
     next_offsets,
 )
+from streamml.runtime.replayed import DeadLetterOrigins
 from streamml.runtime.transactions import (
     COMMIT_TIMEOUT_S,
     StuckProducerError,
@@ -121,6 +122,7 @@ class StreamRuntime:
         self.changelogs = {name: f"{self.group_id}-{name}-changelog" for name in processor.stores}
         self.state = State(processor.stores)
         self.executor = BatchExecutor(processor, self.inputs, self.codec, self.state)
+        self._dead_letter_origins = DeadLetterOrigins(kafka, group_id=self.group_id)
         self.circuit = _dead_letter_circuit(settings) if settings.dead_letter_circuit else None
 
         self._stop = threading.Event()
@@ -465,8 +467,10 @@ class StreamRuntime:
                 self._judge(circuit, batch, outcome.dead_letters, halt)
             out_counts = transactions.produce_outputs(outcome.outputs)
             now_ms = int(self._clock() * 1000)
+            replayed: set[tuple[str, Origin]] = set()
             for letter in outcome.dead_letters:
-                self._produce_dead_letter(letter, now_ms)
+                if not self._dead_letter_again(letter, replayed):
+                    self._produce_dead_letter(letter, now_ms)
             for name, topic in self.changelogs.items():
                 for partition, key, value in self.state.store(name).pending():
                     transactions.produce_changelog(topic, partition, key, value)
@@ -530,6 +534,22 @@ class StreamRuntime:
         top = ", ".join(f"{reason} x{count}" for reason, count in circuit.top_reasons())
         self.metrics.circuit_trips.labels(self.service).inc()
         raise _CircuitTrippedError(f"{tripped}; top error classes: {top}")
+
+    def _dead_letter_again(self, letter: DeadLetter, seen: set[tuple[str, Origin]]) -> bool:
+        """True when ``letter`` is a replayed record already dead-lettered (not sent again)."""
+        origin = replay_origin(letter.message.headers)
+        if origin is None:
+            return False
+        target = dlq_topic(letter.message.topic)
+        if (target, origin) in seen or self._dead_letter_origins.holds(target, origin):
+            self.metrics.replayed_dead_letters.labels(self.service, letter.message.topic).inc()
+            log.info(
+                "replayed record %s/%d/%d failed again (%s); its dead letter is already in %s",
+                *origin, letter.reason, target,
+            )  # fmt: skip
+            return True
+        seen.add((target, origin))
+        return False
 
     def _count_fault(self, exc: InfrastructureError) -> None:
         self.metrics.faults.labels(self.service, exc.cause).inc()

@@ -25,6 +25,7 @@ _LEADERSHIP_SETTLING = frozenset(
         KafkaError.NOT_LEADER_FOR_PARTITION,
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._NOENT,  # "Failed to query partition leaders: No leaders found"
     }
 )
 

@@ -223,8 +223,13 @@ class TransactionDriver:
         self._stop.wait(seconds)
 
     def flush(self, timeout_s: float) -> None:
-        if self._producer is not None:
+        """Deliver what is queued; a fenced producer raises here, and has nothing to deliver."""
+        if self._producer is None:
+            return
+        try:
             self._producer.flush(timeout_s)
+        except KafkaException as exc:  # found by the SIGSTOP test: a fenced flush raised
+            log.info("producer not flushed at shutdown: %s", exc.args[0].str())
 
 
 def _not_fatal(exc: BaseException) -> bool:
