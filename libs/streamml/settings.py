@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamml.errors import ConfigError
@@ -217,6 +224,15 @@ class RuntimeSettings(BaseModel):
         "before its transaction commits, so a first batch this large that fails entirely "
         "leaves no dead letter behind).",
     )
+
+    @model_validator(mode="after")
+    def _check_circuit(self) -> RuntimeSettings:
+        if self.dead_letter_min_records > self.dead_letter_window:
+            raise ValueError(
+                f"dead_letter_min_records ({self.dead_letter_min_records}) must not exceed "
+                f"dead_letter_window ({self.dead_letter_window})"
+            )
+        return self
 
 
 class HttpSettings(BaseModel):

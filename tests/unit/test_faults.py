@@ -178,3 +178,16 @@ def test_the_origin_of_a_dead_letter_is_its_replay_source_else_its_position() ->
     # A redriven record failing again is the next attempt, not a replay.
     assert replay_origin([*replayed_copy, ("redrive.id", b"d1")]) is None
     assert replay_origin([("trace", b"x")]) is None
+
+
+def test_a_circuit_needing_more_records_than_its_window_is_a_one_line_setting_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.features.settings import FeaturesSettings
+    from streamml.errors import ConfigError
+    from streamml.settings import load_settings
+
+    monkeypatch.setenv("STREAMML_FEATURES_RUNTIME__DEAD_LETTER_MIN_RECORDS", "5000")
+    with pytest.raises(ConfigError, match="must not exceed dead_letter_window") as info:
+        load_settings(FeaturesSettings)
+    assert "\n" not in str(info.value)

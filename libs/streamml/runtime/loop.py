@@ -327,9 +327,8 @@ class StreamRuntime:
                 consumer.committed(partitions, timeout=_COMMITTED_POLL_S)
                 return
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError._TIMED_OUT:
-                    raise
-                if time.monotonic() - started > limit:
+                timed_out = exc.args[0].code() == KafkaError._TIMED_OUT
+                if not timed_out or time.monotonic() - started > limit:
                     raise kafka_error(exc, "fetching committed offsets") from exc
             self._progress()
             self._report_wait(
@@ -458,13 +457,15 @@ class StreamRuntime:
         except InfrastructureError as exc:
             self._count_fault(exc)
             raise
-        committed = False
+        committed = tripped = False
         before = circuit.snapshot() if circuit is not None else None
         try:
             outcome = self.executor.run(batch)
             halt = outcome.halt
             if circuit is not None:
+                tripped = True  # until _judge returns: an open circuit stays open
                 self._judge(circuit, batch, outcome.dead_letters, halt)
+                tripped = False
             out_counts = transactions.produce_outputs(outcome.outputs)
             now_ms = int(self._clock() * 1000)
             replayed: set[tuple[str, Origin]] = set()
@@ -500,8 +501,8 @@ class StreamRuntime:
             raise
         finally:
             if not committed:
-                if circuit is not None and before is not None and self._halt is None:
-                    circuit.restore(before)
+                if circuit is not None and before is not None and not tripped:
+                    circuit.restore(before)  # the batch is read again: count it once
                 self.state.abort()
                 transactions.abort()
         self.state.commit()
