@@ -10,6 +10,7 @@ import random
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -118,14 +119,19 @@ def test_sigkill_three_times_with_duplicates_gives_one_vector_per_event_id(
     kill_after = {8, 16, 24}
     kills = proven = 0
     for n, start in enumerate(range(0, len(stream), size)):
-        produce(kafka_bootstrap, topic, stream[start : start + size])
+        chunk = stream[start : start + size]
         if n in kill_after:
-            # Timed to land while a transaction holds feature vectors on the broker.
+            # Timed to land while a transaction holds feature vectors on the broker: the
+            # chunk is produced while the output is watched.
+            feeding = threading.Thread(target=produce, args=(kafka_bootstrap, topic, chunk))
+            feeding.start()
             proven += kill_mid_transaction(proc, kafka_bootstrap, f"{topic_prefix}features")
+            feeding.join()
             kills += 1
             proc = features_process(kafka_bootstrap, topic_prefix, logs_dir).start()
             proc.wait_ready(90)
         else:
+            produce(kafka_bootstrap, topic, chunk)
             time.sleep(0.3)
     messages = consume_all(
         kafka_bootstrap, f"{topic_prefix}features", expect=len(events), timeout_s=300

@@ -151,6 +151,19 @@ class StreamRuntime:
             stop=self._stop,
         )
         self._health: HealthServer | None = None
+        # One retry policy for every batch (iterating it starts a fresh attempt count).
+        self._retrying = Retrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=wait_exponential_jitter(
+                initial=settings.backoff_initial_s,
+                max=settings.backoff_max_s,
+                jitter=settings.backoff_initial_s,
+            ),
+            retry=retry_if_exception_type(InfrastructureError),
+            sleep=self._backoff,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
 
     # -- public ---------------------------------------------------------------------
 
@@ -391,21 +404,8 @@ class StreamRuntime:
 
     def _run_batch(self, batch: list[Message]) -> None:
         """Commit ``batch``; on an infrastructure fault rewind, read it again and retry."""
-        settings = self.settings
-        retrying = Retrying(
-            stop=stop_after_attempt(settings.max_attempts),
-            wait=wait_exponential_jitter(
-                initial=settings.backoff_initial_s,
-                max=settings.backoff_max_s,
-                jitter=settings.backoff_initial_s,
-            ),
-            retry=retry_if_exception_type(InfrastructureError),
-            sleep=self._backoff,
-            before_sleep=self._before_retry,
-            reraise=True,
-        )
         try:
-            for attempt in retrying:
+            for attempt in self._retrying:
                 with attempt:
                     self._fault_attempt = attempt.retry_state.attempt_number
                     if self._fault_attempt > 1:
