@@ -45,7 +45,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from streamml.circuit import FailStopCircuit
@@ -154,11 +155,8 @@ class StreamRuntime:
         # One retry policy for every batch (iterating it starts a fresh attempt count).
         self._retrying = Retrying(
             stop=stop_after_attempt(settings.max_attempts),
-            wait=wait_exponential_jitter(
-                initial=settings.backoff_initial_s,
-                max=settings.backoff_max_s,
-                jitter=settings.backoff_initial_s,
-            ),
+            wait=wait_exponential(multiplier=settings.backoff_initial_s, max=settings.backoff_max_s)
+            + wait_random(0, settings.backoff_initial_s),
             retry=retry_if_exception_type(InfrastructureError),
             sleep=self._backoff,
             before_sleep=self._before_retry,

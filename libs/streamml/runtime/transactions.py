@@ -21,8 +21,9 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
     wait_fixed,
+    wait_random,
 )
 
 from streamml.faults import kafka_error
@@ -208,11 +209,10 @@ class TransactionDriver:
         """Retries of a producer call: backoff with jitter; a fatal (fenced) error stops."""
         return Retrying(
             stop=stop_after_attempt(self.settings.max_attempts),
-            wait=wait_exponential_jitter(
-                initial=self.settings.backoff_initial_s,
-                max=self.settings.backoff_max_s,
-                jitter=self.settings.backoff_initial_s,
-            ),
+            wait=wait_exponential(
+                multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
+            )
+            + wait_random(0, self.settings.backoff_initial_s),
             retry=retry_if_exception(_not_fatal),
             sleep=self._wait,
             before_sleep=_log_retry(call),
