@@ -77,3 +77,48 @@ def dead_letter_headers(
         (H_ATTEMPT, str(attempt_of(source_headers)).encode()),
     ]
     return headers
+
+
+H_REPLAY_SOURCE = "replay.source"  # set by `streamml replay`: "<topic>/<partition>/<offset>"
+
+Origin = tuple[str, int, int]
+
+
+def replay_origin(headers: Sequence[tuple[str, bytes]]) -> Origin | None:
+    """Where a replayed record first came from (its first ``replay.source``), else None.
+
+    A redriven record (``redrive.*`` headers) is not a replay: failing again is a new
+    attempt of its dead letter, which the redrive tools count and park.
+    """
+    origin: Origin | None = None
+    for key, value in headers:
+        if key.startswith("redrive."):
+            return None
+        if key == H_REPLAY_SOURCE and origin is None:
+            origin = _parse_source(value)
+    return origin
+
+
+def dead_letter_origin(headers: Sequence[tuple[str, bytes]]) -> Origin | None:
+    """The record a dead letter stands for: its replay origin, else its ``dlq.source.*``."""
+    replayed = replay_origin(headers)
+    if replayed is not None:
+        return replayed
+    found = {k: v for k, v in headers if k in (H_SOURCE_TOPIC, H_SOURCE_PARTITION, H_SOURCE_OFFSET)}
+    try:
+        return (
+            found[H_SOURCE_TOPIC].decode(),
+            int(found[H_SOURCE_PARTITION]),
+            int(found[H_SOURCE_OFFSET]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _parse_source(value: bytes) -> Origin | None:
+    topic, _, rest = value.decode("utf-8", "replace").rpartition("/")
+    topic, _, partition = topic.rpartition("/")
+    try:
+        return (topic, int(partition), int(rest))
+    except ValueError:
+        return None

@@ -67,3 +67,57 @@ class ProcessingError(StreamMLError):
 
 class FencedError(ProcessingError):
     """Another instance with the same transactional.id took over; this one must exit."""
+
+
+class InfrastructureError(StreamMLError):
+    """Something the service depends on failed, not the record: never a dead letter.
+
+    The runtime aborts the transaction, rewinds the batch and retries it with backoff
+    (see :mod:`streamml.faults`). ``cause`` is a short, low-cardinality name for metrics
+    and readiness reasons.
+    """
+
+    cause = "infrastructure"
+
+
+class RegistryUnavailableError(InfrastructureError, SchemaError):
+    """The schema registry could not be reached, timed out or answered with a 5xx/429."""
+
+    cause = "schema_registry_unavailable"
+
+
+class BrokerUnavailableError(InfrastructureError):
+    """A Kafka call of the transaction failed in a way a retry of the batch can fix."""
+
+    cause = "broker"
+
+
+class StateStoreError(InfrastructureError):
+    """A state store or its changelog could not be read or written."""
+
+    cause = "state_store"
+
+
+class UnrecoverableError(ConfigError):
+    """A fault that waiting cannot heal; the service exits 2 with one line naming the fix.
+
+    ``setting`` names the environment variable (or setting) to look at.
+    """
+
+    cause = "unrecoverable"
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class RegistryRefusedError(UnrecoverableError, SchemaError):
+    """The schema registry refused a request for good (409 incompatible schema, 401/403, 422)."""
+
+    cause = "schema_registry_refused"
+
+
+class AuthenticationError(UnrecoverableError):
+    """Kafka refused this client's credentials or authorisation."""
+
+    cause = "authentication"

@@ -1,10 +1,12 @@
-"""Two small processors on the runtime, used by the runtime's own tests and benchmark.
+"""Small processors on the runtime, used by the runtime's own tests and benchmark.
 
 - ``passthrough``: re-encodes every Event to an output topic (the no-op baseline).
 - ``counter``: a stateful running count of events per entity, emitted as a Label whose
   ``label`` is the count so far; the exactly-once tests check that every input appears
   once and that the counts per entity run 1, 2, 3, ... with no gap or repeat across kills.
   An event whose ``payload.merchant_id`` is ``"raise"`` makes it raise (a poison record).
+- ``broken``: the counter as a bad deployment that raises on every record (the runtime's
+  dead-letter circuit must halt it before the stream turns into dead letters).
 
 Run one: ``python -m streamml.examples counter`` (settings from ``STREAMML_EXAMPLE_*``).
 """
@@ -73,6 +75,13 @@ class CountingProcessor(Processor):
         return Result(outputs=outputs)
 
 
+class BrokenProcessor(CountingProcessor):
+    """A bad deployment: raises on every record (the dead-letter circuit must halt it)."""
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        raise RuntimeError(f"broken deployment: cannot handle {records[0].value['event_id']}")
+
+
 class ExampleSettings(BaseSettings):
     """Settings of the example processors. Env prefix ``STREAMML_EXAMPLE_``."""
 
@@ -90,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from streamml.runtime import StreamRuntime
 
     args = list(sys.argv[1:] if argv is None else argv)
-    kinds = {"passthrough": PassthroughProcessor, "counter": CountingProcessor}
+    kinds: dict[str, type[Processor]] = {
+        "passthrough": PassthroughProcessor,
+        "counter": CountingProcessor,
+        "broken": BrokenProcessor,
+    }
     if len(args) != 1 or args[0] not in kinds:
         print(f"error: usage: python -m streamml.examples {{{'|'.join(kinds)}}}", file=sys.stderr)
         sys.exit(2)
@@ -101,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     configure_logging(settings.log_level, service=f"example-{args[0]}")
     kafka = settings.kafka
-    processor = kinds[args[0]](kafka.topic(settings.output_topic))
+    processor = kinds[args[0]](kafka.topic(settings.output_topic))  # type: ignore[call-arg]
     runtime = StreamRuntime(
         service=f"example-{args[0]}",
         processor=processor,

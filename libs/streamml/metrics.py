@@ -1,9 +1,11 @@
 """Prometheus metrics of the runtime, and the HTTP server for /metrics, /healthz, /readyz.
 
 Every service process serves, on one port: ``GET /metrics`` (Prometheus text format),
-``GET /healthz`` (200 while the loop is alive, 503 once it gave up), ``GET /readyz``
-(200 once state is restored and the processor is ready, 503 while restoring, paused or
-halted), and ``POST /resume`` (operator command that lifts a fail-stop halt).
+``GET /healthz`` (200 while the loop is alive - restoring state counts - and 503 once it
+gave up or made no progress for the idle limit), ``GET /readyz`` (200 once state is
+restored and the processor is ready; 503 while restoring, retrying an infrastructure
+fault or halted, with the reason in the body's ``reason``), and ``POST /resume``
+(operator command that lifts a fail-stop halt).
 Labels are low-cardinality: service, topic, partition, reason, outcome.
 """
 
@@ -136,6 +138,26 @@ class RuntimeMetrics:
         self.backpressure = Counter(
             "streamml_producer_backpressure_total",
             "Times the local producer queue was full and consumption waited.",
+            ["service"],
+            registry=registry,
+        )
+        self.faults = Counter(
+            "streamml_infrastructure_faults_total",
+            "Infrastructure faults (registry, broker, state store) that aborted a batch, by "
+            "cause; never dead letters.",
+            ["service", "cause"],
+            registry=registry,
+        )
+        self.replayed_dead_letters = Counter(
+            "streamml_replayed_dead_letters_skipped_total",
+            "Replayed records that failed again and were not dead-lettered a second time "
+            "(their dead letter from the first pass is already in the dead-letter topic).",
+            ["service", "topic"],
+            registry=registry,
+        )
+        self.circuit_trips = Counter(
+            "streamml_dead_letter_circuit_trips_total",
+            "Times the dead-letter-rate circuit halted the service.",
             ["service"],
             registry=registry,
         )

@@ -8,13 +8,20 @@ own environment prefix; the Kafka connection is read from ``STREAMML_KAFKA_*`` b
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamml.errors import ConfigError
+from streamml.instance import default_instance_id
 from streamml.logs import librdkafka_logger
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -174,9 +181,14 @@ class RuntimeSettings(BaseModel):
         default=None, description="Consumer group id; defaults to '<prefix><service>'."
     )
     instance_id: str = Field(
-        default_factory=lambda: os.environ.get("HOSTNAME") or socket.gethostname(),
+        default_factory=default_instance_id,
         description="Stable id of this instance; the transactional.id is "
-        "'<group>-<instance_id>', so a restarted instance fences its zombie.",
+        "'<group>-<instance_id>', so a restarted instance fences its zombie. Default: "
+        "'<host name>-<slot>', the slot being the lowest one free on this host (a lock "
+        "file held for the life of the process, see streamml.instance), so two instances "
+        "on one host differ and a restarted one gets its old id back. In Kubernetes set "
+        "it to something stable per replica (a StatefulSet pod name) to avoid waiting for "
+        "a killed pod's transaction to time out (docs/operations.md).",
     )
     batch_max_records: int = Field(
         default=500, ge=1, le=100_000, description="Most records in one micro-batch/transaction."
@@ -229,6 +241,45 @@ class RuntimeSettings(BaseModel):
     lag_interval_s: float = Field(
         default=5.0, gt=0, description="How often consumer lag per partition is measured."
     )
+    liveness_idle_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="/healthz turns 503 when the loop has made no progress for this long. "
+        "Progress is a loop tick, a retry attempt, or records read while restoring state, "
+        "so a long restore is alive (readiness stays 503 until it completes).",
+    )
+    dead_letter_circuit: bool = Field(
+        default=True,
+        description="Halt the service (partitions paused, not ready) when the dead-lettered "
+        "share of recent records passes dead_letter_threshold: a processor bug or a bad "
+        "deployment stops the service instead of turning the stream into dead letters.",
+    )
+    dead_letter_window: int = Field(
+        default=1000, ge=10, le=1_000_000, description="Records in the circuit's sliding window."
+    )
+    dead_letter_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Dead-lettered share of the window above which the circuit trips "
+        "(the demo's ~0.2 % malformed input is far below; 'every record fails' is 1.0).",
+    )
+    dead_letter_min_records: int = Field(
+        default=100,
+        ge=1,
+        description="Records seen before the circuit may trip (a batch is judged as a whole, "
+        "before its transaction commits, so a first batch this large that fails entirely "
+        "leaves no dead letter behind).",
+    )
+
+    @model_validator(mode="after")
+    def _check_circuit(self) -> RuntimeSettings:
+        if self.dead_letter_min_records > self.dead_letter_window:
+            raise ValueError(
+                f"dead_letter_min_records ({self.dead_letter_min_records}) must not exceed "
+                f"dead_letter_window ({self.dead_letter_window})"
+            )
+        return self
 
 
 class HttpSettings(BaseModel):

@@ -48,6 +48,7 @@ from services.features.validation import (
     Violation,
 )
 from services.features.vector_writer import FEATURE_VECTOR_SCHEMA, VectorWriter
+from streamml.errors import InfrastructureError
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
 from streamml.state import KeyValueStore, State
 
@@ -146,6 +147,8 @@ class FeaturesProcessor(Processor):
         self._history_cache_size = history_cache_size
         self._dedup_backing: KeyValueStore | None = None
         self._writer: VectorWriter | None = None
+        # Set until the writer is bound (bind needs the registry when one is configured).
+        self._unbound_codec: AvroCodec | None = None
         metrics.CIRCUIT_STATE.set(0)
 
     @classmethod
@@ -187,6 +190,18 @@ class FeaturesProcessor(Processor):
         return self._dedup
 
     def on_codec(self, codec: AvroCodec) -> None:
+        self._unbound_codec = codec
+        try:
+            self._bind_writer()
+        except InfrastructureError as exc:
+            # The registry is not answering yet: bind at the first batch instead (a batch
+            # cannot be encoded without the registry anyway; the runtime retries it).
+            log.warning("FeatureVector writer bound later, the registry is not answering: %s", exc)
+
+    def _bind_writer(self) -> None:
+        codec = self._unbound_codec
+        if codec is None:
+            return
         fs = self.feature_set
         self._writer = VectorWriter.bind(
             codec,
@@ -196,6 +211,7 @@ class FeaturesProcessor(Processor):
             content_hash=fs.content_hash,
             names=self._names,
         )
+        self._unbound_codec = None
 
     def on_assigned(self, partitions: Sequence[tuple[str, int]], state: State) -> None:
         dedup = self._dedup_for(state)
@@ -236,6 +252,8 @@ class FeaturesProcessor(Processor):
         if circuit is not None and circuit.state is CircuitState.OPEN:
             result.halt = self._halt(circuit.trip_reason, records)
             return result
+        if self._unbound_codec is not None:
+            self._bind_writer()  # InfrastructureError: the runtime retries the batch
         entities = state.store(ENTITIES_STORE)
         dedup = self._dedup_for(state)
         now = self._clock()

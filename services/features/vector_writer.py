@@ -22,6 +22,7 @@ import numpy as np
 
 from services.features import native
 from streamml.codec import AvroCodec, encode_long, encode_string
+from streamml.errors import InfrastructureError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,11 @@ class VectorWriter:
         content_hash: str,
         names: Sequence[str],
     ) -> VectorWriter | None:
-        """A writer whose records equal ``codec.encode`` on ``topic``, or None."""
+        """A writer whose records equal ``codec.encode`` on ``topic``, or None.
+
+        Raises :class:`~streamml.errors.InfrastructureError` when the codec cannot reach
+        the schema registry: that says nothing about the writer, so it is not a None.
+        """
         if native.KERNEL is None:
             return None
         writer = cls(
@@ -122,6 +127,8 @@ class VectorWriter:
         }
         try:
             expected = codec.encode(FEATURE_VECTOR_SCHEMA, sample, topic=topic)
+        except InfrastructureError:
+            raise  # the registry is down: the caller binds again once it answers
         except Exception as exc:
             log.warning(
                 "FeatureVector writer not used: the codec could not encode a sample: %s", exc

@@ -92,3 +92,58 @@ def assert_exactly_once(outputs: list[Message], events: list[dict]) -> None:
 
 def random_pause(rng: random.Random, low: float, high: float) -> None:
     time.sleep(rng.uniform(low, high))
+
+
+class OutputWatch:
+    """Whether a transaction holds records on ``topic``: its high watermark is above its
+    last stable offset on some partition (read_uncommitted end > read_committed end)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        partitions = self._admin.list_topics(topic, timeout=10).topics[topic].partitions
+        self._request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
+
+    def open_transaction(self) -> bool:
+        from confluent_kafka import IsolationLevel
+
+        # Both ends asked at once, so the two answers describe (nearly) the same moment.
+        stable, high = (
+            self._admin.list_offsets(self._request, isolation_level=level, request_timeout=10)
+            for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
+        )
+        stable_end = {tp.partition: f.result().offset for tp, f in stable.items()}
+        high_end = {tp.partition: f.result().offset for tp, f in high.items()}
+        return any(high_end[p] > stable_end[p] for p in high_end)
+
+
+def open_transaction_on(bootstrap: str, topic: str) -> bool:
+    return OutputWatch(bootstrap, topic).open_transaction()
+
+
+def wait_for_open_transaction(bootstrap: str, topic: str, timeout_s: float = 60.0) -> bool:
+    watch = OutputWatch(bootstrap, topic)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if watch.open_transaction():
+            return True
+    return False
+
+
+def kill_mid_transaction(
+    proc: ServiceProcess, bootstrap: str, topic: str, timeout_s: float = 60.0
+) -> bool:
+    """SIGKILL ``proc`` as soon as one of its transactions holds records on ``topic``.
+
+    Returns whether the kill is proven to have landed inside that transaction: after the
+    kill, nothing can commit it, so the topic's last stable offset is still below its high
+    watermark. (The service is the only writer of ``topic``.)
+    """
+    watch = OutputWatch(bootstrap, topic)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not watch.open_transaction():
+        pass
+    proc.kill()
+    return watch.open_transaction()

@@ -38,12 +38,19 @@ def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: 
         broker.stop()
         time.sleep(10)
         assert proc.alive, "the processor died while the broker was down"
+        assert proc.http("/healthz")[0] == 200  # waiting for the broker is not death
         broker.start()
         feeder.join(180)
         assert feeder.error is None, feeder.error
         outputs = consume_all(bootstrap, f"{topic_prefix}example.out", expect=20_000, timeout_s=240)
         assert proc.alive, "the processor did not survive the broker restart"
+        proc.wait_ready(60)
         assert proc.terminate() == 0
         assert_exactly_once(outputs, events)
+        # A broker outage is an infrastructure fault: never a dead letter, never a traceback.
+        assert consume_all(bootstrap, f"{topic_prefix}events.dlq", idle_s=2.0) == []
+        log = (logs_dir / "counter-a.log").read_text()
+        assert "Traceback" not in log
+        assert [line for line in log.splitlines() if "level=error" in line] == []
     finally:
         broker.stop()

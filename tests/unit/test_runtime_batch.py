@@ -1,4 +1,4 @@
-"""The runtime's batch logic without a broker: decode, isolation, rejections, offsets, halt."""
+"""The batch executor without a broker: decode, isolation, rejections, offsets, halt, faults."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ from collections.abc import Sequence
 
 import pytest
 from confluent_kafka import Message
-from prometheus_client import CollectorRegistry
 
 from streamml.codec import AvroCodec
-from streamml.metrics import RuntimeMetrics
+from streamml.errors import RegistryRefusedError, RegistryUnavailableError
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
-from streamml.runtime import StreamRuntime
+from streamml.runtime import BatchExecutor, BatchOutcome, StreamRuntime, next_offsets
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
 from streamml.state import State
 
@@ -52,41 +51,38 @@ class Echo(Processor):
         return result
 
 
-def runtime(processor: Processor) -> StreamRuntime:
-    rt = StreamRuntime(
-        service="unit",
-        processor=processor,
-        inputs={"in": "Label"},
-        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-        settings=RuntimeSettings(group_id="g", instance_id="i"),
-        http=HttpSettings(),
-        codec=CODEC,
-        metrics=RuntimeMetrics("unit", CollectorRegistry()),
-    )
-    for store in rt.state.stores:
+def executor(processor: Processor) -> BatchExecutor:
+    state = State(processor.stores)
+    for store in state.stores:
         store.assign(0)
         store.assign(1)
-    return rt
+    return BatchExecutor(processor, {"in": "Label"}, CODEC, state)
+
+
+def run(ex: BatchExecutor, batch: list[Message]) -> tuple:
+    outcome = ex.run(batch)
+    assert isinstance(outcome, BatchOutcome)
+    return outcome.outputs, outcome.dead_letters, outcome.halt
 
 
 def test_decode_failures_become_dead_letters_and_the_rest_is_processed() -> None:
-    rt = runtime(Echo())
+    rt = executor(Echo())
     batch = [
         msg(0, CODEC.encode("Label", label("a"))),
         msg(1, b"garbage"),
         msg(2, None),
         msg(3, CODEC.encode("Label", label("b"))),
     ]
-    outputs, dead, halt = rt._process(batch)
+    outputs, dead, halt = run(rt, batch)
     assert [CODEC.decode(o.value, "Label")["event_id"] for o in outputs] == ["a", "b"]
     assert [(d.message.offset, d.stage) for d in dead] == [(1, "decode"), (2, "decode")]
     assert halt is None
 
 
 def test_a_raising_record_is_isolated_and_its_state_changes_rolled_back() -> None:
-    rt = runtime(Echo())
+    rt = executor(Echo())
     batch = [msg(i, CODEC.encode("Label", label(f"e{i}", 13 if i == 2 else 0))) for i in range(5)]
-    outputs, dead, _ = rt._process(batch)
+    outputs, dead, _ = run(rt, batch)
     assert [CODEC.decode(o.value, "Label")["event_id"] for o in outputs] == [
         "e0", "e1", "e3", "e4",
     ]  # fmt: skip
@@ -97,8 +93,8 @@ def test_a_raising_record_is_isolated_and_its_state_changes_rolled_back() -> Non
 
 
 def test_rejections_keep_their_reason_and_stage() -> None:
-    rt = runtime(Echo())
-    outputs, dead, _ = rt._process([msg(0, CODEC.encode("Label", label("x", 7)))])
+    rt = executor(Echo())
+    outputs, dead, _ = run(rt, [msg(0, CODEC.encode("Label", label("x", 7)))])
     assert outputs == []
     assert [(d.reason, d.text, d.stage) for d in dead] == [
         ("validation.seven", "no sevens", "process")
@@ -110,36 +106,35 @@ def test_output_that_does_not_match_its_schema_is_isolated_as_a_processor_error(
         def process(self, records: Sequence[Record], state: State) -> Result:
             return Result([Output("out", "Label", {"event_id": 1}) for _ in records])
 
-    outputs, dead, _ = runtime(Bad())._process([msg(0, CODEC.encode("Label", label("a")))])
+    outputs, dead, _ = run(executor(Bad()), [msg(0, CODEC.encode("Label", label("a")))])
     assert outputs == [] and dead[0].reason == "EncodeError"
 
 
 def test_offsets_advance_past_every_consumed_record_per_partition() -> None:
-    rt = runtime(Echo())
     batch = [msg(5, b""), msg(6, b""), msg(9, b"", partition=1)]
-    offsets = {(tp.partition, tp.offset) for tp in rt._next_offsets(batch, None)}
+    offsets = {(p, o) for (_, p), o in next_offsets(batch, None).items()}
     assert offsets == {(0, 7), (1, 10)}
 
 
 def test_halt_commits_only_up_to_the_first_unconsumed_record() -> None:
-    rt = runtime(Echo())
+    rt = executor(Echo())
     batch = [msg(i, CODEC.encode("Label", label(f"e{i}", 99 if i == 3 else 0))) for i in range(6)]
-    outputs, dead, halt = rt._process(batch)
+    outputs, dead, halt = run(rt, batch)
     assert halt is not None and halt.reason == "too many 99s"
     assert len(outputs) == 3 and dead == []
-    offsets = {(tp.partition, tp.offset) for tp in rt._next_offsets(batch, halt)}
+    offsets = {(p, o) for (_, p), o in next_offsets(batch, halt).items()}
     assert offsets == {(0, 3)}
 
 
 def test_halt_during_isolation_keeps_the_remaining_records_unconsumed() -> None:
-    rt = runtime(Echo())
+    rt = executor(Echo())
     values = [0, 13, 99, 0]
     batch = [msg(i, CODEC.encode("Label", label(f"e{i}", v))) for i, v in enumerate(values)]
-    outputs, dead, halt = rt._process(batch)
+    outputs, dead, halt = run(rt, batch)
     assert len(outputs) == 1 and len(dead) == 1
     assert halt is not None
     assert sorted(r.offset for r in halt.unconsumed) == [2, 3]
-    offsets = {(tp.partition, tp.offset) for tp in rt._next_offsets(batch, halt)}
+    offsets = {(p, o) for (_, p), o in next_offsets(batch, halt).items()}
     assert offsets == {(0, 2)}
 
 
@@ -149,7 +144,7 @@ def test_forwarded_outputs_keep_the_input_bytes() -> None:
             return Result([Output.forward(r, "copy") for r in records])
 
     data = CODEC.encode("Label", label("a"))
-    outputs, _, _ = runtime(Forward())._process([msg(0, data)])
+    outputs, _, _ = run(executor(Forward()), [msg(0, data)])
     assert outputs[0].value == data and outputs[0].headers == (("h", b"1"),)
 
 
@@ -162,3 +157,42 @@ def test_no_inputs_is_a_config_error(inputs: dict) -> None:
             service="x", processor=Echo(), inputs=inputs, kafka=KafkaSettings(),
             settings=RuntimeSettings(), http=HttpSettings(), codec=CODEC,
         )  # fmt: skip
+
+
+class RegistryDown(Processor):
+    """Raises what the codec raises when the schema registry cannot be reached."""
+
+    stores = ("seen",)
+
+    def process(self, records: Sequence[Record], state: State) -> Result:
+        state.store("seen").put(records[0].partition, b"touched", b"1")
+        raise RegistryUnavailableError("schema registry unavailable: connection refused")
+
+
+def test_an_infrastructure_fault_in_the_processor_propagates_with_no_dead_letter() -> None:
+    ex = executor(RegistryDown())
+    batch = [msg(i, CODEC.encode("Label", label(f"e{i}"))) for i in range(3)]
+    with pytest.raises(RegistryUnavailableError):
+        ex.run(batch)
+    assert list(ex.state.store("seen").pending()) == []  # rolled back
+
+
+def test_a_refused_schema_propagates_from_isolation_too() -> None:
+    class RefusesLater(Processor):
+        def process(self, records: Sequence[Record], state: State) -> Result:
+            if len(records) > 1:
+                raise RuntimeError("batch-level bug")  # sends the executor one by one
+            raise RegistryRefusedError("schema registry refused (409)")
+
+    batch = [msg(i, CODEC.encode("Label", label(f"e{i}"))) for i in range(3)]
+    with pytest.raises(RegistryRefusedError):
+        executor(RefusesLater()).run(batch)
+
+
+def test_a_registry_outage_while_decoding_is_not_a_dead_letter() -> None:
+    # A real registry client pointed at a closed port: connection refused, no retries.
+    codec = AvroCodec(registry_url="http://127.0.0.1:1", registry_config={"max.retries": 0})
+    ex = BatchExecutor(Echo(), {"in": "Label"}, codec, State(("seen",)))
+    framed = b"\x00" + (12345).to_bytes(4, "big") + b"\x02a"
+    with pytest.raises(RegistryUnavailableError):
+        ex.run([msg(0, framed)])

@@ -36,8 +36,10 @@ decoding only: ``encode`` takes the base name.
 
 Errors: ``decode`` raises :class:`~streamml.errors.DecodeError` (with ``raw`` and
 ``topic``) for bad bytes; ``encode`` raises :class:`~streamml.errors.EncodeError` naming
-the offending field; a registry that cannot be reached raises
-:class:`~streamml.errors.SchemaError` (not a fault of the record, so not a dead letter).
+the offending field; a registry that cannot be reached (or answers 5xx) raises
+:class:`~streamml.errors.RegistryUnavailableError`, one that refuses the request (409
+incompatible, 401/403, 422) :class:`~streamml.errors.RegistryRefusedError`: neither is a
+fault of the record, so neither is a dead letter (see :mod:`streamml.faults`).
 
 Example::
 

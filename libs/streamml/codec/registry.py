@@ -6,10 +6,37 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from streamml.codec.catalog import _load_version, _SchemaVersion, _short
-from streamml.errors import DecodeError, SchemaError
+from streamml.errors import (
+    DecodeError,
+    RegistryRefusedError,
+    RegistryUnavailableError,
+    SchemaError,
+)
 
 if TYPE_CHECKING:
     from streamml.settings import KafkaSettings
+
+
+_REGISTRY_TIMEOUT_S = 10
+
+
+def _registry_fault(exc: Exception, doing: str) -> SchemaError:
+    """The typed error for a failed registry call: unavailable (retry) or refused (fix)."""
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        # 409 (incompatible schema), 401/403 (credentials), 422 (invalid schema): waiting
+        # does not change the answer.
+        if status in (401, 403):
+            setting, fix = "STREAMML_KAFKA_SCHEMA_REGISTRY_BASIC_AUTH", "check the credentials"
+        elif status == 409:
+            setting = None
+            fix = "make the schema in schemas/ compatible or change the subject's compatibility"
+        else:
+            setting, fix = None, "check the schema and the registry"
+        return RegistryRefusedError(
+            _short(f"schema registry refused ({doing}): {exc}") + f"; {fix}", setting=setting
+        )
+    return RegistryUnavailableError(_short(f"schema registry unavailable ({doing}): {exc}"))
 
 
 def _registry_client(url: str, config: dict[str, Any]) -> Any:
@@ -32,7 +59,11 @@ def _registry_client(url: str, config: dict[str, Any]) -> Any:
 
 def registry_config(kafka: KafkaSettings) -> dict[str, Any]:
     """The registry client's settings (beside its URL) taken from the Kafka settings."""
-    return kafka.registry_client_config()  # basic auth and TLS (CA, client certificate)
+    config = kafka.registry_client_config()  # basic auth and TLS (CA, client certificate)
+    # httpx (under the registry client) waits forever without a timeout: a registry that
+    # hangs must fail the call, so the runtime retries instead of freezing.
+    config.setdefault("timeout", _REGISTRY_TIMEOUT_S)
+    return config
 
 
 def register_schema(client: Any, subject: str, writer: _SchemaVersion) -> int:
@@ -44,9 +75,8 @@ def register_schema(client: Any, subject: str, writer: _SchemaVersion) -> int:
             client.register_schema(subject, Schema(json.dumps(writer.definition), "AVRO"))
         )
     except Exception as exc:
-        raise SchemaError(
-            _short(f"cannot register {writer.name} under subject {subject}: {exc}")
-        ) from exc
+        doing = f"cannot register {writer.name} under subject {subject}"
+        raise _registry_fault(exc, doing) from exc
     return schema_id
 
 
@@ -61,9 +91,9 @@ def fetch_writer(client: Any, schema_id: int) -> _SchemaVersion:
     except SchemaRegistryError as exc:
         if exc.http_status_code == 404:
             raise DecodeError(f"schema id {schema_id} is not in the registry") from exc
-        raise SchemaError(_short(f"schema registry: {exc}")) from exc
+        raise _registry_fault(exc, f"looking up schema id {schema_id}") from exc
     except Exception as exc:
-        raise SchemaError(_short(f"schema registry unreachable: {exc}")) from exc
+        raise _registry_fault(exc, f"looking up schema id {schema_id}") from exc
     if (registered.schema_type or "AVRO") != "AVRO":
         raise DecodeError(f"schema id {schema_id} is {registered.schema_type}, not Avro")
     try:

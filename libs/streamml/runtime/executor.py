@@ -8,7 +8,9 @@ it was given; the caller commits or aborts them with the transaction.
 
 A record that cannot be decoded, that the processor rejects, or that makes the processor
 (or the encoding of its outputs) raise becomes a :class:`DeadLetter`; the other records of
-the batch go on.
+the batch go on. Any other fault (:mod:`streamml.faults`: a schema registry that is
+unavailable or refuses a schema, a state store error) is not the record's: it propagates
+with the state rolled back, and no record of the batch becomes a dead letter.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 
 from streamml.codec import AvroCodec
 from streamml.errors import DecodeError
+from streamml.faults import is_record_fault
 from streamml.processor import Halt, Processor, Record, Rejection, Result
 from streamml.state import State
 
@@ -161,6 +164,8 @@ class BatchExecutor:
             outputs = self.encode(result)
         except Exception as exc:  # isolate the record(s) that made the processor raise
             self.state.rollback(savepoint)
+            if not is_record_fault(exc):
+                raise  # the registry, a store...: the whole batch is retried, no dead letter
             log.warning("processor raised on a batch (%s); isolating records one by one", exc)
             return self._one_by_one(records, by_position, dead)
         self.state.release(savepoint)
@@ -181,6 +186,8 @@ class BatchExecutor:
                 encoded = self.encode(result)
             except Exception as exc:
                 self.state.rollback(savepoint)
+                if not is_record_fault(exc):
+                    raise
                 msg = by_position[(record.topic, record.partition, record.offset)]
                 dead.append(
                     DeadLetter(

@@ -1,18 +1,24 @@
 """The loop: :class:`StreamRuntime` runs one processor as one member of a consumer group.
 
-Failure handling:
+Failure handling (the taxonomy is :mod:`streamml.faults`):
 
 - a record that cannot be decoded, is rejected by the processor, or makes it raise goes
   to ``<input topic>.dlq`` byte-identical with ``dlq.*`` headers; the rest goes on;
-- an abortable error aborts the transaction, discards pending state, rewinds every
-  partition to its last committed offset and retries with exponential backoff + jitter;
-  after ``max_attempts`` failures in a row the service reports unhealthy and exits 1;
+- when the dead-lettered share of recent records passes a threshold, the dead-letter
+  circuit halts the service before that batch commits (partitions paused, not ready,
+  operator resume with ``POST /resume``);
+- an infrastructure fault (schema registry unavailable, broker error, stuck producer)
+  aborts the transaction, discards pending state, rewinds every partition to its last
+  committed offset and retries with exponential backoff + jitter (tenacity), ``/readyz``
+  saying why; after ``max_attempts`` failures in a row the service exits 1 with one line;
+- a fault waiting cannot heal (schema refused, credentials refused) exits 2 with one line;
 - a fenced producer (a newer instance took over) exits cleanly with code 0;
 - SIGTERM/SIGINT finish the open batch, close the consumer (leaving the group) and exit 0.
 
 Partitions are assigned with the ``range`` assignor, so partition ``p`` of every input
 topic lands on the same instance; state stores are kept per partition number and their
-changelog partition ``p`` is restored before any record of ``p`` is processed.
+changelog partition ``p`` is restored before any record of ``p`` is processed. Restore
+progress counts as life for ``/healthz``; readiness stays 503 until it completes.
 """
 
 from __future__ import annotations
@@ -34,11 +40,27 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from streamml.batching import collect_batch
+from streamml.circuit import FailStopCircuit
 from streamml.codec import AvroCodec
-from streamml.deadletter import dead_letter_headers, dlq_topic
-from streamml.errors import ConfigError, FencedError, ProcessingError
+from streamml.deadletter import Origin, dead_letter_headers, dlq_topic, replay_origin
+from streamml.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    FencedError,
+    InfrastructureError,
+    ProcessingError,
+)
+from streamml.faults import Fault, classify, kafka_error
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor
 from streamml.runtime import provisioning
@@ -46,22 +68,28 @@ from streamml.runtime.clients import make_consumer
 from streamml.runtime.executor import (
     BatchExecutor,
     DeadLetter,
-    EncodedOutput,
     TopicPartitionKey,
     next_offsets,
 )
+from streamml.runtime.replayed import DeadLetterOrigins
 from streamml.runtime.transactions import (
     COMMIT_TIMEOUT_S,
-    RetryableError,
     StuckProducerError,
     TransactionDriver,
-    classify,
 )
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
 from streamml.startup import preflight
 from streamml.state import State
 
 log = logging.getLogger(__name__)
+
+# How long one wait for committed offsets may block before the wait is reported (the
+# broker holds them back while an earlier transaction of the group is open, KIP-447).
+_COMMITTED_POLL_S = 2.0
+
+
+class _CircuitTrippedError(Exception):
+    """The dead-letter-rate circuit opened on this batch; it must not commit."""
 
 
 class StreamRuntime:
@@ -97,6 +125,8 @@ class StreamRuntime:
         self.changelogs = {name: f"{self.group_id}-{name}-changelog" for name in processor.stores}
         self.state = State(processor.stores)
         self.executor = BatchExecutor(processor, self.inputs, self.codec, self.state)
+        self._dead_letter_origins = DeadLetterOrigins(kafka, group_id=self.group_id)
+        self.circuit = _dead_letter_circuit(settings) if settings.dead_letter_circuit else None
 
         self._stop = threading.Event()
         self._resume = threading.Event()
@@ -105,10 +135,13 @@ class StreamRuntime:
         self._restoring = False
         self._assigned_once = False
         self._halt: Halt | None = None
+        self._halted_by_runtime = False
         self._halted_at = 0.0
-        self._gave_up = False
-        self._last_loop = time.monotonic()
-        self._failures = 0
+        self._gave_up: str | None = None
+        self._last_progress = time.monotonic()
+        self._fault: Fault | None = None
+        self._fault_attempt = 0
+        self._waiting: str | None = None
         self._lag_due = 0.0
         self._consumer: Consumer | None = None
         self._transactions = TransactionDriver(
@@ -121,12 +154,22 @@ class StreamRuntime:
             stop=self._stop,
         )
         self._health: HealthServer | None = None
+        # One retry policy for every batch (iterating it starts a fresh attempt count).
+        self._retrying = Retrying(
+            stop=stop_after_attempt(settings.max_attempts),
+            wait=wait_exponential(multiplier=settings.backoff_initial_s, max=settings.backoff_max_s)
+            + wait_random(0, settings.backoff_initial_s),
+            retry=retry_if_exception_type(InfrastructureError),
+            sleep=self._backoff,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
 
     # -- public ---------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until stopped. Returns the process exit code (0 clean, 1 gave up, 2 a
-        configuration fault: a missing file, a taken port, wrong credentials or CA)."""
+        """Run until stopped. Returns the exit code: 0 clean or fenced, 1 gave up, 2 a
+        configuration fault (a missing file, a taken port, wrong credentials or CA)."""
         self._install_signal_handlers()
         try:
             preflight(self.kafka, self.http)
@@ -157,22 +200,30 @@ class StreamRuntime:
                 self.service, self.group_id, self.transactional_id, ",".join(self.inputs),
             )  # fmt: skip
             while not self._stop.is_set():
-                self._last_loop = time.monotonic()
+                self._last_progress = time.monotonic()
                 self._loop_once()
             return 0
         except FencedError as exc:
             log.error("fenced: another instance took over (%s); exiting", exc)
             return 0
+        except ConfigError as exc:  # waiting cannot heal it
+            return self._give_up(classify(exc).one_line(), 2)
+        except InfrastructureError as exc:
+            tried = f" after {self._fault_attempt} attempts" if self._fault_attempt > 1 else ""
+            return self._give_up(f"giving up{tried} ({classify(exc).cause}): {exc}", 1)
         except ProcessingError as exc:
-            self._gave_up = True
-            log.error("giving up: %s", exc)
-            return 1
+            return self._give_up(f"giving up: {exc}", 1)
         except Exception:
-            self._gave_up = True
+            self._gave_up = "unexpected error in the processing loop"
             log.exception("unexpected error in the processing loop; exiting")
             return 1
         finally:
             self._shutdown()
+
+    def _give_up(self, line: str, code: int) -> int:
+        self._gave_up = line
+        log.error("%s", line)
+        return code
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and exit (safe from signal handlers)."""
@@ -186,16 +237,33 @@ class StreamRuntime:
         return True
 
     def is_healthy(self) -> bool:
-        return not self._gave_up and time.monotonic() - self._last_loop < 120
+        """Alive: not given up, and progress (a loop tick, a retry, restore) within the limit."""
+        idle = time.monotonic() - self._last_progress
+        return self._gave_up is None and idle < self.settings.liveness_idle_s
 
     def is_ready(self) -> bool:
-        return (
-            self._assigned_once
-            and not self._restoring
-            and self._halt is None
-            and not self._gave_up
-            and self.processor.is_ready()
-        )
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why ``/readyz`` is 503, in one line; None when ready."""
+        if self._gave_up is not None:
+            return f"gave up: {self._gave_up}"
+        if self._fault is not None:
+            return (
+                f"retrying after an infrastructure fault ({self._fault.cause}, attempt "
+                f"{self._fault_attempt}/{self.settings.max_attempts}): {self._fault.message}"
+            )
+        if self._waiting is not None:
+            return self._waiting
+        if self._restoring:
+            return "restoring state"
+        if self._halt is not None:
+            return f"halted: {self._halt.reason}"
+        if not self._assigned_once:
+            return "waiting for a partition assignment"
+        if not self.processor.is_ready():
+            return "the processor is not ready"
+        return None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -203,7 +271,12 @@ class StreamRuntime:
             "partitions": sorted(f"{t}:{p}" for t, p in self._assignment),
             "halted": self._halt.reason if self._halt else None,
             "restoring": self._restoring,
+            "reason": self.not_ready_reason(),
         }
+
+    def _progress(self) -> None:
+        """Count as life for ``/healthz`` (a restore reading records, a retry waiting)."""
+        self._last_progress = time.monotonic()
 
     # -- setup ----------------------------------------------------------------------
 
@@ -230,9 +303,7 @@ class StreamRuntime:
             keys = {(tp.topic, tp.partition) for tp in partitions}
             self._assignment |= keys
             new_numbers = sorted({p for _, p in keys} - self._owned_partitions)
-            # Committed offsets are fetched with require_stable (read_committed), which
-            # waits for the previous owner's open transaction to finish first (KIP-447).
-            consumer.committed(partitions, timeout=COMMIT_TIMEOUT_S)
+            self._await_committed(consumer, partitions)
             started = time.monotonic()
             provisioning.restore(
                 new_numbers,
@@ -241,6 +312,8 @@ class StreamRuntime:
                 kafka=self.kafka,
                 settings=self.settings,
                 group_id=self.group_id,
+                on_progress=self._progress,
+                on_wait=self._report_wait,
             )
             self._owned_partitions |= set(new_numbers)
             self.metrics.restore_seconds.labels(self.service).observe(time.monotonic() - started)
@@ -254,7 +327,39 @@ class StreamRuntime:
             )  # fmt: skip
         finally:
             self._restoring = False
+            self._waiting = None
             self._assigned_once = True
+
+    def _await_committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Fetch the committed offsets, reporting a wait for an earlier open transaction.
+
+        They are fetched with require_stable (read_committed): the broker holds them back
+        while a transaction of the group that sent offsets is still open (KIP-447). A
+        previous owner killed mid-transaction under another transactional id (a new pod
+        name) leaves one open until ``transaction_timeout_ms`` ends it: up to a minute by
+        default, which is reported rather than waited out in silence.
+        """
+        limit = self.settings.transaction_timeout_ms / 1000 + COMMIT_TIMEOUT_S
+        started = time.monotonic()
+        while True:
+            try:
+                consumer.committed(partitions, timeout=_COMMITTED_POLL_S)
+                return
+            except KafkaException as exc:
+                timed_out = exc.args[0].code() == KafkaError._TIMED_OUT
+                if not timed_out or time.monotonic() - started > limit:
+                    raise kafka_error(exc, "fetching committed offsets") from exc
+            self._progress()
+            self._report_wait(
+                "waiting for an earlier transaction of this group to end (an instance that "
+                "died mid-transaction under another transactional id; it times out after "
+                f"transaction_timeout_ms={self.settings.transaction_timeout_ms})"
+            )
+
+    def _report_wait(self, reason: str) -> None:
+        if self._waiting != reason:
+            log.warning("%s", reason)
+        self._waiting = reason
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(self.service, "revoke").inc()
@@ -278,10 +383,16 @@ class StreamRuntime:
     # -- the loop -------------------------------------------------------------------
 
     def _loop_once(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         if self._halt is not None:
             self._maybe_resume()
+        batch = self._poll()
+        if batch:
+            self._run_batch(batch)
+        self._maybe_report_lag()
+
+    def _poll(self) -> list[Message]:
+        consumer = self._consumer
+        assert consumer is not None
         messages = collect_batch(
             consumer.consume,
             max_records=self.settings.batch_max_records,
@@ -297,46 +408,82 @@ class StreamRuntime:
                 raise ProcessingError(f"consumer error: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", error.str())
-        if batch:
-            self._run_batch(batch)
-        self._maybe_report_lag()
+        return batch
 
     def _run_batch(self, batch: list[Message]) -> None:
+        """Commit ``batch``; on an infrastructure fault rewind, read it again and retry."""
         try:
-            self._transact(batch)
-            self._failures = 0
-        except RetryableError as exc:
-            self._failures += 1
-            self.metrics.retries.labels(self.service, str(exc.args[0])).inc()
-            if self._failures >= self.settings.max_attempts:
-                raise ProcessingError(
-                    f"{self._failures} failed attempts in a row; last: {exc.args[1]}"
-                ) from exc
-            log.warning(
-                "batch failed (attempt %d/%d): %s; rewinding to committed offsets",
-                self._failures, self.settings.max_attempts, exc.args[1],
-            )  # fmt: skip
-            self._transactions.sleep_backoff(self._failures)
+            for attempt in self._retrying:
+                with attempt:
+                    self._fault_attempt = attempt.retry_state.attempt_number
+                    if self._fault_attempt > 1:
+                        batch = self._read_again()
+                    if batch and not self._stop.is_set():
+                        self._transact(batch)
+        except _CircuitTrippedError as exc:
             self._rewind()
+            self._enter_halt(Halt(str(exc)), [], by_runtime=True)
+        self._fault = None
+        self._fault_attempt = 0
+
+    def _backoff(self, seconds: float) -> None:
+        self._progress()
+        self._stop.wait(seconds)
+        self._progress()
+
+    def _before_retry(self, retry_state: RetryCallState) -> None:
+        assert retry_state.outcome is not None
+        exc = retry_state.outcome.exception()
+        assert exc is not None
+        fault = classify(exc)
+        self._fault = fault
+        log.warning(
+            "batch aborted after an infrastructure fault (%s, attempt %d/%d): %s; "
+            "retrying in %.1fs from the committed offsets",
+            fault.cause, retry_state.attempt_number, self.settings.max_attempts,
+            fault.message, retry_state.upcoming_sleep,
+        )  # fmt: skip
+
+    def _read_again(self) -> list[Message]:
+        """Rewind to the committed offsets and poll until the batch is back (or nothing is)."""
+        self._rewind()
+        while not self._stop.is_set() and self._assignment:
+            self._progress()
+            batch = self._poll()
+            if batch:
+                return batch
+        return []
 
     def _transact(self, batch: list[Message]) -> None:
         consumer = self._consumer
         assert consumer is not None
         transactions = self._transactions
+        circuit = self.circuit
         started = time.monotonic()
-        transactions.begin()
-        committed = False
+        try:
+            transactions.begin()
+        except InfrastructureError as exc:
+            self._count_fault(exc)
+            raise
+        committed = tripped = False
+        before = circuit.snapshot() if circuit is not None else None
         try:
             outcome = self.executor.run(batch)
+            halt = outcome.halt
+            if circuit is not None:
+                tripped = True  # until _judge returns: an open circuit stays open
+                self._judge(circuit, batch, outcome.dead_letters, halt)
+                tripped = False
             out_counts = transactions.produce_outputs(outcome.outputs)
             now_ms = int(self._clock() * 1000)
+            replayed: set[tuple[str, Origin]] = set()
             for letter in outcome.dead_letters:
-                self._produce_dead_letter(letter, now_ms)
+                if not self._dead_letter_again(letter, replayed):
+                    self._produce_dead_letter(letter, now_ms)
             for name, topic in self.changelogs.items():
                 for partition, key, value in self.state.store(name).pending():
                     transactions.produce_changelog(topic, partition, key, value)
-            halt = outcome.halt
-            offsets = self._next_offsets(batch, halt)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets(batch, halt).items()]
             self.metrics.batch_seconds.labels(self.service).observe(time.monotonic() - started)
             commit_started = time.monotonic()
             if offsets:
@@ -347,13 +494,23 @@ class StreamRuntime:
                 time.monotonic() - commit_started
             )
         except KafkaException as exc:
-            classify(exc, "transaction")
+            error = kafka_error(exc, "transaction")
+            if isinstance(error, InfrastructureError):
+                self._count_fault(error)
+            raise error from exc
         except StuckProducerError as exc:
             self.state.abort()
             transactions.replace()
-            raise RetryableError("stuck", str(exc)) from exc
+            error = BrokerUnavailableError(f"stuck producer: {exc}")
+            self._count_fault(error)
+            raise error from exc
+        except InfrastructureError as exc:
+            self._count_fault(exc)
+            raise
         finally:
             if not committed:
+                if circuit is not None and before is not None and not tripped:
+                    circuit.restore(before)  # the batch is read again: count it once
                 self.state.abort()
                 transactions.abort()
         self.state.commit()
@@ -370,15 +527,42 @@ class StreamRuntime:
         if halt is not None:
             self._enter_halt(halt, offsets)
 
-    def _process(
-        self, batch: list[Message]
-    ) -> tuple[list[EncodedOutput], list[DeadLetter], Halt | None]:
-        outcome = self.executor.run(batch)
-        return outcome.outputs, outcome.dead_letters, outcome.halt
+    def _judge(
+        self,
+        circuit: FailStopCircuit,
+        batch: list[Message],
+        dead: list[DeadLetter],
+        halt: Halt | None,
+    ) -> None:
+        """Feed the dead-letter circuit; raise _CircuitTrippedError (before commit) if it opens."""
+        held = len(halt.unconsumed) if halt is not None else 0
+        valid = max(0, len(batch) - len(dead) - held)
+        tripped = circuit.record_batch(valid, [letter.reason for letter in dead])
+        if tripped is None:
+            return
+        top = ", ".join(f"{reason} x{count}" for reason, count in circuit.top_reasons())
+        self.metrics.circuit_trips.labels(self.service).inc()
+        raise _CircuitTrippedError(f"{tripped}; top error classes: {top}")
 
-    @staticmethod
-    def _next_offsets(batch: list[Message], halt: Halt | None) -> list[TopicPartition]:
-        return [TopicPartition(t, p, o) for (t, p), o in next_offsets(batch, halt).items()]
+    def _dead_letter_again(self, letter: DeadLetter, seen: set[tuple[str, Origin]]) -> bool:
+        """True when ``letter`` is a replayed record already dead-lettered (not sent again)."""
+        origin = replay_origin(letter.message.headers)
+        if origin is None:
+            return False
+        target = dlq_topic(letter.message.topic)
+        if (target, origin) in seen or self._dead_letter_origins.holds(target, origin):
+            self.metrics.replayed_dead_letters.labels(self.service, letter.message.topic).inc()
+            log.info(
+                "replayed record %s/%d/%d failed again (%s); its dead letter is already in %s",
+                *origin, letter.reason, target,
+            )  # fmt: skip
+            return True
+        seen.add((target, origin))
+        return False
+
+    def _count_fault(self, exc: InfrastructureError) -> None:
+        self.metrics.faults.labels(self.service, exc.cause).inc()
+        self.metrics.retries.labels(self.service, exc.cause).inc()
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset."""
@@ -390,7 +574,7 @@ class StreamRuntime:
         try:
             committed = consumer.committed(tps, timeout=COMMIT_TIMEOUT_S)
         except KafkaException as exc:
-            raise RetryableError("rewind", str(exc)) from exc
+            raise kafka_error(exc, "rewind") from exc
         for tp in committed:
             offset = tp.offset if tp.offset != OFFSET_INVALID else OFFSET_BEGINNING
             try:
@@ -422,10 +606,13 @@ class StreamRuntime:
 
     # -- halt (fail-stop) -----------------------------------------------------------
 
-    def _enter_halt(self, halt: Halt, offsets: list[TopicPartition]) -> None:
+    def _enter_halt(
+        self, halt: Halt, offsets: list[TopicPartition], *, by_runtime: bool = False
+    ) -> None:
         consumer = self._consumer
         assert consumer is not None
         self._halt = halt
+        self._halted_by_runtime = by_runtime
         self._halted_at = time.monotonic()
         self._resume.clear()
         assigned = [TopicPartition(t, p) for t, p in sorted(self._assignment)]
@@ -451,7 +638,11 @@ class StreamRuntime:
         )
         if not (by_operator or by_timer):
             return
-        self.processor.on_resume(probe=not by_operator)
+        if self._halted_by_runtime:
+            if self.circuit is not None:
+                self.circuit.resume(probe=False)
+        else:
+            self.processor.on_resume(probe=not by_operator)
         self._halt = None
         self._resume.clear()
         self._consumer.resume([TopicPartition(t, p) for t, p in sorted(self._assignment)])
@@ -491,3 +682,17 @@ class StreamRuntime:
         if self._health is not None:
             self._health.stop()
         log.info("stopped service=%s", self.service)
+
+
+def _dead_letter_circuit(settings: RuntimeSettings) -> FailStopCircuit:
+    if settings.dead_letter_min_records > settings.dead_letter_window:
+        raise ConfigError(
+            f"dead_letter_min_records ({settings.dead_letter_min_records}) must not exceed "
+            f"dead_letter_window ({settings.dead_letter_window})"
+        )
+    return FailStopCircuit(
+        window=settings.dead_letter_window,
+        threshold=settings.dead_letter_threshold,
+        min_records=settings.dead_letter_min_records,
+        label="dead-letter",
+    )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streamml.deadletter import dlq_topic
-from streamml.errors import ProcessingError
+from streamml.errors import ProcessingError, StateStoreError
 from streamml.runtime.clients import make_admin, make_restore_consumer
 from streamml.runtime.executor import Polled, TopicPartitionKey
 from streamml.settings import KafkaSettings, RuntimeSettings
@@ -19,6 +19,8 @@ from streamml.startup import retry_transient
 from streamml.state import State
 
 log = logging.getLogger(__name__)
+
+_REPORT_WAIT_AFTER_S = 2.0
 
 
 def ensure_topics(
@@ -98,10 +100,14 @@ def restore(
     kafka: KafkaSettings,
     settings: RuntimeSettings,
     group_id: str,
+    on_progress: Callable[[], None] = lambda: None,
+    on_wait: Callable[[str], None] = lambda reason: None,
 ) -> None:
     """Load changelog partitions ``numbers`` of every store, up to their end.
 
-    ``changelogs`` maps each store name to its changelog topic.
+    ``changelogs`` maps each store name to its changelog topic. ``on_progress`` is called
+    whenever changelog records arrive (restore progress counts as life for liveness);
+    ``on_wait`` with a reason when an open transaction holds the changelog's end back.
     """
     if not numbers or not changelogs:
         for number in numbers:
@@ -115,12 +121,19 @@ def restore(
     tps = [TopicPartition(t, n) for t in changelogs.values() for n in numbers]
     # Wait until no transaction is open on the changelog partitions (last stable
     # offset == high watermark), so that reading to the end sees every committed write.
-    deadline = time.monotonic() + settings.transaction_timeout_ms / 1000
+    started = time.monotonic()
+    deadline = started + settings.transaction_timeout_ms / 1000
     while True:
         committed = list_offsets(admin, tps, IsolationLevel.READ_COMMITTED, OffsetSpec)
         latest = list_offsets(admin, tps, IsolationLevel.READ_UNCOMMITTED, OffsetSpec)
         if committed == latest or time.monotonic() > deadline:
             break
+        if time.monotonic() - started > _REPORT_WAIT_AFTER_S:
+            on_wait(
+                "waiting for an open transaction on the state changelog to end before "
+                "restoring (it times out after "
+                f"transaction_timeout_ms={settings.transaction_timeout_ms})"
+            )
         time.sleep(0.05)
     store_of = {topic: name for name, topic in changelogs.items()}
     for number in numbers:
@@ -135,13 +148,16 @@ def restore(
         pending = {(tp.topic, tp.partition) for tp in todo}
         count = 0
         while pending:
-            for msg in restorer.consume(10_000, timeout=0.2):
+            messages = restorer.consume(10_000, timeout=0.2)
+            if messages:
+                on_progress()  # records (or an end of partition) arrived: alive
+            for msg in messages:
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard((msg.topic(), msg.partition()))
                         continue
-                    raise ProcessingError(f"restoring state: {error.str()}")
+                    raise StateStoreError(f"restoring state: {error.str()}")
                 polled = Polled.of(msg)
                 store = state.store(store_of[polled.topic])
                 store.restore(polled.partition, polled.key or b"", polled.value)

@@ -1,22 +1,32 @@
 """The transaction driver: one transactional producer, begin, produce, send offsets, commit, abort.
 
 It knows nothing of records or state: the loop decides what goes into a transaction, the
-driver gets it onto the broker and says how a Kafka error is to be taken (fenced, or worth
-a retry of the batch).
+driver gets it onto the broker. Its own calls (init, abort, commit) are retried with
+tenacity; a Kafka error it gives up on is raised typed (:func:`streamml.faults.kafka_error`):
+FencedError, an AuthenticationError (exit 2) or a BrokerUnavailableError (the loop
+retries the batch).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_fixed,
+    wait_random,
+)
 
-from streamml.errors import FencedError, ProcessingError
+from streamml.faults import kafka_error
 from streamml.runtime.clients import make_producer
 from streamml.runtime.executor import EncodedOutput
 from streamml.settings import KafkaSettings, RuntimeSettings
@@ -29,10 +39,6 @@ COMMIT_TIMEOUT_S = 30.0
 # it from a watchdog thread; past this deadline it replaces the producer (the new one
 # fences the stuck one with the same transactional.id) and retries the batch.
 SEND_OFFSETS_DEADLINE_S = 20.0
-
-
-class RetryableError(Exception):
-    """The batch failed in a way that a retry from the committed offsets can fix."""
 
 
 class StuckProducerError(Exception):
@@ -81,23 +87,18 @@ class TransactionDriver:
 
     def _init_transactions(self) -> None:
         producer = self.producer
-        for attempt in range(1, self.settings.max_attempts + 1):
-            try:
-                producer.init_transactions(COMMIT_TIMEOUT_S)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.fatal():
-                    raise FencedError(error.str()) from exc
-                log.warning("init_transactions failed (attempt %d): %s", attempt, error.str())
-                self.sleep_backoff(attempt)
-        raise ProcessingError("could not initialise transactions; is the broker up?")
+        try:
+            for attempt in self._retrying("init_transactions"):
+                with attempt:
+                    producer.init_transactions(COMMIT_TIMEOUT_S)
+        except KafkaException as exc:
+            raise kafka_error(exc, "could not initialise transactions; is the broker up?") from exc
 
     def begin(self) -> None:
         try:
             self.producer.begin_transaction()
         except KafkaException as exc:
-            classify(exc, "begin")
+            raise kafka_error(exc, "begin_transaction") from exc
 
     def produce(
         self,
@@ -176,55 +177,75 @@ class TransactionDriver:
         self.start()
 
     def commit(self) -> None:
+        """Commit; a retriable error is retried until the transaction would time out."""
         producer = self.producer
-        deadline = time.monotonic() + self.settings.transaction_timeout_ms / 1000
-        while True:
-            try:
+        retrying = Retrying(
+            stop=stop_after_delay(self.settings.transaction_timeout_ms / 1000),
+            wait=wait_fixed(0.5),
+            retry=retry_if_exception(_retriable),
+            before_sleep=_log_retry("commit_transaction"),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
                 producer.commit_transaction(COMMIT_TIMEOUT_S)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.retriable() and time.monotonic() < deadline:
-                    log.warning("commit_transaction: %s; retrying", error.str())
-                    time.sleep(0.5)
-                    continue
-                raise
 
     def abort(self) -> None:
         producer = self.producer
         self._on_abort()
-        for attempt in range(1, self.settings.max_attempts + 1):
-            try:
-                producer.abort_transaction(COMMIT_TIMEOUT_S)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.fatal():
-                    raise FencedError(error.str()) from exc
-                if error.code() == KafkaError._STATE:
-                    return  # no transaction in progress
-                log.warning("abort_transaction failed (attempt %d): %s", attempt, error.str())
-                self.sleep_backoff(attempt)
-        raise ProcessingError("could not abort the transaction; the broker is unreachable")
+        try:
+            for attempt in self._retrying("abort_transaction"):
+                with attempt:
+                    try:
+                        producer.abort_transaction(COMMIT_TIMEOUT_S)
+                    except KafkaException as exc:
+                        if exc.args[0].code() == KafkaError._STATE:
+                            return  # no transaction in progress
+                        raise
+        except KafkaException as exc:
+            raise kafka_error(exc, "could not abort the transaction") from exc
 
-    def sleep_backoff(self, attempt: int) -> None:
-        delay = min(
-            self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** (attempt - 1)
+    def _retrying(self, call: str) -> Retrying:
+        """Retries of a producer call: backoff with jitter; a fatal (fenced) error stops."""
+        return Retrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=wait_exponential(
+                multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
+            )
+            + wait_random(0, self.settings.backoff_initial_s),
+            retry=retry_if_exception(_not_fatal),
+            sleep=self._wait,
+            before_sleep=_log_retry(call),
+            reraise=True,
         )
-        self._stop.wait(delay * random.uniform(0.5, 1.0))
+
+    def _wait(self, seconds: float) -> None:
+        self._stop.wait(seconds)
 
     def flush(self, timeout_s: float) -> None:
-        if self._producer is not None:
+        """Deliver what is queued; a fenced producer raises here, and has nothing to deliver."""
+        if self._producer is None:
+            return
+        try:
             self._producer.flush(timeout_s)
+        except KafkaException as exc:  # found by the SIGSTOP test: a fenced flush raised
+            log.info("producer not flushed at shutdown: %s", exc.args[0].str())
 
 
-def classify(exc: KafkaException, where: str) -> None:
-    """Raise FencedError for a fenced producer, else RetryableError (always raises)."""
-    error: KafkaError = exc.args[0]
-    if error.fatal() or error.code() in (
-        KafkaError._FENCED,
-        KafkaError.PRODUCER_FENCED,
-        KafkaError.INVALID_PRODUCER_EPOCH,
-    ):
-        raise FencedError(error.str()) from exc
-    raise RetryableError(where, error.str()) from exc
+def _not_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and not exc.args[0].fatal()
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+
+
+def _log_retry(call: str) -> Callable[[RetryCallState], None]:
+    def log_it(state: RetryCallState) -> None:
+        assert state.outcome is not None
+        log.warning(
+            "%s failed (attempt %d): %s; retrying", call, state.attempt_number,
+            state.outcome.exception(),
+        )  # fmt: skip
+
+    return log_it

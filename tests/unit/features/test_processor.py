@@ -497,3 +497,28 @@ def test_event_by_event_fallback_gives_the_same_vectors(monkeypatch: pytest.Monk
     slow = _run(proc_b, _state(proc_b), _records(events))
     assert len(fast.outputs) == 400
     assert _bits(slow) == _bits(fast)
+
+
+def test_the_fast_writer_comes_back_once_the_registry_answers() -> None:
+    from services.features import native
+    from streamml.codec import AvroCodec
+    from streamml.errors import RegistryUnavailableError
+    from tests.registry_double import FaultyRegistry
+
+    if native.KERNEL is None:
+        pytest.skip("the C kernel is not built")
+    with FaultyRegistry("unavailable") as registry:
+        codec = AvroCodec(registry_url=registry.url, registry_config={"max.retries": 0})
+        proc = _processor()
+        proc.on_codec(codec)  # the registry does not answer: no writer yet, no error
+        state = _state(proc)
+        events = _events(20)
+        with pytest.raises(RegistryUnavailableError):  # the runtime retries the batch
+            proc.process(_records(events), state)
+        state.abort()
+        registry.mode = "ok"
+        result = _run(proc, state, _records(events))
+    raw = [out.raw_value for out in result.outputs]
+    assert len(raw) == 20 and all(r is not None for r in raw)  # written by the fast writer
+    for out in result.outputs:
+        assert out.raw_value == codec.encode("FeatureVector", out.value, topic="t.features")
