@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -363,12 +364,14 @@ def test_reader_started_mid_stream_never_sees_an_aborted_transaction(
 _LINE = re.compile(r"([0-9a-f-]{36}) (\S+) (\S+)\s*$")
 
 
-def _run_example(pipeline: Pipeline, args: list[str], expect: int, timeout_s: float) -> set[str]:
+def _run_example(
+    pipeline: Pipeline, command: list[str], expect: int, timeout_s: float
+) -> set[tuple[str, str, float]]:
     env = {**os.environ, "STREAMML_KAFKA_BOOTSTRAP_SERVERS": pipeline.bootstrap,
            "STREAMML_KAFKA_TOPIC_PREFIX": pipeline.prefix, "PYTHONUNBUFFERED": "1"}  # fmt: skip
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"consumers-example-{uuid.uuid4().hex}.log"
     with log.open("w") as sink:
-        process = subprocess.Popen([sys.executable, *args], cwd=log.parent, env=env,
+        process = subprocess.Popen(command, cwd=log.parent, env=env,
                                    stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
     lines: set[str] = set()
     try:
@@ -389,12 +392,11 @@ def _run_example(pipeline: Pipeline, args: list[str], expect: int, timeout_s: fl
     output = log.read_text()
     log.unlink()
     assert len(lines) >= expect, output[-3000:]
-    return {" ".join(line.split()[-3:]) for line in lines}
+    return {(m[1], m[2], float(m[3])) for m in map(_LINE.search, lines) if m}
 
 
-def _printed(written: list[Written]) -> set[str]:
-    return {f"{w.value['event_id']} {w.value['model_version']} {w.value['score']}"
-            for w in written}  # fmt: skip
+def _printed(written: list[Written]) -> set[tuple[str, str, float]]:
+    return {(w.value["event_id"], w.value["model_version"], w.value["score"]) for w in written}
 
 
 @pytest.mark.parametrize("example", ["sync_reader.py", "async_reader.py"])
@@ -402,7 +404,8 @@ def test_documented_python_example_prints_every_prediction(
     pipeline: Pipeline, example: str
 ) -> None:
     expected = _printed(pipeline.written["predictions"])
-    got = _run_example(pipeline, [str(EXAMPLES / example)], len(expected), timeout_s=180)
+    command = [sys.executable, str(EXAMPLES / example)]
+    got = _run_example(pipeline, command, len(expected), timeout_s=180)
     assert got == expected
 
 
@@ -417,12 +420,48 @@ def test_documented_faust_agent_prints_every_prediction(pipeline: Pipeline) -> N
     assert got == expected
 
 
+JAVA_PROJECT = EXAMPLES / "java"
+JAVA_SOURCE = (
+    JAVA_PROJECT / "src" / "main" / "java" / "streamml" / "example" / "ReadPredictions.java"
+)
+
+
+def _java_classpath(tmp_path: Path) -> str:
+    """The example's classpath from Maven: offline when ~/.m2 has it, else fetched once."""
+    mvn = shutil.which("mvn")
+    assert mvn, "Maven is needed for the Java consumer test"
+    out = tmp_path / "classpath.txt"
+    command = [mvn, "-q", "-B", "dependency:build-classpath", f"-Dmdep.outputFile={out}"]
+    done = subprocess.run([*command[:2], "-o", *command[2:]], cwd=JAVA_PROJECT,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    if done.returncode != 0:  # first run on this machine: fetch from Maven Central
+        done = subprocess.run(command, cwd=JAVA_PROJECT, capture_output=True, text=True,
+                              timeout=900, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out.read_text().strip()
+
+
+def test_java_consumer_with_apache_avro_reads_the_scorers_predictions(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    java = shutil.which("java")
+    assert java, "Java 17 is needed for the Java consumer test"
+    classpath = _java_classpath(tmp_path)
+    schema = default_schemas_dir() / "prediction.avsc"
+    command = [java, "-cp", classpath, str(JAVA_SOURCE), pipeline.bootstrap,
+               pipeline.prefix + "predictions", str(schema)]  # fmt: skip
+    expected = _printed(pipeline.written["predictions"])
+    assert _run_example(pipeline, command, len(expected), timeout_s=300) == expected
+
+
 def test_docs_show_the_examples_that_run() -> None:
     text = (ROOT / "docs" / "consumers.md").read_text()
     for example in sorted(EXAMPLES.glob("*.py")):
         code = example.read_text()
         body = code.split('"""', 2)[2].strip()  # without the module docstring
         assert body in text, f"docs/consumers.md does not show {example.name} as it is"
+    java = JAVA_SOURCE.read_text()
+    assert java[java.index("public final class") :].strip() in text
 
 
 # -- tail, on every output topic as the services write it -----------------------------------
