@@ -343,14 +343,16 @@ def test_reader_started_mid_stream_never_sees_an_aborted_transaction(
         with Reader(Prediction, target, group_id=_group(), kafka=kafka) as reader:
             event_ids += [r.value.event_id for r in _read_sync(reader, 1, timeout_s=60)]
             after_start()
-            event_ids += [r.value.event_id for r in _read_sync(reader, 199, timeout_s=60)]
+            more = 200 - len(event_ids)
+            event_ids += [r.value.event_id for r in _read_sync(reader, more, timeout_s=60)]
     else:
 
         async def read() -> None:
             async with AsyncReader(Prediction, target, group_id=_group(), kafka=kafka) as reader:
                 event_ids.extend(r.value.event_id for r in await _read_async(reader, 1, 60))
                 after_start()
-                event_ids.extend(r.value.event_id for r in await _read_async(reader, 199, 60))
+                more = 200 - len(event_ids)
+                event_ids.extend(r.value.event_id for r in await _read_async(reader, more, 60))
 
         asyncio.run(read())
     assert event_ids == [w.value["event_id"] for w in committed_first + committed_last]
