@@ -415,7 +415,7 @@ def test_documented_faust_agent_prints_every_prediction(pipeline: Pipeline) -> N
     expected = _printed(pipeline.written["predictions"])
     got = _run_example(
         pipeline,
-        [str(EXAMPLES / "faust_agent.py"), "worker", "-l", "warn"],
+        [sys.executable, str(EXAMPLES / "faust_agent.py"), "worker", "-l", "warn"],
         len(expected),
         timeout_s=300,
     )
