@@ -199,6 +199,31 @@ def run_service(
     module.main()
 
 
+@app.command("asyncapi")
+def asyncapi_command(
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write the document here instead of printing it."
+    ),
+    check: Path | None = typer.Option(
+        None, "--check", help="Exit 1 when this file is not the current document."
+    ),
+) -> None:
+    """The AsyncAPI 3.0 document of every topic (from topics.yaml and schemas/)."""
+    from streamml.asyncapi import build_document, render
+
+    text = render(build_document())
+    if check is not None:
+        current = check.read_text(encoding="utf-8") if check.exists() else ""
+        if current != text:
+            typer.echo(f"error: {check} is stale: run streamml asyncapi -o {check}", err=True)
+            raise typer.Exit(1)
+        return
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        return
+    sys.stdout.write(text)
+
+
 def _mount_optional(name: str, module: str, help_text: str) -> None:
     """Mount a service's operator sub-commands when the service provides them."""
     try:

@@ -2,7 +2,9 @@
 
 Uses aiokafka (an async consumer fits a command that mostly waits), with no consumer
 group: it assigns the partitions itself, so tailing never moves any group's offsets.
-Reads committed records only, like the services.
+Reads committed records only, like the services. The runtime and the demo producer
+compress with lz4, which aiokafka reads only with its ``lz4`` extra (a dependency of the
+project); a codec still missing is one line naming it, not a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from streamml.errors import BrokerError
 from streamml.ops.decoding import (
     ValueDecoder,
     decode_value,
@@ -73,6 +76,7 @@ async def follow(
 ) -> int:
     """Print records of ``options.topic`` until ``max_records`` or idle; returns the count."""
     from aiokafka import AIOKafkaConsumer, TopicPartition  # only tail needs it
+    from aiokafka.errors import UnsupportedCodecError
 
     consumer = AIOKafkaConsumer(
         group_id=None,
@@ -91,7 +95,13 @@ async def follow(
             await consumer.seek_to_end(*assigned)
         while options.max_records is None or printed < options.max_records:
             timeout_ms = int((options.idle_exit_s or 1.0) * 1000)
-            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+            try:
+                batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+            except UnsupportedCodecError as exc:  # e.g. aiokafka installed without its lz4 extra
+                raise BrokerError(
+                    f"cannot read {options.topic}: {exc}; reinstall streamml (it installs "
+                    "aiokafka[lz4]) or add the codec's aiokafka extra"
+                ) from exc
             if not batches:
                 if options.idle_exit_s is not None:
                     break
