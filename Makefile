@@ -15,6 +15,7 @@ help:
 	@echo "make test        set up and run every test (starts and stops its own broker)"
 	@echo "make lint        ruff (lint + format check) and mypy"
 	@echo "make bench       run the benchmarks against a local broker"
+	@echo "make test-containers  the image and the compose stack under podman (tests/containers)"
 	@echo "make image       build the container image (and, with no registry, a Debian base and Kafka)"
 	@echo "make kafka-up    start the local broker on 127.0.0.1:$(KAFKA_PORT) (KAFKA_PORT=...)"
 	@echo "make kafka-down  stop it"

@@ -15,6 +15,8 @@
 #   STREAMML_IMAGE    the tag to build (default localhost/streamml:local)
 #   PIP_CA            CA bundle for pip inside the build (default: pip's own setting, then
 #                     the system bundle), for PyPI behind a TLS-inspecting proxy
+#   BUILD_LIMITS      podman only: limits of the build's RUN steps (default open files and
+#                     processes 1024: podman's defaults exceed some sandboxes' hard limits)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine=${CONTAINER_ENGINE:-$(command -v podman >/dev/null && echo podman || echo docker)}
@@ -54,7 +56,11 @@ ca=${ca:-/etc/ssl/certs/ca-certificates.crt}
 args=(--build-arg "BASE_IMAGE=$base" -t "$image")
 [ -s "$ca" ] && args+=(--secret "id=pip_ca,src=$ca")
 # podman writes OCI images by default, which drop HEALTHCHECK.
-[ "$(basename "$engine")" = podman ] && args+=(--format docker)
+if [ "$(basename "$engine")" = podman ]; then
+  args+=(--format docker)
+  read -r -a limits <<< "${BUILD_LIMITS:---ulimit nofile=1024:1024 --ulimit nproc=1024:1024}"
+  args+=("${limits[@]}")
+fi
 echo "building $image on $base" >&2
 started=$(date +%s)
 "$engine" build "${args[@]}" . >&2

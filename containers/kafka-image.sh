@@ -16,6 +16,10 @@ trap 'rm -rf "$context"' EXIT
 cp "$here"/kafka/* "$context"/
 mkdir "$context/libs"
 cp "$libs"/*.jar "$context/libs/"
-"$engine" build --format docker --build-arg BASE_IMAGE="$base" -t "$image" \
-  -f "$context/Containerfile" "$context" >&2
+args=(--build-arg "BASE_IMAGE=$base" -t "$image" -f "$context/Containerfile")
+if [ "$(basename "$engine")" = podman ]; then
+  read -r -a limits <<< "${BUILD_LIMITS:---ulimit nofile=1024:1024 --ulimit nproc=1024:1024}"
+  args+=(--format docker "${limits[@]}")
+fi
+"$engine" build "${args[@]}" "$context" >&2
 echo "$image"

@@ -72,7 +72,8 @@ def test_services_share_one_image_bind_all_interfaces_and_stop_gracefully(
 ) -> None:
     for name in SERVICES:
         body = compose["services"][name]
-        assert body["build"] == "." and body["image"] == "${STREAMML_IMAGE:-streamml:local}"
+        assert body["build"]["context"] == "."
+        assert body["image"] == "${STREAMML_IMAGE:-streamml:local}"
         assert body["command"] == ["python", "-m", f"services.{name}"]
         env = body["environment"]
         assert env[f"STREAMML_{name.upper()}_HTTP__HOST"] == "0.0.0.0"
