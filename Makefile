@@ -9,14 +9,16 @@ BENCH_PORT ?= 19192
 DURATION ?= 180
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit test-integration lint format bench kafka-up kafka-down \
-	registry-up registry-down clean
+.PHONY: help venv kustomize demo test test-unit test-integration test-containers lint format \
+	bench image kafka-up kafka-down registry-up registry-down clean
 
 help:
 	@echo "make demo        set up everything and run the pipeline end to end (DURATION=$(DURATION)s)"
 	@echo "make test        set up and run every test (starts and stops its own broker)"
 	@echo "make lint        ruff (lint + format check) and mypy"
 	@echo "make bench       run the benchmarks against a local broker"
+	@echo "make test-containers  the image and the compose stack under podman (tests/containers)"
+	@echo "make image       build the container image (and, with no registry, a Debian base and Kafka)"
 	@echo "make kafka-up    start the local broker on 127.0.0.1:$(KAFKA_PORT) (KAFKA_PORT=...)"
 	@echo "make kafka-down  stop it"
 	@echo "make registry-up    start a local schema registry on 127.0.0.1:$(REGISTRY_PORT) (Apicurio)"
@@ -30,6 +32,16 @@ $(STAMP): pyproject.toml setup.py services/features/_native.c
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# kustomize renders k8s/ for tests/unit/deploy/test_k8s.py: kubectl's, one on PATH, or this
+# one, built from the Go module proxy into ~/.cache/streamml/bin once.
+KUSTOMIZE_VERSION ?= v5.5.0
+STREAMML_CACHE ?= $(HOME)/.cache/streamml
+kustomize:
+	@command -v kustomize >/dev/null || test -x $(STREAMML_CACHE)/bin/kustomize \
+	  || { command -v go >/dev/null || { echo "error: go not found: install Go to build kustomize" >&2; exit 2; }; \
+	       echo "building kustomize $(KUSTOMIZE_VERSION) with go (once)"; \
+	       GOBIN=$(STREAMML_CACHE)/bin go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
 
 kafka-up: venv
 	$(BIN)/streamml kafka up --port $(KAFKA_PORT)
@@ -56,6 +68,14 @@ test-unit: venv
 
 test-integration: venv
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+# The stack in containers under podman (tests/containers; needs podman and runc).
+test-containers: venv
+	$(BIN)/python -m pytest -m containers $(PYTEST_ARGS)
+
+# Needs podman (or docker: CONTAINER_ENGINE=docker); see containers/build-images.sh.
+image: venv
+	PYTHON=$(abspath $(BIN)/python) containers/build-images.sh
 
 lint: venv
 	$(BIN)/ruff check .

@@ -101,7 +101,7 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
 
 
 @app.command("produce")
-def produce(
+def produce(  # noqa: PLR0917 (typer maps options to parameters)
     duration: Annotated[
         float, typer.Option("--duration", help="Seconds of traffic (then exit 0).")
     ] = 3600.0,
@@ -111,6 +111,9 @@ def produce(
         float, typer.Option("--drift-at", help="Share of the duration after which drift starts.")
     ] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic traffic.")] = 2026,
+    malformed: Annotated[
+        float, typer.Option("--malformed", help="Share of extra malformed records.")
+    ] = 0.002,
 ) -> None:
     """Only the synthetic producer (events, labels, duplicates, malformed, drift) against
     the broker and schema registry of STREAMML_KAFKA_* (the compose 'producer' profile)."""
@@ -128,6 +131,7 @@ def produce(
         entities=entities,
         drift_fraction=drift_at,
         seed=seed,
+        malformed_share=malformed,
         topic_prefix=kafka.topic_prefix,
     )
     problem = plan.check()

@@ -1,80 +1,102 @@
-"""k8s/: every manifest validates against the Kubernetes API schemas (kubernetes-validate,
-which bundles them, so no network is needed; strict: unknown fields fail), and the
-deployment rules hold: probes on the health endpoints, requests and limits, config from the
-ConfigMap and Kafka credentials from a Secret, a PodDisruptionBudget and a metrics Service
-per service, replicas (and KEDA's maximum) bounded by the input topic's partitions.
-
-KEDA's ScaledObject/TriggerAuthentication are custom resources without bundled schemas;
-they get structural checks here instead."""
+"""k8s/: every kustomization (base, the KEDA overlay, monitoring) is rendered with kustomize
+and every manifest it renders validates offline: Kubernetes kinds against the API schemas
+kubernetes-validate bundles (strict: unknown fields fail), KEDA's custom resources against
+the schemas in tests/unit/deploy/schemas (the CRD fields streamml uses; unknown fields
+fail). And the deployment rules hold: probes consistent with the runtime (alive while
+restoring, ready after), requests and limits, config from the ConfigMap and Kafka
+credentials from a Secret, a PodDisruptionBudget and a metrics Service per service,
+replicas (and KEDA's maximum) bounded by the input topic's partitions, and under KEDA no
+``replicas`` and triggers that read the same ConfigMap as the Deployments."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from streamml.topics import load_topic_specs
-from tests.unit.deploy.support import ROOT
+from tests.unit.deploy.support import ROOT, kustomize
 
 K8S = ROOT / "k8s"
+SCHEMAS = Path(__file__).parent / "schemas"
 KUBERNETES_VERSION = "1.30.0"
 SERVICES = {"features": "events", "scorer": "features", "drift": "features",
             "performance": "predictions"}  # fmt: skip
-CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
-
-
-def _kustomization_docs(folder: Path) -> list[dict[str, Any]]:
-    """Every resource a kustomization (and its components/bases) lists, in order."""
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    docs: list[dict[str, Any]] = []
-    for entry in [*kustomization.get("resources", []), *kustomization.get("components", [])]:
-        path = (folder / entry).resolve()
-        assert path.exists(), f"{folder}/kustomization.yaml lists missing {entry}"
-        if path.is_dir():
-            docs.extend(_kustomization_docs(path))
-        else:
-            docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
-    return docs
+CUSTOM_SCHEMAS = {
+    "ScaledObject": "keda-scaledobject-v1alpha1.json",
+    "TriggerAuthentication": "keda-triggerauthentication-v1alpha1.json",
+}
+OVERLAYS = ("base", "overlays/keda", "monitoring")
 
 
 @pytest.fixture(scope="module")
-def base() -> list[dict[str, Any]]:
-    return _kustomization_docs(K8S / "base")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: kustomize(K8S / name) for name in OVERLAYS}
 
 
 @pytest.fixture(scope="module")
-def keda() -> list[dict[str, Any]]:
-    return _kustomization_docs(K8S / "overlays" / "keda")
+def base(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return rendered["base"]
+
+
+@pytest.fixture(scope="module")
+def keda(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return rendered["overlays/keda"]
 
 
 def _of(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
 
 
-def test_every_manifest_validates_against_the_kubernetes_schemas(
-    keda: list[dict[str, Any]],
-) -> None:
-    checked = 0
-    for doc in keda:
-        if doc["kind"] in CUSTOM_KINDS:
-            continue
+def _validate(doc: dict[str, Any]) -> None:
+    """Raises when ``doc`` does not validate against its kind's schema."""
+    if doc["kind"] in CUSTOM_SCHEMAS:
+        schema = json.loads((SCHEMAS / CUSTOM_SCHEMAS[doc["kind"]]).read_text())
+        jsonschema.Draft202012Validator(schema).validate(doc)
+    else:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        checked += 1
-    assert checked >= 15
 
 
-def test_the_validator_rejects_a_broken_deployment(base: list[dict[str, Any]]) -> None:
-    broken = yaml.safe_load(yaml.safe_dump(_of(base, "Deployment")["features"]))
+def test_every_rendered_manifest_of_every_kustomization_validates(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    kinds: set[str] = set()
+    for name, docs in rendered.items():
+        assert docs, f"{name} renders nothing"
+        for doc in docs:
+            _validate(doc)
+            kinds.add(doc["kind"])
+    assert {"Deployment", "Job", "ConfigMap", "Secret", "ScaledObject",
+            "TriggerAuthentication"} <= kinds  # fmt: skip
+    assert sum(len(docs) for docs in rendered.values()) >= 30
+
+
+def test_the_validators_reject_broken_manifests(keda: list[dict[str, Any]]) -> None:
+    def copy(doc: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(doc))
+
+    broken = copy(_of(keda, "Deployment")["features"])
     broken["spec"]["replicas"] = "two"
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
-    unknown = yaml.safe_load(yaml.safe_dump(_of(base, "Deployment")["features"]))
+    unknown = copy(_of(keda, "Deployment")["features"])
     unknown["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(unknown, KUBERNETES_VERSION, strict=True)
+    for doc in (broken, unknown):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            _validate(doc)
+    typo = copy(_of(keda, "ScaledObject")["scorer"])
+    typo["spec"]["triggers"][0]["authRef"] = typo["spec"]["triggers"][0].pop("authenticationRef")
+    not_text = copy(_of(keda, "ScaledObject")["scorer"])
+    not_text["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 5000
+    no_name = copy(_of(keda, "TriggerAuthentication")["streamml-kafka"])
+    del no_name["spec"]["secretTargetRef"][0]["key"]
+    for doc in (typo, not_text, no_name):
+        with pytest.raises(jsonschema.ValidationError):
+            _validate(doc)
 
 
 def test_one_deployment_per_service_with_probes_resources_config_and_secret(
@@ -89,8 +111,6 @@ def test_one_deployment_per_service_with_probes_resources_config_and_secret(
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["command"] == ["python", "-m", f"services.{name}"]
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][kind]), name
         sources = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
@@ -104,6 +124,30 @@ def test_one_deployment_per_service_with_probes_resources_config_and_secret(
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
+
+
+def _window_s(probe: dict[str, Any]) -> int:
+    """How long a probe tolerates failures before it acts."""
+    return int(probe.get("periodSeconds", 10)) * int(probe.get("failureThreshold", 3))
+
+
+def test_probes_keep_a_restoring_instance_alive_and_out_of_service(
+    base: list[dict[str, Any]],
+) -> None:
+    """The runtime answers /healthz 200 while it restores (progress counts as alive) and
+    /readyz 503 until the restore completes: liveness and startup read /healthz, readiness
+    /readyz, and neither liveness nor startup gives up quickly on a loaded node."""
+    for name, deployment in _of(base, "Deployment").items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        startup, liveness = container["startupProbe"], container["livenessProbe"]
+        readiness = container["readinessProbe"]
+        assert startup["httpGet"]["path"] == liveness["httpGet"]["path"] == "/healthz", name
+        assert readiness["httpGet"]["path"] == "/readyz", name
+        assert _window_s(startup) >= 300, name
+        assert _window_s(liveness) >= 120, name
+        assert liveness["timeoutSeconds"] >= 3, name
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace >= 30, name  # SIGTERM finishes the batch and commits
 
 
 def test_replicas_do_not_exceed_the_input_partitions(
@@ -137,28 +181,70 @@ def test_kafka_credentials_are_secrets_and_settings_a_configmap(base: list[dict[
     assert key["valueFrom"]["secretKeyRef"]["name"] == "streamml-drift-state-key"
 
 
+def test_keda_owns_the_replica_count(
+    base: list[dict[str, Any]], keda: list[dict[str, Any]]
+) -> None:
+    assert all("replicas" in d["spec"] for d in _of(base, "Deployment").values())
+    for name, deployment in _of(keda, "Deployment").items():
+        assert "replicas" not in deployment["spec"], f"{name} keeps replicas under KEDA"
+
+
+def _triggers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, body in _of(docs, "ScaledObject").items():
+        (trigger,) = body["spec"]["triggers"]
+        out[name] = trigger
+    return out
+
+
 def test_keda_scaled_objects_target_the_deployments_on_their_own_lag(
     keda: list[dict[str, Any]],
 ) -> None:
     deployments = _of(keda, "Deployment")
     auth = _of(keda, "TriggerAuthentication")
+    config = _of(keda, "ConfigMap")["streamml-config"]["data"]
     scaled = _of(keda, "ScaledObject")
     assert set(scaled) == set(SERVICES)
-    for name, body in scaled.items():
-        assert body["apiVersion"] == "keda.sh/v1alpha1"
-        assert body["spec"]["scaleTargetRef"]["name"] in deployments
-        (trigger,) = body["spec"]["triggers"]
+    prefix = config["STREAMML_KAFKA_TOPIC_PREFIX"]
+    for name, trigger in _triggers(keda).items():
+        assert scaled[name]["spec"]["scaleTargetRef"]["name"] in deployments
         assert trigger["type"] == "kafka"
-        assert trigger["metadata"]["consumerGroup"] == name  # the runtime's default group id
-        assert trigger["metadata"]["topic"] == SERVICES[name]
-        assert int(trigger["metadata"]["lagThreshold"]) > 0
+        metadata = trigger["metadata"]
+        assert metadata["bootstrapServers"] == config["STREAMML_KAFKA_BOOTSTRAP_SERVERS"]
+        assert metadata["consumerGroup"] == f"{prefix}{name}"  # the runtime's default group id
+        assert metadata["topic"] == f"{prefix}{SERVICES[name]}"
+        assert int(metadata["lagThreshold"]) > 0
         assert trigger["authenticationRef"]["name"] in auth
 
 
-def test_monitoring_kustomization_generates_from_the_files_compose_mounts() -> None:
+def test_keda_triggers_follow_a_changed_configmap(tmp_path: Path) -> None:
+    """Change only the ConfigMap: the triggers' brokers, groups and topics follow."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    config_path = copy / "base" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["data"]["STREAMML_KAFKA_BOOTSTRAP_SERVERS"] = "b-1.example:9096,b-2.example:9096"
+    config["data"]["STREAMML_KAFKA_TOPIC_PREFIX"] = "prod.eu."
+    config_path.write_text(yaml.safe_dump(config))
+    for name, trigger in _triggers(kustomize(copy / "overlays" / "keda")).items():
+        metadata = trigger["metadata"]
+        assert metadata["bootstrapServers"] == "b-1.example:9096,b-2.example:9096"
+        assert metadata["consumerGroup"] == f"prod.eu.{name}"
+        assert metadata["topic"] == f"prod.eu.{SERVICES[name]}"
+
+
+def test_monitoring_kustomization_generates_from_the_files_compose_mounts(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     folder = K8S / "monitoring"
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     files = [f for gen in kustomization["configMapGenerator"] for f in gen["files"]]
     assert set(files) == {"alerts.yml", "grafana/dashboards/streamml.json"}
-    for name in files:
-        assert (folder / name).is_file(), name
+    maps = _of(rendered["monitoring"], "ConfigMap")
+    assert (
+        maps["streamml-prometheus-rules"]["data"]["alerts.yml"]
+        == (folder / "alerts.yml").read_text()
+    )
+    dashboard = maps["streamml-grafana-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["streamml.json"])["title"]
