@@ -30,7 +30,7 @@ import numpy as np
 from services.drift.detectors import RIVER_VERSION, DetectorParams
 from services.drift.episodes import EpisodeTracker, WindowOutcome, WindowTestParams
 from services.drift.metrics import DriftMetrics, default_metrics
-from services.drift.monitor import FEATURES, PREDICTIONS, Rows, StreamMonitor
+from services.drift.monitor import FEATURES, PREDICTIONS, WINDOW, Rows, StreamMonitor
 from services.drift.reference import Reference
 from services.drift.statecodec import StateCodec, StateIntegrityError
 from streamml.processor import Output, Processor, Record, Rejection, Result
@@ -230,8 +230,11 @@ class DriftProcessor(Processor):
     ) -> None:
         monitor = self._load_monitor(stream, partition, state)
         for report in monitor.observe(rows, self.source_partitions, self.reference.fingerprint):
-            for hit in report["detections"]:
-                self.metrics.detections.labels(hit["feature"], hit["detector"]).inc(hit["count"])
+            if report["kind"] == WINDOW:  # a detection report's firing is in its window's too
+                for hit in report["detections"]:
+                    self.metrics.detections.labels(hit["feature"], hit["detector"]).inc(
+                        hit["count"]
+                    )
             result.outputs.append(Output(
                 topic=self.windows_topic, schema=WINDOW_REPORT_SCHEMA, value=report,
                 key=f"{stream}/{partition}", partition=0))  # fmt: skip
@@ -318,6 +321,11 @@ class DriftProcessor(Processor):
                                              value=alert, key=alert["alert_id"]))  # fmt: skip
             self.metrics.open_episodes.set(len(tracker.episodes))
             self.metrics.windows_closed.inc(outcome.closed_windows)
+            for stream, window, records in outcome.carried_windows:
+                self.metrics.windows_carried.labels(stream).inc()
+                log.info("drift window not tested alone: too few records, carried into the next",
+                         extra={"stream": stream, "window_index": window, "records": records,
+                                "min_window_records": self.tests.min_window_records})  # fmt: skip
             self.metrics.late_reports.inc(outcome.late_reports)
             if outcome.foreign_reports:
                 self.metrics.state_resets.labels("foreign_report").inc(outcome.foreign_reports)
