@@ -264,6 +264,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         Scenario("gradual_1sd_20k/1000/p1", gradual, DRIFTED, 1_000, 1, 24_000),
         Scenario("category_10pt/1000/p1", category_share, "channel", 1_000, 1, 5_000, False),
         Scenario("category_10pt/1000/p4", category_share, "channel", 1_000, 4, 5_000, False),
+        Scenario("category_10pt/5000/p1", category_share, "channel", 5_000, 1, 12_000, False),
         Scenario("score_only/1000/p1", score_shift, "score", 1_000, 1, 5_000, False),
     ]
     return out

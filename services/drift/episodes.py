@@ -9,14 +9,17 @@ complete), or when the slowest partition is ``idle_windows`` windows behind the 
 against the reference; so a drift seen by four partitions is one test, one signal, and
 at most one alert.
 
-Per (stream, feature) there is at most one open *episode*: the first window with a
-signal opens it (DriftAlert ``open``); later signals keep it open and emit ``updated``
-only when the severity escalates; ``resolve_after_windows`` evaluated windows in a row
-without a signal resolve it (``resolved``). Windows too small to test
-(``min_window_records``) neither open nor resolve by the window tests.
+Per (stream, feature) there is at most one open *episode* (the score and the positive
+share are one: :func:`_group`): a streaming detector's firing (a ``detection`` report,
+sent at once by stage 1) or the first window with a signal opens it (DriftAlert
+``open``); later signals keep it open and emit ``updated`` only when the severity
+escalates; ``resolve_after_windows`` evaluated windows in a row
+without a signal resolve it (``resolved``). A window with fewer than
+``min_window_records`` records is carried into the next one and tested with it.
 
-The closing order is the window order and every decision is a function of merged
-counts, so the alerts do not depend on how the partitions' reports interleave (unless
+The closing order is the window order and every window decision is a function of merged
+counts, so those alerts do not depend on how the partitions' reports interleave (an
+immediate open comes from whichever partition fires first; unless
 the idle rule had to close a window early; that case is counted as late reports).
 """
 

@@ -4,13 +4,15 @@ Two stages in one processor (see docs/decisions/drift-aggregation.md):
 
 1. **Per partition** (``features``/``predictions`` partition ``p``): a
    :class:`~services.drift.monitor.StreamMonitor` per stream counts the open event-time
-   window against the reference bins and runs river's ADWIN and Page-Hinkley per value;
-   each closed window becomes a ``DriftWindowReport`` on the 1-partition internal topic
-   (``drift.windows``).
+   window against the reference bins and runs ADWIN and Page-Hinkley per value; each
+   closed window becomes a ``DriftWindowReport`` on the 1-partition internal topic
+   (``drift.windows``), and each streaming detector firing is sent at once as a
+   ``kind="detection"`` report.
 2. **Whole stream** (``drift.windows`` partition 0): the
    :class:`~services.drift.episodes.EpisodeTracker` merges the reports of all
    partitions per window, runs the window tests once and opens/updates/resolves alert
-   episodes, written as ``DriftAlert`` to ``drift.alerts``.
+   episodes, written as ``DriftAlert`` to ``drift.alerts``; a detection report opens
+   (or feeds) its episode without waiting for its window.
 
 State (store ``monitor`` per input partition, store ``episodes`` on partition 0) is
 written once per micro-batch per touched partition as signed JSON, so it commits with
