@@ -173,7 +173,9 @@ def measure_core(n_records: int, batch: int = 500) -> dict[str, Any]:
     records = _records(n_records)
     values = n_records * FEATURES
     with_river = _run_core(*_core(DetectorParams()), records, batch)
-    without = _run_core(*_core(DetectorParams(adwin=False, page_hinkley=False)), records, batch)
+    without = _run_core(
+        *_core(DetectorParams(adwin=False, page_hinkley=False, spread=False)), records, batch
+    )
     kswin = _run_core(*_core(DetectorParams(kswin_every=50)), records, batch)
     profiler = cProfile.Profile()
     processor, state = _core(DetectorParams())

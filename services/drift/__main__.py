@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from services.drift.processor import DriftProcessor
-from services.drift.reference import load_reference
+from services.drift.reference import Reference, load_reference
 from services.drift.settings import DEV_STATE_KEY, DriftSettings
 from streamml.errors import ConfigError
 from streamml.logs import configure_logging
@@ -36,6 +36,31 @@ def _partitions(kafka: KafkaSettings, topic: str) -> int:
     return len(found.partitions)
 
 
+def build_processor(
+    settings: DriftSettings, reference: Reference, partitions: int
+) -> DriftProcessor:
+    """The processor as the service runs it (benchmarks build it here too)."""
+    kafka = settings.kafka
+    return DriftProcessor(
+        reference=reference,
+        features_topic=kafka.topic(settings.features_topic),
+        predictions_topic=(
+            kafka.topic(settings.predictions_topic) if settings.monitor_predictions else None
+        ),
+        windows_topic=kafka.topic(settings.windows_topic),
+        alerts_topic=kafka.topic(settings.alerts_topic),
+        state_key=settings.state_key.get_secret_value().encode(),
+        source_partitions=partitions,
+        window_ms=settings.window_ms,
+        detectors=settings.detectors,
+        feature_detectors=settings.feature_detectors,
+        tests=settings.tests,
+        include_replayed=settings.include_replayed,
+        max_window_jump=settings.max_window_jump,
+        jump_confirm_records=settings.jump_confirm_records,
+    )
+
+
 def main() -> None:
     try:
         settings = load_settings(DriftSettings)
@@ -55,22 +80,7 @@ def main() -> None:
         if settings.state_key.get_secret_value() == DEV_STATE_KEY:
             log.warning("drift state is signed with the development key; set "
                         "STREAMML_DRIFT_STATE_KEY in production")  # fmt: skip
-        processor = DriftProcessor(
-            reference=reference,
-            features_topic=features,
-            predictions_topic=predictions if settings.monitor_predictions else None,
-            windows_topic=kafka.topic(settings.windows_topic),
-            alerts_topic=kafka.topic(settings.alerts_topic),
-            state_key=settings.state_key.get_secret_value().encode(),
-            source_partitions=partitions,
-            window_ms=settings.window_ms,
-            detectors=settings.detectors,
-            feature_detectors=settings.feature_detectors,
-            tests=settings.tests,
-            include_replayed=settings.include_replayed,
-            max_window_jump=settings.max_window_jump,
-            jump_confirm_records=settings.jump_confirm_records,
-        )
+        processor = build_processor(settings, reference, partitions)
         inputs = {
             features: "FeatureVector",
             kafka.topic(settings.windows_topic): "DriftWindowReport",

@@ -9,14 +9,17 @@ complete), or when the slowest partition is ``idle_windows`` windows behind the 
 against the reference; so a drift seen by four partitions is one test, one signal, and
 at most one alert.
 
-Per (stream, feature) there is at most one open *episode*: the first window with a
-signal opens it (DriftAlert ``open``); later signals keep it open and emit ``updated``
-only when the severity escalates; ``resolve_after_windows`` evaluated windows in a row
-without a signal resolve it (``resolved``). Windows too small to test
-(``min_window_records``) neither open nor resolve by the window tests.
+Per (stream, feature) there is at most one open *episode* (the score and the positive
+share are one: :func:`_group`): a streaming detector's firing (a ``detection`` report,
+sent at once by stage 1) or the first window with a signal opens it (DriftAlert
+``open``); later signals keep it open and emit ``updated`` only when the severity
+escalates; ``resolve_after_windows`` evaluated windows in a row
+without a signal resolve it (``resolved``). A window with fewer than
+``min_window_records`` records is carried into the next one and tested with it.
 
-The closing order is the window order and every decision is a function of merged
-counts, so the alerts do not depend on how the partitions' reports interleave (unless
+The closing order is the window order and every window decision is a function of merged
+counts, so those alerts do not depend on how the partitions' reports interleave (an
+immediate open comes from whichever partition fires first; unless
 the idle rule had to close a window early; that case is counted as late reports).
 """
 
@@ -30,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.drift import stats
-from services.drift.monitor import FEATURES, PREDICTIONS
+from services.drift.monitor import DETECTION, FEATURES, PREDICTIONS
 from services.drift.reference import NumericReference, Reference
 
 Severity = Literal["warn", "alert"]
@@ -38,10 +41,12 @@ _RANK = {"warn": 1, "alert": 2}
 _DETECTOR_ORDER = (
     "psi",
     "ks",
+    "chi2",
     "missing_rate",
     "positive_rate",
     "adwin",
     "page_hinkley",
+    "page_hinkley_spread",
     "kswin",
 )
 
@@ -72,14 +77,35 @@ class WindowTestParams(BaseModel):
     missing_rate: float = Field(
         default=0.05, gt=0, le=1, description="Share of missing/invalid values that fires."
     )
+    chi2_alpha: float = Field(
+        default=1e-4,
+        gt=0,
+        lt=1,
+        description="Level of the two-sample chi-square test of a categorical attribute "
+        "(window counts vs the reference's counts), Bonferroni-corrected across attributes. "
+        "Small because a window is tested every minute (see the drift-tuning page).",
+    )
+    chi2_min_delta: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="...and the largest change of one category's share must be at least this "
+        "(effect-size floor: with large windows any tiny skew is 'significant').",
+    )
     positive_rate_z: float = Field(
-        default=5.0, gt=0, description="|z| of the positive-decision share vs the reference."
+        default=5.0,
+        gt=0,
+        description="|z| of the positive-decision share vs the reference's, two-sample (the "
+        "reference share is itself estimated from the reference score sample).",
     )
     positive_rate_min_delta: float = Field(
         default=0.01, ge=0, description="And at least this absolute change of the share."
     )
     min_window_records: int = Field(
-        default=500, ge=1, description="Fewer values in a merged window: no window tests."
+        default=500,
+        ge=1,
+        description="A merged window with fewer records is not tested alone: its counts are "
+        "carried into the next window until enough (counted and logged as carried).",
     )
     resolve_after_windows: int = Field(
         default=3, ge=1, description="Clean evaluated windows in a row that resolve an episode."
@@ -115,6 +141,8 @@ class WindowOutcome:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     statistics: list[tuple[str, str, float]] = field(default_factory=list)
     closed_windows: int = 0
+    carried_windows: list[tuple[str, int, int]] = field(default_factory=list)
+    """(stream, window index, records) of windows too small to test, carried forward."""
     late_reports: int = 0
     foreign_reports: int = 0
 
@@ -141,6 +169,9 @@ class EpisodeTracker:
         )
         part = str(report["source_partition"])
         window = int(report["window_index"])
+        if report.get("kind") == DETECTION:
+            self._detected(stream, book, report, outcome)
+            return
         book["expected"] = max(int(book["expected"]), int(report["source_partitions"]))
         book["parts"][part] = max(int(book["parts"].get(part, window)), window)
         if book["closed"] is not None and window <= book["closed"]:
@@ -160,11 +191,59 @@ class EpisodeTracker:
                 return
             merged = book["pending"].pop(str(window))
             book["closed"] = window
+            carried = book.get("carry")
+            if carried is not None:
+                merged = _combine(carried, merged)
+                book["carry"] = None
+            if int(merged["records"]) < self.params.min_window_records:
+                # Too few records to test: never silently skipped, merged into the next.
+                book["carry"] = merged
+                outcome.carried_windows.append((stream, window, int(merged["records"])))
+                continue
             outcome.closed_windows += 1
             # Records of the windows tested so far: a function of the windows, not of the
             # order the partitions' reports arrived in.
             book["counted"] = int(book["counted"]) + int(merged["records"])
             self._evaluate(stream, merged, int(book["counted"]), outcome)
+
+    def _detected(
+        self,
+        stream: str,
+        book: Mapping[str, Any],
+        report: Mapping[str, Any],
+        outcome: WindowOutcome,
+    ) -> None:
+        """A streaming detector fired on one partition: open (or feed) the episode now.
+
+        One partition's firing is enough, as it was when firings were merged per window;
+        a firing in a window already tested is late (that window's report carried it).
+        The alert is a function of that firing alone (``records_seen`` is the firing
+        partition's count), so how other partitions' reports interleave does not change
+        it; which partition fires first can (partitions at different speeds).
+        """
+        window = int(report["window_index"])
+        if book["closed"] is not None and window <= int(book["closed"]):
+            return
+        part = str(report["source_partition"])
+        offset = int(report["first_offset"])
+        merged = {
+            "window_index": window,
+            "window_start": int(report["window_start"]),
+            "window_end": int(report["window_end"]),
+            "records": 0,
+            "offsets": {part: [offset, offset]},
+            "numeric": {},
+        }
+        severity = self.params.stream_detector_severity
+        by_group: dict[str, list[Signal]] = {}
+        for hit in report["detections"]:
+            signal = Signal(hit["feature"], hit["detector"], float(hit["estimate"]),
+                            float(hit["threshold"]), severity)  # fmt: skip
+            by_group.setdefault(_group(stream, signal.feature), []).append(signal)
+        for group, signals in sorted(by_group.items()):
+            self._advance(stream=stream, feature=group, signals=signals, evaluated=False,
+                          current={}, merged=merged, seen=int(report["records_seen"]),
+                          outcome=outcome, immediate=True)  # fmt: skip
 
     # -- tests ---------------------------------------------------------------------
 
@@ -183,7 +262,7 @@ class EpisodeTracker:
         refs = self._numeric_refs(stream)
 
         def fire(signal: Signal) -> None:
-            signals.setdefault(signal.feature, []).append(signal)
+            signals.setdefault(_group(stream, signal.feature), []).append(signal)
 
         for name, sketch in merged["numeric"].items():
             ref = refs.get(name)
@@ -192,7 +271,7 @@ class EpisodeTracker:
             count, missing = int(sketch["count"]), int(sketch["missing"])
             total = count + missing
             if total >= p.min_window_records:
-                evaluated.add(name)
+                evaluated.add(_group(stream, name))
                 rate = missing / total
                 outcome.statistics.append((name, "missing_rate", rate))
                 if rate >= p.missing_rate:
@@ -231,8 +310,15 @@ class EpisodeTracker:
                 if counts.sum() < p.min_window_records:
                     continue
                 value = stats.psi(cat_ref.expected, counts)
-                _, chi2_p = stats.chi_square(cat_ref.expected, counts)
+                chi2, chi2_p = stats.chi_square_two_sample(
+                    cat_ref.expected, counts, cat_ref.sample_size
+                )
+                chi2_p = min(1.0, chi2_p * len(self.reference.categorical))  # Bonferroni
+                delta = stats.largest_share_change(cat_ref.expected, counts)
                 outcome.statistics.append((name, "psi", value))
+                outcome.statistics.append((name, "chi2", chi2))
+                if chi2_p < p.chi2_alpha and delta >= p.chi2_min_delta:
+                    fire(Signal(name, "chi2", delta, p.chi2_min_delta, "alert", p_value=chi2_p))
                 if value >= p.psi_warn:
                     sev: Severity = "alert" if value >= p.psi_alert else "warn"
                     fire(Signal(name, "psi", value, p.psi_alert if sev == "alert" else p.psi_warn,
@@ -244,10 +330,13 @@ class EpisodeTracker:
             and self.reference.positive_rate is not None
             and decisions >= p.min_window_records
         ):
-            evaluated.add("decision")
+            evaluated.add(_group(stream, "decision"))
             share = int(merged["positives"]) / decisions
-            z = stats.proportion_z(
-                int(merged["positives"]), decisions, self.reference.positive_rate
+            z = stats.proportion_z_two_sample(
+                int(merged["positives"]),
+                decisions,
+                self.reference.positive_rate,
+                self.reference.positive_rate_sample,
             )
             outcome.statistics.append(("decision", "positive_rate", share))
             if (
@@ -301,7 +390,11 @@ class EpisodeTracker:
         merged: dict[str, Any],
         seen: int,
         outcome: WindowOutcome,
+        immediate: bool = False,
     ) -> None:
+        """One episode group's signals in a closed window (or, ``immediate``, a streaming
+        detector's firing before its window closed: it opens or feeds the episode but is
+        not a window, so it neither counts as a fired window nor resolves)."""
         key = f"{stream}:{feature}"
         episode = self.episodes.get(key)
         if signals:
@@ -317,7 +410,8 @@ class EpisodeTracker:
                     "severity": top.severity,
                     "detectors": detectors,
                     "opened_window": merged["window_index"],
-                    "windows_fired": 1,
+                    # the window of an immediate firing counts when it closes
+                    "windows_fired": 0 if immediate else 1,
                     "clean": 0,
                     "peak": {s.detector: s.statistic for s in signals},
                 }
@@ -334,7 +428,8 @@ class EpisodeTracker:
                 )
                 return
             episode["clean"] = 0
-            episode["windows_fired"] += 1
+            if not immediate:
+                episode["windows_fired"] += 1
             episode["detectors"] = sorted(
                 set(episode["detectors"]) | set(detectors), key=_DETECTOR_ORDER.index
             )
@@ -357,12 +452,14 @@ class EpisodeTracker:
             return
         if episode is None or not evaluated:
             return
+        if int(merged["window_index"]) <= int(episode["opened_window"]):
+            return  # a window before an immediate firing (partitions lag): not evidence
         episode["clean"] += 1
         if episode["clean"] >= self.params.resolve_after_windows:
             del self.episodes[key]
             detector = episode["detectors"][0]
             last = Signal(
-                feature,
+                "decision" if detector == "positive_rate" else feature,
                 detector,
                 current.get((feature, detector), 0.0),
                 self._threshold(detector),
@@ -436,6 +533,59 @@ class EpisodeTracker:
     def load(self, state: Mapping[str, Any]) -> None:
         self.streams = dict(state["streams"])
         self.episodes = dict(state["episodes"])
+
+
+def _group(stream: str, feature: str) -> str:
+    """The episode a feature's signals belong to.
+
+    The positive-decision share is a function of the score (score >= threshold), so a
+    score shift moves both: one cause, one episode (``score``). Features are not grouped:
+    which feature moved is what the operator needs to know.
+    """
+    if stream == PREDICTIONS and feature == "decision":
+        return "score"
+    return feature
+
+
+def _combine(carried: dict[str, Any], merged: dict[str, Any]) -> dict[str, Any]:
+    """Counts of a window too small to test, added into the next closed window."""
+    out = dict(merged)
+    out["window_start"] = min(int(carried["window_start"]), int(merged["window_start"]))
+    out["window_end"] = max(int(carried["window_end"]), int(merged["window_end"]))
+    out["records"] = int(carried["records"]) + int(merged["records"])
+    out["late"] = int(carried["late"]) + int(merged["late"])
+    offsets = {k: list(v) for k, v in carried["offsets"].items()}
+    for part, (lo, hi) in merged["offsets"].items():
+        old = offsets.get(part)
+        offsets[part] = [lo, hi] if old is None else [min(lo, old[0]), max(hi, old[1])]
+    out["offsets"] = offsets
+    numeric = {k: dict(v) for k, v in carried["numeric"].items()}
+    for name, sketch in merged["numeric"].items():
+        into = numeric.get(name)
+        if into is None:
+            numeric[name] = dict(sketch)
+            continue
+        for field_name in ("count", "missing", "sum", "sum_squares"):
+            into[field_name] = into[field_name] + sketch[field_name]
+        into["psi"] = _add(into["psi"], sketch["psi"])
+        into["ks"] = _add(into["ks"], sketch["ks"])
+    out["numeric"] = numeric
+    categorical = {k: dict(v) for k, v in carried["categorical"].items()}
+    for name, sketch in merged["categorical"].items():
+        into = categorical.get(name)
+        if into is None:
+            categorical[name] = dict(sketch)
+            continue
+        into["counts"] = _add(into["counts"], sketch["counts"])
+        into["missing"] = into["missing"] + sketch["missing"]
+    out["categorical"] = categorical
+    out["decisions"] = int(carried["decisions"]) + int(merged["decisions"])
+    out["positives"] = int(carried["positives"]) + int(merged["positives"])
+    out["detections"] = sorted(
+        [*carried["detections"], *merged["detections"]],
+        key=lambda d: (d["feature"], d["detector"], d["event_time"]),
+    )
+    return out
 
 
 def _merge(merged: dict[str, Any] | None, report: Mapping[str, Any]) -> dict[str, Any]:

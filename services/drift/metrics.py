@@ -46,7 +46,15 @@ class DriftMetrics:
         )
         self.windows_closed = Counter(
             "streamml_drift_windows_closed_total",
-            "Merged windows tested against the reference.",
+            "Merged windows tested against the reference (a carried window is tested with "
+            "the window it was carried into).",
+            registry=registry,
+        )
+        self.windows_carried = Counter(
+            "streamml_drift_windows_carried_total",
+            "Merged windows with too few records to test alone (min_window_records): their "
+            "counts are carried into the next window, which is tested with them.",
+            ["stream"],
             registry=registry,
         )
         self.late_reports = Counter(

@@ -32,10 +32,13 @@ IntArray = npt.NDArray[np.int64]
 
 FEATURES = "features"
 PREDICTIONS = "predictions"
+WINDOW = "window"
+DETECTION = "detection"
 
 _THRESHOLD: dict[str, Callable[[DetectorParams], float]] = {
     "adwin": lambda p: p.adwin_delta,
     "page_hinkley": lambda p: p.ph_threshold,
+    "page_hinkley_spread": lambda p: p.spread_threshold,
     "kswin": lambda p: p.kswin_alpha,
 }
 
@@ -102,6 +105,9 @@ class StreamMonitor:
         self.seen = 0
         self.far_streak = 0
         self.window: int | None = None
+        self._source_partitions = 1
+        self._reference = ""
+        self._pending: list[dict[str, Any]] = []
         self._reset_window()
 
     # -- windows -------------------------------------------------------------------
@@ -133,6 +139,8 @@ class StreamMonitor:
         reports: list[dict[str, Any]] = []
         if not len(rows):
             return reports
+        self._source_partitions = source_partitions
+        self._reference = reference
         index = rows.event_time // self.window_ms
         i, n = 0, len(rows)
         while i < n:
@@ -149,6 +157,7 @@ class StreamMonitor:
                     fold = min(run, self.jump_confirm - 1 - self.far_streak)
                     if fold > 0:
                         self._accumulate(rows.slice(i, i + fold), index[i : i + fold], far=True)
+                        reports.extend(self._drain())
                         self.far_streak += fold
                         i += fold
                         continue
@@ -160,8 +169,13 @@ class StreamMonitor:
             later = np.flatnonzero(index[i:] > self.window)
             stop = i + int(later[0]) if len(later) else n
             self._accumulate(rows.slice(i, stop), index[i:stop])
+            reports.extend(self._drain())
             i = stop
         return reports
+
+    def _drain(self) -> list[dict[str, Any]]:
+        pending, self._pending = self._pending, []
+        return pending
 
     def _accumulate(self, rows: Rows, index: IntArray, *, far: bool = False) -> None:
         assert self.window is not None
@@ -208,7 +222,8 @@ class StreamMonitor:
                         threshold = _THRESHOLD[name](params)
                         self._detected(feature=ref.name, detector=name, estimate=estimate,
                                        threshold=threshold, event_time=times[row],
-                                       offset=rows.offset[row])  # fmt: skip
+                                       offset=rows.offset[row],
+                                       seen=self.seen + row + 1)  # fmt: skip
         for k in range(len(self.categorical)):
             codes = rows.categories[:, k]
             present = codes[codes >= 0]
@@ -228,10 +243,11 @@ class StreamMonitor:
         threshold: float,
         event_time: Any,
         offset: Any,
+        seen: int,
     ) -> None:
         found = self.detections.get((feature, detector))
         if found is None:
-            self.detections[(feature, detector)] = {
+            hit = {
                 "feature": feature,
                 "detector": detector,
                 "estimate": estimate,
@@ -240,12 +256,40 @@ class StreamMonitor:
                 "offset": int(offset),
                 "count": 1,
             }
+            self.detections[(feature, detector)] = hit
+            # Sent at once (not at window close): the episode opens on this record.
+            self._pending.append(self._detection_report(hit, seen))
         else:
             found["count"] += 1
+
+    def _detection_report(self, hit: Mapping[str, Any], seen: int) -> dict[str, Any]:
+        assert self.window is not None
+        return {
+            "kind": DETECTION,
+            "stream": self.stream,
+            "source_partition": self.partition,
+            "source_partitions": self._source_partitions,
+            "reference": self._reference,
+            "window_index": self.window,
+            "window_ms": self.window_ms,
+            "window_start": hit["event_time"],
+            "window_end": hit["event_time"],
+            "first_offset": hit["offset"],
+            "last_offset": hit["offset"],
+            "records": 0,
+            "late_records": 0,
+            "records_seen": seen,  # up to the firing record: independent of batch sizes
+            "numeric": [],
+            "categorical": [],
+            "decisions": 0,
+            "positives": 0,
+            "detections": [dict(hit)],
+        }
 
     def _report(self, source_partitions: int, reference: str) -> dict[str, Any]:
         assert self.window is not None
         return {
+            "kind": WINDOW,
             "stream": self.stream,
             "source_partition": self.partition,
             "source_partitions": source_partitions,

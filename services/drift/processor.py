@@ -4,13 +4,15 @@ Two stages in one processor (see docs/decisions/drift-aggregation.md):
 
 1. **Per partition** (``features``/``predictions`` partition ``p``): a
    :class:`~services.drift.monitor.StreamMonitor` per stream counts the open event-time
-   window against the reference bins and runs river's ADWIN and Page-Hinkley per value;
-   each closed window becomes a ``DriftWindowReport`` on the 1-partition internal topic
-   (``drift.windows``).
+   window against the reference bins and runs ADWIN and Page-Hinkley per value; each
+   closed window becomes a ``DriftWindowReport`` on the 1-partition internal topic
+   (``drift.windows``), and each streaming detector firing is sent at once as a
+   ``kind="detection"`` report.
 2. **Whole stream** (``drift.windows`` partition 0): the
    :class:`~services.drift.episodes.EpisodeTracker` merges the reports of all
    partitions per window, runs the window tests once and opens/updates/resolves alert
-   episodes, written as ``DriftAlert`` to ``drift.alerts``.
+   episodes, written as ``DriftAlert`` to ``drift.alerts``; a detection report opens
+   (or feeds) its episode without waiting for its window.
 
 State (store ``monitor`` per input partition, store ``episodes`` on partition 0) is
 written once per micro-batch per touched partition as signed JSON, so it commits with
@@ -30,7 +32,7 @@ import numpy as np
 from services.drift.detectors import RIVER_VERSION, DetectorParams
 from services.drift.episodes import EpisodeTracker, WindowOutcome, WindowTestParams
 from services.drift.metrics import DriftMetrics, default_metrics
-from services.drift.monitor import FEATURES, PREDICTIONS, Rows, StreamMonitor
+from services.drift.monitor import FEATURES, PREDICTIONS, WINDOW, Rows, StreamMonitor
 from services.drift.reference import Reference
 from services.drift.statecodec import StateCodec, StateIntegrityError
 from streamml.processor import Output, Processor, Record, Rejection, Result
@@ -230,8 +232,11 @@ class DriftProcessor(Processor):
     ) -> None:
         monitor = self._load_monitor(stream, partition, state)
         for report in monitor.observe(rows, self.source_partitions, self.reference.fingerprint):
-            for hit in report["detections"]:
-                self.metrics.detections.labels(hit["feature"], hit["detector"]).inc(hit["count"])
+            if report["kind"] == WINDOW:  # a detection report's firing is in its window's too
+                for hit in report["detections"]:
+                    self.metrics.detections.labels(hit["feature"], hit["detector"]).inc(
+                        hit["count"]
+                    )
             result.outputs.append(Output(
                 topic=self.windows_topic, schema=WINDOW_REPORT_SCHEMA, value=report,
                 key=f"{stream}/{partition}", partition=0))  # fmt: skip
@@ -318,6 +323,11 @@ class DriftProcessor(Processor):
                                              value=alert, key=alert["alert_id"]))  # fmt: skip
             self.metrics.open_episodes.set(len(tracker.episodes))
             self.metrics.windows_closed.inc(outcome.closed_windows)
+            for stream, window, records in outcome.carried_windows:
+                self.metrics.windows_carried.labels(stream).inc()
+                log.info("drift window not tested alone: too few records, carried into the next",
+                         extra={"stream": stream, "window_index": window, "records": records,
+                                "min_window_records": self.tests.min_window_records})  # fmt: skip
             self.metrics.late_reports.inc(outcome.late_reports)
             if outcome.foreign_reports:
                 self.metrics.state_resets.labels("foreign_report").inc(outcome.foreign_reports)

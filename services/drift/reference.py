@@ -96,6 +96,9 @@ class CategoricalReference:
     categories: tuple[str, ...]
     expected: FloatArray
     index: Mapping[str, int] = field(repr=False)
+    sample_size: int = 0
+    """Training records the frequencies were counted on (``reference.rows``); the
+    chi-square test treats the reference as a sample of this size (0: as exact)."""
 
     def bucket(self, value: str) -> int:
         """Index of ``value``'s bucket (unknown values pool under ``__other__``)."""
@@ -118,6 +121,8 @@ class Reference:
     categorical: Mapping[str, CategoricalReference]
     positive_rate: float | None
     """Share of the reference score sample at or above ``threshold``."""
+    positive_rate_sample: int
+    """Size of that score sample: the positive-share test includes its standard error."""
     fingerprint: str
     """SHA-256 (hex, 16 chars) of the canonical reference JSON; reports carry it."""
 
@@ -158,15 +163,19 @@ def reference_from_mapping(document: Mapping[str, Any]) -> Reference:
             numeric[name] = _numeric(name, features[name])
     score_doc = distributions.get("score")
     score = _numeric("score", score_doc) if score_doc else None
+    rows = distributions.get("rows")
+    rows = int(rows) if isinstance(rows, int | float) and rows > 0 else 0
     categorical = {
-        attr: _categorical(attr, freqs)
+        attr: _categorical(attr, freqs, rows)
         for attr, freqs in sorted((distributions.get("categories") or {}).items())
     }
     threshold = document.get("threshold")
     positive_rate = None
+    positive_rate_sample = 0
     if threshold is not None and score_doc and score_doc.get("sample"):
         sample = np.asarray(score_doc["sample"], dtype=float)
         positive_rate = float(np.mean(sample >= float(threshold)))
+        positive_rate_sample = len(sample)
     canonical = json.dumps(
         {"names": list(numeric), "reference": distributions, "threshold": threshold},
         sort_keys=True,
@@ -182,6 +191,7 @@ def reference_from_mapping(document: Mapping[str, Any]) -> Reference:
         score=score,
         categorical=categorical,
         positive_rate=positive_rate,
+        positive_rate_sample=positive_rate_sample,
         fingerprint=hashlib.sha256(canonical.encode()).hexdigest()[:16],
     )
 
@@ -240,7 +250,7 @@ def _pit_scores(reference_cdf: FloatArray) -> FloatArray:
     return scores
 
 
-def _categorical(name: str, freqs: Any) -> CategoricalReference:
+def _categorical(name: str, freqs: Any, rows: int = 0) -> CategoricalReference:
     if not isinstance(freqs, Mapping) or not freqs:
         raise ConfigError(f"categories of {name!r} must be a non-empty object value -> frequency")
     values = sorted(str(v) for v in freqs if v != OTHER_CATEGORY)
@@ -256,6 +266,7 @@ def _categorical(name: str, freqs: Any) -> CategoricalReference:
         categories=categories,
         expected=_floored(weights / weights.sum()),
         index={c: i for i, c in enumerate(categories)},
+        sample_size=rows,
     )
 
 

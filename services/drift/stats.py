@@ -72,6 +72,45 @@ def chi_square(expected: FloatArray, counts: IntArray) -> tuple[float, float]:
     return statistic, float(stats.chi2.sf(statistic, len(counts) - 1))
 
 
+def chi_square_two_sample(
+    expected: FloatArray, counts: IntArray, reference_size: int
+) -> tuple[float, float]:
+    """Chi-square test of homogeneity: window ``counts`` vs a reference of ``reference_size``
+    records with shares ``expected``, and its p-value.
+
+    The reference is itself a sample, so its shares are not taken as exact (a test
+    against exact shares fires ever more often as windows grow). With ``reference_size``
+    0 (unknown) this is the one-sample test against ``expected``.
+
+    >>> stat, p = chi_square_two_sample(np.array([0.5, 0.5]), np.array([60, 40]), 100)
+    >>> round(stat, 3), round(p, 4)
+    (2.02, 0.1552)
+    """
+    if reference_size <= 0:
+        return chi_square(expected, counts)
+    total = float(counts.sum())
+    if total <= 0 or len(counts) < 2:
+        return 0.0, 1.0
+    reference = expected * reference_size
+    columns = counts + reference
+    keep = columns > 0
+    if keep.sum() < 2:
+        return 0.0, 1.0
+    observed = np.vstack([counts[keep], reference[keep]])
+    grand = total + reference_size
+    predicted = np.outer([total, reference_size], columns[keep]) / grand
+    statistic = float(np.sum((observed - predicted) ** 2 / predicted))
+    return statistic, float(stats.chi2.sf(statistic, int(keep.sum()) - 1))
+
+
+def largest_share_change(expected: FloatArray, counts: IntArray) -> float:
+    """Largest absolute change of one category's share (the chi-square test's effect size)."""
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    return float(np.max(np.abs(counts / total - expected)))
+
+
 def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
     """Benjamini-Hochberg adjusted p-values (false discovery rate across features)."""
     m = len(p_values)
@@ -93,3 +132,25 @@ def proportion_z(successes: int, trials: int, expected: float) -> float:
         return 0.0
     p = min(max(expected, 1e-6), 1 - 1e-6)
     return (successes / trials - p) / math.sqrt(p * (1 - p) / trials)
+
+
+def proportion_z_two_sample(
+    successes: int, trials: int, expected: float, reference_size: int
+) -> float:
+    """z-score of an observed share against a share estimated from ``reference_size`` draws.
+
+    Pooled two-proportion test: the reference share's own standard error is included,
+    so the false-alarm rate does not grow with the window's volume. ``reference_size`` 0
+    means the expected share is exact (:func:`proportion_z`).
+
+    >>> round(proportion_z_two_sample(600, 1000, 0.5, 1000), 3)
+    4.495
+    """
+    if reference_size <= 0:
+        return proportion_z(successes, trials, expected)
+    if trials <= 0:
+        return 0.0
+    share = successes / trials
+    pooled = (successes + expected * reference_size) / (trials + reference_size)
+    pooled = min(max(pooled, 1e-6), 1 - 1e-6)
+    return (share - expected) / math.sqrt(pooled * (1 - pooled) * (1 / trials + 1 / reference_size))

@@ -291,8 +291,24 @@ def evaluate(sent: Sent, seen: Seen) -> Summary:
             )
         )
 
+    claims.append(_quiet_before_claim(seen, drift_at, false_alarms))
     claims.append(_quality_claim(sent, seen, figures))
     return Summary(claims, figures)
+
+
+def _quiet_before_claim(
+    seen: Seen, drift_at: int | None, false_alarms: list[Mapping[str, Any]]
+) -> Claim:
+    """Zero drift episodes before the injected drift: any one is a false alarm."""
+    if drift_at is None:  # nothing was injected: every episode is a false alarm
+        false_alarms = [a for _, a in seen.drift_alerts if a.get("state") == "open"]
+    features = sorted({f"{a['feature']} ({a['detector']})" for a in false_alarms})
+    return Claim(
+        "no drift episode before the injected drift",
+        not false_alarms,
+        f"{len(false_alarms)} episode(s) opened before the drift"
+        + (f": {', '.join(features[:8])}" if features else ""),
+    )
 
 
 def _quality_claim(sent: Sent, seen: Seen, figures: dict[str, Any]) -> Claim:

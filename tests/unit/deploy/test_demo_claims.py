@@ -292,3 +292,15 @@ def test_canary_reports_are_plotted_apart_and_kept_out_of_the_quality_claim() ->
     assert claims.overall_auc(reports, routes=("primary", "canary")) == [
         (5, 0.9, "fraud-gbt/1"), (6, 0.5, "fraud-gbt/2 (canary)")
     ]  # fmt: skip
+
+
+def test_an_episode_opened_before_the_drift_fails_the_quiet_claim() -> None:
+    clean = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}))
+    assert _by_name(clean)["no drift episode before the injected drift"].ok
+    early = [(1.0, _alert("country#18", "open", DRIFT - 10, severity="warn")),
+             (12.5, _alert("amount_log1p", "open", DRIFT + 60_000))]  # fmt: skip
+    summary = claims.evaluate(_sent({"a"}), _seen({"a": 1}, {"a": 1}, drift_alerts=early))
+    quiet = _by_name(summary)["no drift episode before the injected drift"]
+    assert not quiet.ok and "country#18" in quiet.detail
+    assert _by_name(summary)["injected drift detected"].ok  # a detection does not excuse it
+    assert not summary.ok

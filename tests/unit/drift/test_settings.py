@@ -38,7 +38,7 @@ def test_per_feature_detector_parameters_apply_to_that_feature_only() -> None:
     rng = np.random.default_rng(12)
     values = rng.normal(size=(12_000, 4))
     values[6_000:, :2] += 1.0  # f0 and f1 shift together
-    quiet = {"f0": DetectorParams(adwin=False, page_hinkley=False)}
+    quiet = {"f0": DetectorParams(adwin=False, page_hinkley=False, spread=False)}
     harness = Harness(make_processor(make_reference(), feature_detectors=quiet))
     harness.feed_all(stream_records(values, ["f0", "f1", "f2", "f3"]))
     fired = {(d["feature"], d["detector"]) for r in harness.reports for d in r["detections"]}
