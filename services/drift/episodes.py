@@ -145,6 +145,8 @@ class WindowOutcome:
     """(stream, window index, records) of windows too small to test, carried forward."""
     late_reports: int = 0
     foreign_reports: int = 0
+    warming_signals: int = 0
+    """Signals on history features still in their warm-up (no episode opened)."""
 
 
 class EpisodeTracker:
@@ -167,6 +169,10 @@ class EpisodeTracker:
         book = self.streams.setdefault(
             stream, {"parts": {}, "counted": 0, "pending": {}, "closed": None, "expected": 1}
         )
+        # Event time the stream started at (in these reports): history features are
+        # compared only once their window can be full (warm-up).
+        start = int(report["window_start"])
+        book["start"] = min(int(book.get("start", start)), start)
         part = str(report["source_partition"])
         window = int(report["window_index"])
         if report.get("kind") == DETECTION:
@@ -397,6 +403,9 @@ class EpisodeTracker:
         not a window, so it neither counts as a fired window nor resolves)."""
         key = f"{stream}:{feature}"
         episode = self.episodes.get(key)
+        if signals and episode is None and self._warming(stream, feature, merged):
+            outcome.warming_signals += len(signals)
+            return
         if signals:
             top = max(
                 signals, key=lambda s: (_RANK[s.severity], -_DETECTOR_ORDER.index(s.detector))
@@ -475,6 +484,15 @@ class EpisodeTracker:
                     signals=[],
                 )
             )
+
+    def _warming(self, stream: str, feature: str, merged: Mapping[str, Any]) -> bool:
+        """Whether ``feature`` is still in its warm-up: its histories cannot be as deep as
+        the reference's yet, so a difference is the start, not drift."""
+        ref = self._numeric_refs(stream).get(feature)
+        if ref is None or ref.warmup_ms <= 0:
+            return False
+        start = int(self.streams.get(stream, {}).get("start", merged["window_start"]))
+        return int(merged["window_end"]) < start + ref.warmup_ms
 
     def _alert(
         self,

@@ -62,6 +62,12 @@ class DriftMetrics:
             "Window reports that arrived after their window was closed (not tested).",
             registry=registry,
         )
+        self.warming_signals = Counter(
+            "streamml_drift_warming_signals_total",
+            "Signals on history features before their warm-up ended (the stream's start plus "
+            "the feature's window, from the reference): no episode is opened on them.",
+            registry=registry,
+        )
         self.state_resets = Counter(
             "streamml_drift_state_resets_total",
             "State blobs not loaded (signature, reference or detector parameters changed).",

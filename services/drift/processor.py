@@ -329,6 +329,7 @@ class DriftProcessor(Processor):
                          extra={"stream": stream, "window_index": window, "records": records,
                                 "min_window_records": self.tests.min_window_records})  # fmt: skip
             self.metrics.late_reports.inc(outcome.late_reports)
+            self.metrics.warming_signals.inc(outcome.warming_signals)
             if outcome.foreign_reports:
                 self.metrics.state_resets.labels("foreign_report").inc(outcome.foreign_reports)
             document = {

@@ -78,6 +78,8 @@ class NumericReference:
     sample_size: int
     mean: float
     std: float
+    warmup_ms: int = 0
+    """Event time after a stream starts before this feature is compared (history features)."""
 
     @property
     def bins(self) -> int:
@@ -209,6 +211,7 @@ def _numeric(name: str, doc: Any) -> NumericReference:
         sample = np.sort(np.asarray(doc.get("sample", []), dtype=float))
         mean = float(doc["mean"])
         std = float(doc["std"])
+        warmup_ms = int(doc.get("warmup_ms", 0))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"reference of {name!r}: missing or bad field ({exc})") from exc
     if len(counts) != len(edges) + 1:
@@ -235,6 +238,7 @@ def _numeric(name: str, doc: Any) -> NumericReference:
         sample_size=len(sample),
         mean=mean,
         std=std if math.isfinite(std) else 0.0,
+        warmup_ms=max(warmup_ms, 0),
     )
 
 

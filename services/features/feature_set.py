@@ -639,6 +639,23 @@ class FeatureSet:
         return max((a.longest_window_ms for a in self.aggregates), default=0)
 
     @cached_property
+    def warmup_ms(self) -> dict[str, int]:
+        """Per history feature, the event time after a stream starts before its values are
+        comparable with a reference of warm histories: a window feature's window, a feature
+        of the whole history (count, gap, running mean) the longest window. Features of the
+        event alone are comparable at once and are not listed."""
+        out: dict[str, int] = {}
+        for aggregate in self.aggregates:
+            if isinstance(aggregate, WindowStats):
+                for label, length in aggregate.windows:
+                    for stat in WINDOW_STATS:
+                        out[f"{aggregate.name}_{label}_{stat}"] = length
+            else:
+                for name in aggregate.names:
+                    out[name] = self.longest_window_ms
+        return out
+
+    @cached_property
     def retention_ms(self) -> int:
         """How long before the entity's watermark an event can still be needed."""
         return self.longest_window_ms + self.allowed_lateness_ms

@@ -47,6 +47,13 @@ class NumericReference(BaseModel):
     sample: list[float] = Field(description="A uniform random sample of training values (KS).")
     mean: float = Field(description="Training mean.")
     std: float = Field(description="Training standard deviation.")
+    warmup_ms: int = Field(
+        default=0,
+        ge=0,
+        description="Event time after a stream starts before live values of this feature "
+        "are comparable with this reference (a feature of the entity's history: its window; "
+        "0: comparable at once). The drift service opens no episode on it before then.",
+    )
 
     @field_validator("counts")
     @classmethod

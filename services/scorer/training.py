@@ -44,6 +44,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from services.features.feature_set import demo_feature_set
 from services.features.offline import FeatureMatrix, build_matrix
 from services.scorer.artifact import next_version, write_version
 from services.scorer.metadata import (
@@ -155,8 +156,13 @@ def _reference(
     seed: int,
 ) -> ReferenceDistributions:
     x = matrix.values[train_idx]
+    # The training stream starts with empty histories too, but live windows are compared
+    # with it only once they can be full (docs/decisions/drift-warmup.md).
+    warmup = demo_feature_set().warmup_ms if matrix.feature_set == "card_fraud" else {}
     features = {
-        name: numeric_reference(x[:, j].tolist(), seed=seed + j)
+        name: numeric_reference(x[:, j].tolist(), seed=seed + j).model_copy(
+            update={"warmup_ms": warmup.get(name, 0)}
+        )
         for j, name in enumerate(matrix.names)
     }
     rows = [

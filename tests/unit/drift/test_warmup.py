@@ -1,0 +1,56 @@
+"""Warm-up: history features are not compared before their window can be full."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from services.drift.reference import Reference, reference_from_mapping, synthetic_reference
+from tests.unit.drift.harness import CHANNELS, Harness, make_processor, stream_records
+
+NAMES = ["f0", "f1", "f2", "f3"]
+WARMUP_MS = 100_000  # 10,000 records at the harness's 10 ms a record
+
+
+def _reference(warmup_ms: int) -> Reference:
+    rng = np.random.default_rng(7)
+    columns = {name: rng.normal(size=20_000) for name in NAMES}
+    document: dict[str, Any] = synthetic_reference(
+        columns, score=rng.beta(1, 12, size=20_000), categories={"channel": CHANNELS},
+        threshold=0.3, seed=7,
+    )  # fmt: skip
+    distributions = document.get("reference", document)
+    distributions["features"]["f1"]["warmup_ms"] = warmup_ms  # f1: a feature of the history
+    return reference_from_mapping(document)
+
+
+def _cold_start(rows: int) -> np.ndarray:
+    """f1 starts low, as a window count does while the histories fill, then is warm."""
+    values = np.random.default_rng(303).normal(size=(rows, 4))
+    values[:8_000, 1] -= 1.5
+    return values
+
+
+def _opened(reference: Reference, values: np.ndarray) -> list[str]:
+    harness = Harness(make_processor(reference))
+    harness.feed_all(stream_records(values, NAMES), batch=500)
+    return [a["feature"] for a in harness.opened()]
+
+
+def test_a_cold_history_feature_opens_no_episode_during_its_warm_up() -> None:
+    values = _cold_start(30_000)
+    assert "f1" in _opened(_reference(0), values)  # without warm-up: a false episode
+    assert _opened(_reference(WARMUP_MS), values) == []
+
+
+def test_a_history_feature_drifting_after_its_warm_up_opens_an_episode() -> None:
+    values = _cold_start(40_000)
+    values[25_000:, 1] += 1.0
+    assert _opened(_reference(WARMUP_MS), values) == ["f1"]
+
+
+def test_features_of_the_event_alone_are_compared_at_once() -> None:
+    values = np.random.default_rng(404).normal(size=(20_000, 4))
+    values[3_000:, 2] += 1.0  # f2 has no warm-up: detected inside f1's warm-up
+    assert _opened(_reference(WARMUP_MS), values) == ["f2"]
