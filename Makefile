@@ -6,15 +6,17 @@ STAMP  := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 BENCH_PORT ?= 19192
 DURATION ?= 180
+MINUTES ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit test-integration lint format bench kafka-up kafka-down clean
+.PHONY: help venv demo test test-unit test-integration lint format bench soak kafka-up kafka-down clean
 
 help:
 	@echo "make demo        set up everything and run the pipeline end to end (DURATION=$(DURATION)s)"
 	@echo "make test        set up and run every test (starts and stops its own broker)"
 	@echo "make lint        ruff (lint + format check) and mypy"
 	@echo "make bench       run the benchmarks against a local broker"
+	@echo "make soak        the pipeline for MINUTES=$(MINUTES) at 1,000 events/s, restarts, report"
 	@echo "make kafka-up    start the local broker on 127.0.0.1:$(KAFKA_PORT) (KAFKA_PORT=...)"
 	@echo "make kafka-down  stop it"
 
@@ -60,12 +62,16 @@ bench: venv
 	STREAMML_KAFKA_DIR=.kafka-bench $(BIN)/streamml kafka up --port $(BENCH_PORT)
 	status=0; \
 	for b in benchmarks/*.py; do \
-	  case $$b in */_*) continue;; esac; \
+	  case $$b in */_*|*/soak.py) continue;; esac; \
 	  echo "== $$b"; \
 	  KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(BENCH_PORT) $(BIN)/python $$b || status=1; \
 	done; \
 	STREAMML_KAFKA_DIR=.kafka-bench $(BIN)/streamml kafka down --wipe; \
 	exit $$status
+
+# Its own broker (it restarts it); the run directory is printed and kept (outside the repo).
+soak: venv
+	$(BIN)/python -m benchmarks.soak --minutes $(MINUTES)
 
 clean:
 	-$(BIN)/streamml kafka down
