@@ -689,7 +689,11 @@ class Soak:
             f"time) is full after {self.full_at / 60:.0f} min. Restarts and "
             "'retention full' are marked.</p>",
             "<h2>RSS (MiB)</h2>", chart(rss, "RSS MiB"),
-            "<h2>Consumer lag per group (records)</h2>", chart(lag, "records"),
+            "<h2>Consumer lag per group (records)</h2>",
+            chart({k: v for k, v in lag.items() if k != "drift"}, "records"),
+            "<p class='note'>pipeline: events sent but not yet predicted.</p>",
+            "<h2>Consumer lag of drift (records)</h2>",
+            chart({"drift": lag.get("drift", [])}, "records"),
             "<h2>End-to-end latency per 10 s (ms)</h2>", chart(latency, "ms"),
             "<h2>State-store keys (thousands)</h2>", chart(state, "keys (k)"),
             "<h2>Changelog topics on disk (MiB)</h2>", chart(changelog, "MiB"),
