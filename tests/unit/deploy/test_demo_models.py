@@ -4,6 +4,7 @@ training is exercised by the scorer's tests and the demo integration test)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,3 +61,19 @@ def test_failed_training_leaves_no_entry(tmp_path: Path) -> None:
         cache.build(broken)
     assert not cache.ready
     assert not list(cache.path.parent.glob(".building-*"))
+
+
+def test_reference_own_for_short_runs_cached_for_long_ones(tmp_path: Path) -> None:
+    cache = ModelCache(events=20_000, seed=2026, root=tmp_path)
+    primary = tmp_path / "primary"
+    primary.mkdir()
+    own = {"features": {"amount": {"edges": []}}, "rows": 16_000}
+    (primary / "metadata.json").write_text(json.dumps({"reference": own}))
+    assert cache.reference_for(20_000, primary) == own  # no longer than the training set
+
+    cache.path.mkdir(parents=True)
+    assert not cache.has_reference(240_000)
+    longer = {"features": {}, "rows": 50_000}
+    (cache.path / "reference-events240000.json").write_text(json.dumps(longer))
+    assert cache.has_reference(240_000)
+    assert cache.reference_for(240_000, primary) == longer  # read back, not rebuilt
