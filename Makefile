@@ -7,10 +7,11 @@ KAFKA_PORT ?= 9092
 REGISTRY_PORT ?= 8081
 BENCH_PORT ?= 19192
 DURATION ?= 180
+MINUTES ?= 60
 PYTEST_ARGS ?=
 
 .PHONY: help venv kustomize demo test test-unit test-integration test-containers lint format \
-	bench image kafka-up kafka-down registry-up registry-down clean
+	bench soak image kafka-up kafka-down registry-up registry-down clean
 
 help:
 	@echo "make demo        set up everything and run the pipeline end to end (DURATION=$(DURATION)s)"
@@ -19,6 +20,7 @@ help:
 	@echo "make bench       run the benchmarks against a local broker"
 	@echo "make test-containers  the image and the compose stack under podman (tests/containers)"
 	@echo "make image       build the container image (and, with no registry, a Debian base and Kafka)"
+	@echo "make soak        the pipeline for MINUTES=$(MINUTES) at 1,000 events/s, restarts, report"
 	@echo "make kafka-up    start the local broker on 127.0.0.1:$(KAFKA_PORT) (KAFKA_PORT=...)"
 	@echo "make kafka-down  stop it"
 	@echo "make registry-up    start a local schema registry on 127.0.0.1:$(REGISTRY_PORT) (Apicurio)"
@@ -90,12 +92,16 @@ bench: venv
 	STREAMML_KAFKA_DIR=.kafka-bench $(BIN)/streamml kafka up --port $(BENCH_PORT)
 	status=0; \
 	for b in benchmarks/*.py; do \
-	  case $$b in */_*) continue;; esac; \
+	  case $$b in */_*|*/soak.py) continue;; esac; \
 	  echo "== $$b"; \
 	  KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(BENCH_PORT) $(BIN)/python $$b || status=1; \
 	done; \
 	STREAMML_KAFKA_DIR=.kafka-bench $(BIN)/streamml kafka down --wipe; \
 	exit $$status
+
+# Its own broker (it restarts it); the run directory is printed and kept (outside the repo).
+soak: venv
+	$(BIN)/python -m benchmarks.soak --minutes $(MINUTES)
 
 clean:
 	-$(BIN)/streamml kafka down

@@ -176,6 +176,33 @@ def _reference(
     )
 
 
+SPAN_REFERENCE_ROWS = 50_000
+"""Most rows a :func:`span_reference` is computed from (evenly spaced in event time)."""
+
+
+def span_reference(
+    *, events: int, seed: int, model_bytes: bytes, max_rows: int = SPAN_REFERENCE_ROWS
+) -> ReferenceDistributions:
+    """The reference a model trained by :func:`train_and_sign` would carry had it been
+    trained on ``events`` events: the features of the first 80% by event time (at most
+    ``max_rows`` of them, evenly spaced) and the model's own scores on them.
+
+    No fitting, so a demo can keep a fixed-size model yet monitor a run against a
+    reference covering as much event time as the run (history counts and day-long windows
+    grow with it). Every event still goes through the offline features (~30 us each: a
+    card's features need its whole history); the reference's quantiles, samples and
+    category shares come from the spaced rows, which bounds the rest.
+    """
+    matrix = build_training_set(events, seed)
+    if len(matrix) < 100:
+        raise TrainingError(f"only {len(matrix)} usable rows from {events} events; use more")
+    train_idx, _ = _split(matrix)
+    if len(train_idx) > max_rows:
+        train_idx = train_idx[np.linspace(0, len(train_idx) - 1, max_rows).astype(np.int64)]
+    x32 = matrix.values[train_idx].astype(np.float32)
+    return _reference(matrix, train_idx, _onnx_scores(model_bytes, x32), seed)
+
+
 def train_and_sign(
     *,
     events: int,

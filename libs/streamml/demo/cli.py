@@ -89,9 +89,6 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         bootstrap=bootstrap,
         topic_prefix=prefix if prefix is not None else (new_prefix() if bootstrap else ""),
         drain_timeout_s=drain_timeout,
-        # The reference covers as much event time as the run, so the entity histories'
-        # warm-up (every card starts with none) is in the reference too.
-        train_events=max(20_000, int(rate * duration)),
     )
     problem = plan.check()
     if problem:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -149,6 +150,8 @@ class Demo:
         self.scraper: MetricsScraper | None = None
         self.interrupted = False
         self.failure: str | None = None
+        self._reference_job: threading.Thread | None = None
+        self._reference_error: BaseException | None = None
 
     # -- steps ------------------------------------------------------------------------
 
@@ -195,59 +198,86 @@ class Demo:
         self._say(f"topics: {created} created, {len(outcome) - created} already there")
 
     def _train(self) -> Path:
-        """Keys and signed models (reused when the same plan made them before)."""
-        from services.scorer.artifact import generate_keypair, load_private_key
-        from services.scorer.training import FALLBACK_NAME, PRIMARY_NAME, train_and_sign
+        """Signed models from the cache outside the repository (trained on the first run
+        with these inputs only), copied into the run's directory."""
+        from services.scorer.training import PRIMARY_NAME
 
         plan = self.plan
-        stamp = plan.models_dir / ".demo-stamp"
-        wanted = f"events={plan.train_events} seed={plan.seed} candidate=1"
-        primary = plan.models_dir / PRIMARY_NAME / "1"
-        fallback = plan.models_dir / FALLBACK_NAME / "1"
-        public = plan.keys_dir / "signing.pub"
-        candidate = plan.models_dir / PRIMARY_NAME / "2"
-        if (
-            stamp.exists()
-            and stamp.read_text() == wanted
-            and primary.is_dir()
-            and fallback.is_dir()
-            and candidate.is_dir()
-            and public.exists()
-        ):
-            self._say(f"reusing the signed models in {plan.models_dir}")
-            return primary
-        shutil.rmtree(plan.models_dir, ignore_errors=True)
-        shutil.rmtree(plan.keys_dir, ignore_errors=True)
-        generate_keypair(plan.keys_dir)
-        self._say(
-            f"training and signing the demo models (primary, fallback, candidate) on "
-            f"{plan.train_events:,} events"
-        )
-        written = train_and_sign(
-            events=plan.train_events,
-            seed=plan.seed,
-            out=plan.models_dir,
-            key=load_private_key(plan.keys_dir / "signing.key"),
-            candidate=True,
-        )
-        for version in written:
-            self._say(f"  {version.path}: AUC {version.metadata.metrics['auc']:.3f} (validation)")
-        stamp.write_text(wanted)
-        return primary
+        cache = self._model_cache()
+        if cache.ready:
+            self._say(f"reusing the signed models in {cache.path}")
+        else:
+            self._say(
+                f"training and signing the demo models (primary, fallback, candidate) on "
+                f"{plan.train_events:,} events: first run only, cached in {cache.path}"
+            )
+            started = time.monotonic()
+            cache.build()
+            self._say(f"  trained in {time.monotonic() - started:.0f}s")
+        cache.install(plan.models_dir, plan.keys_dir)
+        for path in sorted(plan.models_dir.glob("*/*/metadata.json")):
+            auc = json.loads(path.read_text())["metrics"]["auc"]
+            self._say(f"  {path.parent}: AUC {auc:.3f} (validation)")
+        return plan.models_dir / PRIMARY_NAME / "1"
+
+    def _model_cache(self) -> Any:
+        from streamml.demo.models import ModelCache, cache_root
+
+        return ModelCache(events=self.plan.train_events, seed=self.plan.seed, root=cache_root())
 
     def _drift_reference(self, primary: Path) -> Path:
-        """The primary's reference without the clock features, for the drift service.
+        """Where the drift service's reference is (written now, or by a background job
+        before the drift service joins: see :meth:`_write_reference`)."""
+        plan = self.plan
+        path = plan.run_dir / "drift-reference.json"
+        path.unlink(missing_ok=True)
+        cache = self._model_cache()
+        if plan.n_events <= plan.train_events or cache.has_reference(plan.n_events):
+            self._write_reference(primary, path)
+        elif "drift" in plan.late_services:
+            # Only the drift service needs it, and it joins after the warm-up: build it
+            # meanwhile, so the first event never waits for it.
+            self._say(f"building the drift reference over {plan.n_events:,} events in the "
+                      "background (cached for the next run of this length)")  # fmt: skip
+            self._reference_job = threading.Thread(
+                target=self._reference_in_background, args=(primary, path), daemon=True
+            )
+            self._reference_job.start()
+        else:
+            self._say(f"building the drift reference over {plan.n_events:,} events (cached "
+                      "for the next run of this length)")  # fmt: skip
+            self._write_reference(primary, path)
+        return path
+
+    def _reference_in_background(self, primary: Path, path: Path) -> None:
+        try:
+            self._write_reference(primary, path)
+        except BaseException as exc:  # reported when the drift service would start
+            self._reference_error = exc
+
+    def _write_reference(self, primary: Path, path: Path) -> None:
+        """The primary's metadata with a reference over the run's event time, without the
+        clock features, for the drift service.
 
         A window of a few minutes never looks like a reference spanning hours on time of
-        day, so monitoring those inputs would only raise alarms about the clock.
+        day, so monitoring those inputs would only raise alarms about the clock. The
+        reference covers as many events as the run (built from the same generator, cached),
+        so the entity histories' growth over the run is in it too.
         """
         document = json.loads((primary / "metadata.json").read_text())
+        document["reference"] = self._model_cache().reference_for(self.plan.n_events, primary)
         features = document["reference"]["features"]
         for name in CLOCK_FEATURES:
             features.pop(name, None)
-        path = self.plan.run_dir / "drift-reference.json"
-        path.write_text(json.dumps(document))
-        return path
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(document))
+        scratch.replace(path)
+
+    @property
+    def _reference_ready(self) -> bool:
+        if self._reference_error is not None:
+            raise DemoError(f"the drift reference could not be built: {self._reference_error}")
+        return self._reference_job is None or not self._reference_job.is_alive()
 
     def _start_services(self, reference: Path) -> None:
         """Start every service except those joining later; wait until they are ready."""
@@ -292,7 +322,7 @@ class Demo:
             return
         elapsed = time.monotonic() - self.producer.stats.started_wall
         for child in self.children:
-            if child.process is None and elapsed >= self.plan.warmup_s:
+            if child.process is None and elapsed >= self.plan.warmup_s and self._reference_ready:
                 child.start()
                 if self.scraper is not None:
                     self.scraper.views[child.name].note = "starting"

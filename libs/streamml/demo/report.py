@@ -41,12 +41,15 @@ def line_chart(
     marker_label: str = "drift injected",
     y_range: tuple[float, float] | None = None,
     hline: tuple[float, str] | None = None,
+    markers: Sequence[tuple[float, str]] = (),
 ) -> str:
-    """An SVG line chart; empty series give a note instead of axes."""
+    """An SVG line chart; empty series give a note instead of axes. ``marker_x`` and
+    ``markers`` (x, label) draw vertical lines at events (a drift, a restart)."""
     points = [p for _, pts in series for p in pts]
     if not points:
         return f'<p class="empty">No data for {html.escape(y_label)}.</p>'
-    xs = [p[0] for p in points] + ([marker_x] if marker_x is not None else [])
+    marks = [*markers, *([(marker_x, marker_label)] if marker_x is not None else [])]
+    xs = [p[0] for p in points] + [x for x, _ in marks]
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x1 = x0 + 1
@@ -94,13 +97,13 @@ def line_chart(
             f'<text x="{_LEFT + 4}" y="{sy(hline[0]) - 4:.1f}" font-size="10" fill="#666">'
             f"{html.escape(hline[1])}</text>"
         )
-    if marker_x is not None:
-        mx = sx(marker_x)
+    for index, (x, label) in enumerate(marks):
+        mx = sx(x)
         parts.append(
             f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}" '
             f'stroke="#d62728" stroke-width="2" stroke-dasharray="6 4"/>'
-            f'<text x="{mx + 4:.1f}" y="{_TOP + 12}" font-size="11" fill="#d62728">'
-            f"{html.escape(marker_label)}</text>"
+            f'<text x="{mx + 4:.1f}" y="{_TOP + 12 + 12 * (index % 4)}" font-size="11" '
+            f'fill="#d62728">{html.escape(label)}</text>'
         )
     for index, (name, pts) in enumerate(series):
         colour = _COLOURS[index % len(_COLOURS)]
@@ -131,7 +134,7 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-_STYLE = """
+STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
 h1{font-size:1.5em} h2{font-size:1.15em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ddd;padding:3px 8px;
@@ -188,7 +191,7 @@ def render(
     hline = (slo_threshold, f"SLO roc_auc >= {slo_threshold}") if slo_threshold else None
     status = "all claims hold" if summary.get("ok") else "some claims FAILED"
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>streamml demo report</title><style>{_STYLE}</style></head><body>
+<title>streamml demo report</title><style>{STYLE}</style></head><body>
 <h1>streamml demo: {html.escape(status)}</h1>
 <p class="note">Written {dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}.
 Plan: {html.escape(json.dumps(dict(plan), default=str))}</p>

@@ -1,0 +1,59 @@
+"""The soak benchmark, short: five minutes of the whole pipeline at 1,000 events/s with a
+broker restart and a rolling restart of the four services, then every output checked
+exactly once. Runs ``python -m benchmarks.soak`` as ``make soak`` does (its own broker),
+and checks what its JSON line and report say, not how fast anything was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+SERVICES = ("features", "scorer", "drift", "performance")
+
+
+@pytest.mark.timeout(1800)
+def test_five_minute_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "soak"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", "--minutes", "5", "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=1700, check=False,
+    )  # fmt: skip
+    tail = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == 0, tail
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+
+    # Every output exactly once, through a broker restart and a restart of each service.
+    sent = figures["sent"]
+    assert sent["valid"] == 5 * 60 * 1000 and sent["delivery_errors"] == 0, figures
+    assert sent["duplicates"] > 0 and sent["malformed"] > 0 and sent["labels"] > 0
+    assert figures["lost"] == 0 and figures["duplicated"] == 0, figures
+    assert all(figures["exactly_once"].values()), figures["exactly_once"]
+    assert figures["dead_letters"]["events.dlq"] == sent["malformed"]
+    assert [r["what"] for r in figures["restarts"]] == ["broker", *SERVICES]
+    assert figures["unplanned_exits"] == []
+
+    # The figures the hour-long run is judged on are all there.
+    for name in (*SERVICES, "broker"):
+        assert figures["rss_mib_growth_pct_per_h"][name]["last"] > 0
+    stores = figures["state_growth_pct_per_h"]
+    for store in ("features/dedup", "features/entities", "performance/join"):
+        assert stores[store]["last"] > 0, stores
+    assert any(name.endswith("-changelog") for name in figures["changelog_growth_pct_per_h"])
+    groups = {(r["restart"], r["group"]) for r in figures["recovery"]}
+    expected = {("broker", g) for g in (*SERVICES, "pipeline")}
+    expected |= {(g, g) for g in SERVICES} | {(g, "pipeline") for g in SERVICES}
+    assert groups == expected
+    latency = figures["latency"]
+    assert latency["p99_first_s"] is not None and latency["p99_last_s"] is not None
+    assert figures["load1"]["max"] > 0
+
+    samples = json.loads((run_dir / "samples.json").read_text())
+    assert len(samples) >= 25  # every 10 s over five minutes and the drain
+    html = Path(figures["report"]).read_text()
+    assert html.count("<svg") >= 5 and "broker restart" in html and "retention full" in html
