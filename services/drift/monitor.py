@@ -398,4 +398,4 @@ def _two_valued(ref: NumericReference) -> bool:
     tests (PSI over its two bins) and the chi-square of its category attribute judge it.
     Sequential mean and spread detectors on a 0/1 stream of a rare value fire on the
     clumps that busy entities make (30 of the 41 episodes of one demo run before this rule)."""
-    return 0 < len(ref.ks_grid) <= 2
+    return 0 < ref.distinct_values <= 2

@@ -80,6 +80,8 @@ class NumericReference:
     std: float
     warmup_ms: int = 0
     """Event time after a stream starts before this feature is compared (history features)."""
+    distinct_values: int = 0
+    """Distinct values in the reference sample (2 for a flag or a one-hot column)."""
 
     @property
     def bins(self) -> int:
@@ -239,6 +241,7 @@ def _numeric(name: str, doc: Any) -> NumericReference:
         mean=mean,
         std=std if math.isfinite(std) else 0.0,
         warmup_ms=max(warmup_ms, 0),
+        distinct_values=len(np.unique(sample)),
     )
 
 

@@ -54,3 +54,22 @@ def test_features_of_the_event_alone_are_compared_at_once() -> None:
     values = np.random.default_rng(404).normal(size=(20_000, 4))
     values[3_000:, 2] += 1.0  # f2 has no warm-up: detected inside f1's warm-up
     assert _opened(_reference(WARMUP_MS), values) == ["f2"]
+
+
+def test_a_flag_column_is_judged_by_its_window_tests_not_by_sequential_detectors() -> None:
+    rng = np.random.default_rng(505)
+    columns = {name: rng.normal(size=20_000) for name in NAMES}
+    columns["f1"] = (rng.random(20_000) < 0.05).astype(float)  # a one-hot column
+    reference = reference_from_mapping(
+        synthetic_reference(columns, categories={"channel": CHANNELS}, seed=5)
+    )
+    assert reference.numeric["f1"].distinct_values == 2
+    values = rng.normal(size=(30_000, 4))
+    values[:, 1] = (rng.random(30_000) < 0.05).astype(float)
+    values[15_000:, 1] = (rng.random(15_000) < 0.4).astype(float)  # the category's share jumps
+    harness = Harness(make_processor(reference))
+    harness.feed_all(stream_records(values, NAMES), batch=500)
+    opened = harness.opened()
+    assert [a["feature"] for a in opened] == ["f1"]
+    assert opened[0]["detector"] not in {"adwin", "page_hinkley", "page_hinkley_spread"}
+    assert all(hit["feature"] != "f1" for r in harness.reports for hit in r["detections"])
