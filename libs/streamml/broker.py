@@ -68,6 +68,46 @@ def require_tool(name: str, install_hint: str) -> str:
     return path
 
 
+def alive_pid(pid_file: Path) -> int | None:
+    """The pid written in ``pid_file`` if that process is still alive."""
+    try:
+        pid = int(pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def stop_pid(
+    pid: int, process: subprocess.Popen[bytes] | None, *, timeout_s: float, what: str
+) -> None:
+    """SIGTERM ``pid``, wait up to ``timeout_s`` for it to end, then SIGKILL it.
+
+    ``process`` is its handle when this process started it (so it is reaped, not left a
+    zombie that ``kill(pid, 0)`` still finds)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.2)
+    log.warning("%s did not stop in %.0fs; killing it", what, timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if process is not None:
+        process.wait()
+
+
 def fetch_kafka_jars(*, quiet: bool = True) -> Path:
     """Download Kafka and its runtime dependencies once; return the directory of jars."""
     libs = cache_dir() / "libs"
@@ -215,15 +255,7 @@ class LocalBroker:
 
     def running_pid(self) -> int | None:
         """The pid of a broker started from ``run_dir`` that is still alive."""
-        try:
-            pid = int(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return alive_pid(self.pid_file)
 
     def start(self, *, timeout_s: float = 90.0) -> None:
         """Fetch (if needed), format (first time) and start the broker; wait until it answers."""
@@ -291,25 +323,7 @@ class LocalBroker:
         pid = self.running_pid()
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process is not None:
-                if self._process.poll() is not None:
-                    break
-            else:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-            time.sleep(0.2)
-        else:
-            log.warning("broker did not stop in %.0fs; killing it", timeout_s)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            if self._process is not None:
-                self._process.wait()
+        stop_pid(pid, self._process, timeout_s=timeout_s, what="broker")
         self.pid_file.unlink(missing_ok=True)
         self._process = None
 

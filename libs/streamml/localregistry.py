@@ -14,10 +14,8 @@ directory (:mod:`streamml.tls`). See docs/decisions/schema-registry-apicurio.md.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import ssl
 import subprocess
 import tarfile
@@ -27,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamml.broker import free_port, require_tool
+from streamml.broker import alive_pid, free_port, require_tool, stop_pid
 from streamml.errors import BrokerError
 from streamml.tls import LocalCA
 
@@ -125,15 +123,7 @@ class LocalRegistry:
 
     def running_pid(self) -> int | None:
         """The pid of a registry started from ``run_dir`` that is still alive."""
-        try:
-            pid = int(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return alive_pid(self.pid_file)
 
     def start(self, *, timeout_s: float = 120.0) -> None:
         """Fetch (first time), start, and wait until the ccompat API answers."""
@@ -201,23 +191,6 @@ class LocalRegistry:
         pid = self.running_pid()
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process is not None:
-                if self._process.poll() is not None:
-                    break
-            else:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-            time.sleep(0.2)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            if self._process is not None:
-                self._process.wait()
+        stop_pid(pid, self._process, timeout_s=timeout_s, what="schema registry")
         self.pid_file.unlink(missing_ok=True)
         self._process = None
