@@ -26,6 +26,7 @@ from tests.integration.runtime_support import make_events
 from tests.integration.test_features_service import features_process
 from tests.integration.test_runtime_faults import (
     dead_letters,
+    error_lines,
     metric,
     not_ready_because,
     wait_for,
@@ -153,3 +154,47 @@ def test_registry_down_30s_mid_stream_loses_nothing_and_dead_letters_nothing(
     log = (logs_dir / "features.log").read_text()
     assert "Traceback" not in log
     assert "infrastructure fault (schema_registry_unavailable" in log
+
+
+def test_registry_refusing_the_schema_409_exits_2_with_one_line_and_writes_nothing(
+    kafka_bootstrap: str,
+    schema_registry: RegistryEndpoint,
+    topic_prefix: str,
+    logs_dir: Path,
+) -> None:
+    create_topics(kafka_bootstrap, topic_prefix, partitions=1)
+    topic = f"{topic_prefix}events"
+    events = make_events(50, seed=33)
+    writer = _codec(schema_registry)  # the producer registers Event directly, not via the proxy
+    produce(
+        kafka_bootstrap, topic,
+        [(e["entity_id"].encode(), writer.encode("Event", e, topic=topic), []) for e in events],
+    )  # fmt: skip
+    proxy = FaultProxy.for_url(
+        schema_registry.url, tls=LocalCA(schema_registry.ca_path.parent)
+    ).start()
+    proxy.refuse_registrations()  # every POST .../versions -> 409; reads reach the registry
+    env = {
+        "STREAMML_KAFKA_TOPIC_PREFIX": topic_prefix,
+        "STREAMML_KAFKA_SCHEMA_REGISTRY_URL": proxy.url,
+        "STREAMML_KAFKA_SCHEMA_REGISTRY_SSL_CA_LOCATION": str(schema_registry.ca_path),
+    }
+    features = features_process(kafka_bootstrap, topic_prefix, logs_dir, env=env).start()
+    try:
+        assert features.wait(120) == 2
+    finally:
+        features.stop()
+        proxy.stop()
+    assert proxy.injected["conflict"] >= 1, proxy.injected  # the refusal was the real cause
+    log = (logs_dir / "features.log").read_text()
+    lines = error_lines(logs_dir / "features.log")
+    assert len(lines) == 1, lines
+    assert "schema registry refused" in lines[0] and "409" in lines[0], lines
+    assert f"{topic_prefix}features-value" in lines[0], lines
+    assert "compatib" in lines[0], lines
+    assert "Traceback" not in log
+    for dlq in _dead_letter_topics(topic_prefix):
+        assert dead_letters(kafka_bootstrap, dlq) == [], dlq
+    assert consume_all(kafka_bootstrap, f"{topic_prefix}features", idle_s=1) == []
+    assert consume_all(kafka_bootstrap, f"{topic_prefix}features", read_committed=False,
+                       idle_s=1) == []  # fmt: skip
