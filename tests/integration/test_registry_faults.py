@@ -95,15 +95,9 @@ def test_registry_down_30s_mid_stream_loses_nothing_and_dead_letters_nothing(
         "STREAMML_KAFKA_SCHEMA_REGISTRY_URL": proxy.url,
         "STREAMML_KAFKA_SCHEMA_REGISTRY_SSL_CA_LOCATION": str(schema_registry.ca_path),
     }
-    # The default 8 attempts (backoff 0.2 s doubling to 10 s) end in ~25 s: shorter than
-    # this outage. An operator expecting registry outages this long raises the attempts.
-    retries = {
-        "STREAMML_FEATURES_RUNTIME__MAX_ATTEMPTS": "1000",
-        "STREAMML_FEATURES_RUNTIME__BACKOFF_MAX_S": "2",
-    }
-    features = features_process(
-        kafka_bootstrap, topic_prefix, logs_dir, env={**env, **retries}
-    ).start()
+    # Default retry settings (8 attempts, backoff 0.2 s doubling to 10 s): they must outlast
+    # this outage.
+    features = features_process(kafka_bootstrap, topic_prefix, logs_dir, env=env).start()
     scorer = _scorer(kafka_bootstrap, topic_prefix, logs_dir, trained, extra=env).start()
     try:
         predictions = f"{topic_prefix}predictions"
