@@ -20,6 +20,7 @@ from streamml.errors import ConfigError
 from streamml.logs import configure_logging
 from streamml.runtime import StreamRuntime
 from streamml.settings import KafkaSettings, load_settings
+from streamml.startup import preflight
 
 SERVICE = "drift"
 log = logging.getLogger("services.drift")
@@ -65,6 +66,9 @@ def main() -> None:
     try:
         settings = load_settings(DriftSettings)
         configure_logging(settings.log_level, settings.log_format, service=SERVICE)
+        # Files, port and credentials first: the topic metadata read below would turn a
+        # wrong password into a vague transport error.
+        preflight(settings.kafka, settings.http)
         reference = load_reference(settings.reference_path)
         kafka = settings.kafka
         features = kafka.topic(settings.features_topic)
