@@ -4,10 +4,11 @@ faust-streaming), the documented examples, and ``streamml tail`` on every output
 One module fixture runs the demo pipeline (the real features, scorer, drift and
 performance services as processes) on the session broker under a fresh prefix; every test
 reads its topics. The oracle for a value is fastavro reading the body with the schema file
-(not the project's codec). The registry wire format is read through confluent-kafka's
-``mock://`` registry on the reader side: the services' records are re-framed (their body
-bytes unchanged) with the id the reader's registry gave their schema. Tests that need a
-real registry behind the writing services are listed in docs/consumers.md.
+(not the project's codec). The registry wire format is read from a real Apicurio registry
+(the session's ``schema_registry``): the services' records are re-framed (their body bytes
+unchanged) with the id that registry gave their schema, and the readers fetch the writer
+schema by that id. Why re-framed rather than written by services run against the registry:
+docs/consumers.md.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from typing import Any
 import fastavro
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from streamml.client import AsyncReader, DriftAlert, Prediction, Reader
 from streamml.codec import AvroCodec, default_schemas_dir
 from streamml.settings import KafkaSettings
+from tests.conftest import RegistryEndpoint
 from tests.kafkatest import consume_all, create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.consumers]
@@ -252,48 +255,83 @@ def test_pause_stops_delivery_until_resume(pipeline: Pipeline) -> None:
     assert _as_written([first, *rest]) == _expected(written)
 
 
-# -- the registry wire format (reader-side mock:// registry) --------------------------------
+# -- the registry wire format (the real Apicurio registry) --------------------------------
 
 
-def _registry_copy(pipeline: Pipeline, topic: str, codec: AvroCodec) -> str:
-    """The services' records of ``topic`` re-framed as ``00`` + id on ``registry.<topic>``."""
-    target = f"registry.{topic}"
-    physical = pipeline.prefix + target
-    create_topics(pipeline.bootstrap, "", partitions=4, names=[physical])
-    cls = READ_TOPICS[topic]
+@dataclass(frozen=True)
+class RegistryCopies:
+    """The services' records re-framed as ``00`` + the real registry's id: one topic each."""
+
+    settings: KafkaSettings  # broker, prefix and the registry (URL and its CA)
+    codec: AvroCodec
+    targets: dict[str, str]  # logical topic -> its registry-framed copy
+    ids: dict[str, int]  # logical topic -> the schema id in the copy's headers
+
+
+@pytest.fixture(scope="module")
+def registry_copies(pipeline: Pipeline, schema_registry: RegistryEndpoint) -> RegistryCopies:
+    """Each read topic copied onto ``registry.<topic>``: the body bytes the services wrote,
+    behind the id the real registry gave the schema under ``<copy>-value``."""
+    settings = KafkaSettings(
+        bootstrap_servers=pipeline.bootstrap,
+        topic_prefix=pipeline.prefix,
+        schema_registry_url=schema_registry.url,
+        schema_registry_ssl_ca_location=str(schema_registry.ca_path),
+    )
+    codec = AvroCodec.from_settings(settings)
+    client = SchemaRegistryClient(
+        {"url": schema_registry.url, "ssl.ca.location": str(schema_registry.ca_path)}
+    )
+    targets: dict[str, str] = {}
+    ids: dict[str, int] = {}
     producer = Producer({"bootstrap.servers": pipeline.bootstrap})
-    for w in pipeline.written[topic]:
-        framed = codec.encode(cls.schema_name(), w.value, topic=physical)
-        assert framed[:1] == b"\x00" and framed[5:] == w.raw[10:]  # same body bytes
-        producer.produce(physical, key=w.key, value=framed[:5] + w.raw[10:],
-                         partition=w.partition)  # fmt: skip
-        producer.poll(0)
+    for topic, cls in READ_TOPICS.items():
+        target = f"registry.{topic}"
+        physical = pipeline.prefix + target
+        create_topics(pipeline.bootstrap, "", partitions=4, names=[physical])
+        for w in pipeline.written[topic]:
+            framed = codec.encode(cls.schema_name(), w.value, topic=physical)  # registers
+            assert framed[:1] == b"\x00" and framed[5:] == w.raw[10:]  # same body bytes
+            producer.produce(physical, key=w.key, value=framed[:5] + w.raw[10:],
+                             partition=w.partition)  # fmt: skip
+            producer.poll(0)
+        # The id in the header is the one the registry itself lists for the subject.
+        registered = client.get_latest_version(f"{physical}-value")
+        assert f'"{cls.schema_name()}"' in registered.schema.schema_str
+        assert int.from_bytes(framed[1:5], "big") == registered.schema_id
+        targets[topic], ids[topic] = target, registered.schema_id
     assert producer.flush(30) == 0
-    return target
+    return RegistryCopies(settings, codec, targets, ids)
 
 
+def _avro_json(values: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(v, sort_keys=True) for v in values)
+
+
+@pytest.mark.registry
 @pytest.mark.parametrize("topic", sorted(READ_TOPICS))
-def test_readers_read_the_registry_wire_format(pipeline: Pipeline, topic: str) -> None:
+def test_readers_read_the_registry_wire_format(
+    pipeline: Pipeline, registry_copies: RegistryCopies, topic: str
+) -> None:
     cls = READ_TOPICS[topic]
     written = pipeline.written[topic]
-    codec = AvroCodec(registry_url=f"mock://consumers-{uuid.uuid4().hex[:6]}")
-    target = _registry_copy(pipeline, topic, codec)
-    expected = [w.value for w in written]
-    with Reader(cls, target, group_id=_group(), kafka=pipeline.kafka(), codec=codec) as reader:
+    target = registry_copies.targets[topic]
+    expected = _avro_json([w.value for w in written])
+    # A reader of its own, as a downstream process builds it: from the settings (the
+    # registry's URL and CA), so every writer schema is fetched from the registry by id.
+    settings = registry_copies.settings
+    with Reader(cls, target, group_id=_group(), kafka=settings) as reader:
         records = _read_sync(reader, len(written))
-    assert sorted(json.dumps(r.value.to_avro(), sort_keys=True) for r in records) == sorted(
-        json.dumps(v, sort_keys=True) for v in expected
-    )
+    assert all(isinstance(r.value, cls) for r in records)
+    assert _avro_json([r.value.to_avro() for r in records]) == expected
 
     async def read() -> list[Any]:
-        async with AsyncReader(cls, target, group_id=_group(), kafka=pipeline.kafka(),
-                               codec=codec) as reader:  # fmt: skip
+        async with AsyncReader(cls, target, group_id=_group(), kafka=settings) as reader:
             return await _read_async(reader, len(written))
 
     records = asyncio.run(read())
-    assert sorted(json.dumps(r.value.to_avro(), sort_keys=True) for r in records) == sorted(
-        json.dumps(v, sort_keys=True) for v in expected
-    )
+    assert all(isinstance(r.value, cls) for r in records)
+    assert _avro_json([r.value.to_avro() for r in records]) == expected
 
 
 # -- transactions: a reader started mid-stream never sees an aborted one -------------------
@@ -422,10 +460,86 @@ def test_documented_faust_agent_prints_every_prediction(pipeline: Pipeline) -> N
     assert got == expected
 
 
+FAUST_APP = Path(__file__).with_name("faust_reader_app.py")
+
+
+_FAUST_LINE = re.compile(r"(?:^|\] )(\S+) (\{.*\})\s*$")  # faust logs what agents print
+
+
+def _faust_lines(output: str, topics: dict[str, str]) -> dict[str, list[str]]:
+    got: dict[str, list[str]] = {name: [] for name in topics}
+    for match in map(_FAUST_LINE.search, output.splitlines()):
+        if match and match[1] in got:
+            got[match[1]].append(match[2])
+    return got
+
+
+def _faust_reads(
+    env: dict[str, str], topics: dict[str, str], expect: dict[str, int], timeout_s: float
+) -> dict[str, list[str]]:
+    """Run the test faust worker on ``topics`` (logical name -> value type) until it has
+    printed ``expect`` records of each; its values per topic, as sorted JSON lines."""
+    app_id = f"consumers-faust-{uuid.uuid4().hex[:8]}"
+    specs = [f"{name}={type_name}" for name, type_name in topics.items()]
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{app_id}.log"
+    env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, str(FAUST_APP), app_id, *specs],
+                                   cwd=log.parent, env=env, stdout=sink,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+
+    def complete() -> bool:
+        got = _faust_lines(log.read_text(), topics)
+        return all(len(got[name]) >= count for name, count in expect.items())
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and process.poll() is None and not complete():
+            time.sleep(1.0)
+        time.sleep(2.0)  # and a little longer: nothing more may come
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    output = log.read_text()
+    log.unlink()
+    got = _faust_lines(output, topics)
+    assert all(len(got[name]) >= count for name, count in expect.items()), output[-3000:]
+    return {name: sorted(values) for name, values in got.items()}
+
+
+@pytest.mark.registry
+def test_faust_codec_reads_drift_alerts_and_registry_format_predictions(
+    pipeline: Pipeline, registry_copies: RegistryCopies
+) -> None:
+    """One faust worker: ``drift.alerts`` as the services wrote them (single-object) and
+    ``predictions`` in the registry wire format, its codec fetching the writer by id."""
+    settings = registry_copies.settings
+    env = {"STREAMML_KAFKA_BOOTSTRAP_SERVERS": pipeline.bootstrap,
+           "STREAMML_KAFKA_TOPIC_PREFIX": pipeline.prefix,
+           "STREAMML_KAFKA_SCHEMA_REGISTRY_URL": str(settings.schema_registry_url),
+           "STREAMML_KAFKA_SCHEMA_REGISTRY_SSL_CA_LOCATION":
+               str(settings.schema_registry_ssl_ca_location)}  # fmt: skip
+    predictions = registry_copies.targets["predictions"]
+    topics = {"drift.alerts": "DriftAlert", predictions: "Prediction"}
+    alerts = pipeline.written["drift.alerts"]
+    written = pipeline.written["predictions"]
+    got = _faust_reads(env, topics, {"drift.alerts": len(alerts), predictions: len(written)},
+                       timeout_s=300)  # fmt: skip
+    assert got["drift.alerts"] == _avro_json([w.value for w in alerts])
+    assert got[predictions] == _avro_json([w.value for w in written])
+
+
 JAVA_PROJECT = EXAMPLES / "java"
 JAVA_SOURCE = (
     JAVA_PROJECT / "src" / "main" / "java" / "streamml" / "example" / "ReadPredictions.java"
 )
+
+
+JAVA_REGISTRY_SOURCE = JAVA_SOURCE.with_name("ReadRegistryPredictions.java")
 
 
 def _java_classpath(tmp_path: Path) -> str:
@@ -456,14 +570,33 @@ def test_java_consumer_with_apache_avro_reads_the_scorers_predictions(
     assert _run_example(pipeline, command, len(expected), timeout_s=300) == expected
 
 
+@pytest.mark.registry
+def test_java_consumer_reads_registry_format_predictions(
+    pipeline: Pipeline, registry_copies: RegistryCopies, tmp_path: Path
+) -> None:
+    """Apache Avro's GenericDatumReader on the body after the 5-byte header, with the
+    writer schema fetched by id over the real registry's Confluent-compatible HTTPS API."""
+    java = shutil.which("java")
+    assert java, "Java 17 is needed for the Java consumer test"
+    classpath = _java_classpath(tmp_path)
+    settings = registry_copies.settings
+    topic = pipeline.prefix + registry_copies.targets["predictions"]
+    command = [java, "-cp", classpath, str(JAVA_REGISTRY_SOURCE), pipeline.bootstrap, topic,
+               str(settings.schema_registry_url),
+               str(settings.schema_registry_ssl_ca_location)]  # fmt: skip
+    expected = _printed(pipeline.written["predictions"])
+    assert _run_example(pipeline, command, len(expected), timeout_s=300) == expected
+
+
 def test_docs_show_the_examples_that_run() -> None:
     text = (ROOT / "docs" / "consumers.md").read_text()
     for example in sorted(EXAMPLES.glob("*.py")):
         code = example.read_text()
         body = code.split('"""', 2)[2].strip()  # without the module docstring
         assert body in text, f"docs/consumers.md does not show {example.name} as it is"
-    java = JAVA_SOURCE.read_text()
-    assert java[java.index("public final class") :].strip() in text
+    for source in (JAVA_SOURCE, JAVA_REGISTRY_SOURCE):
+        java = source.read_text()
+        assert java[java.index("public final class") :].strip() in text, source.name
 
 
 # -- tail, on every output topic as the services write it -----------------------------------
