@@ -120,6 +120,12 @@ class _LibrdkafkaFields(logging.Filter):
         if record.msg == "%s [%s] %s" and isinstance(args, tuple) and len(args) == 3:
             record.facility, record.client = args[0], args[1]
             record.msg, record.args = str(args[2]), ()
+        if record.levelno > logging.WARNING:
+            # librdkafka says ERR for every refused connection of a broker blip, which the
+            # client rides out; the runtime decides what is an error (its own line when it
+            # gives up or fails fast), so an alert on level=error is not paged per blip.
+            record.rdkafka_severity = record.levelname.lower()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

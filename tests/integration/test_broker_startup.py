@@ -105,6 +105,7 @@ def test_librdkafka_lines_of_a_dead_broker_are_structured_and_not_repeated(
     records = [json.loads(line) for line in lines]
     refused = [r for r in records if r["logger"] == "streamml.librdkafka" and "refused" in r["msg"]]
     assert len(refused) == 1, records
-    assert refused[0]["facility"] == "FAIL" and refused[0]["level"] == "error"
+    assert refused[0]["facility"] == "FAIL" and refused[0]["level"] == "warning"
+    assert refused[0]["rdkafka_severity"] == "error"  # librdkafka's own severity, kept
     assert refused[0]["service"] == "features"
     assert any(f"cannot reach Kafka at 127.0.0.1:{dead}" in r["msg"] for r in records)

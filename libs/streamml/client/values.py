@@ -31,9 +31,15 @@ class DriftAlert(AvroValue):
     feature: str
     """Monitored feature, or 'score' / 'decision' for the model output."""
     detector: str
-    """What fired: adwin, page_hinkley, kswin, psi, ks, chi2, missing_rate, positive_rate."""
+    """
+    What fired: adwin, page_hinkley, page_hinkley_spread, kswin (streaming, at once), psi, ks,
+    chi2, missing_rate, positive_rate (window tests). See docs/runbooks/drift-alert.md.
+    """
     statistic: float
-    """Value of the test statistic (PSI, KS D, chi-square, rate, or the detector's estimate)."""
+    """
+    Value of the test statistic (PSI, KS D, chi2: largest change of a category's share, rate,
+    or the detector's estimate).
+    """
     threshold: float
     """Threshold the statistic was compared with."""
     p_value: float | None = None
@@ -240,6 +246,13 @@ class DriftWindowReport(AvroValue):
 
     SCHEMA: ClassVar[str] = "streamml.DriftWindowReport"
 
+    kind: str = "window"
+    """
+    'window': a closed window's counts (tested by the episode stage once every partition
+    reported it); 'detection': a streaming detector just fired on this partition, sent at once
+    so the episode opens without waiting for the window to close (no counts; `detections`
+    holds the firing, `window_index` the open window).
+    """
     stream: str
     """Monitored stream: 'features' (FeatureVector) or 'predictions' (Prediction)."""
     source_partition: int
@@ -287,6 +300,7 @@ class DriftWindowReport(AvroValue):
     def from_avro(cls, value: Mapping[str, Any]) -> DriftWindowReport:
         """The typed value of a decoded record (the codec's dict)."""
         return cls(
+            kind=value["kind"],
             stream=value["stream"],
             source_partition=value["source_partition"],
             source_partitions=value["source_partitions"],
@@ -310,6 +324,7 @@ class DriftWindowReport(AvroValue):
     def to_avro(self) -> dict[str, Any]:
         """The record as the codec encodes it (plain dicts and lists)."""
         return {
+            "kind": self.kind,
             "stream": self.stream,
             "source_partition": self.source_partition,
             "source_partitions": self.source_partitions,

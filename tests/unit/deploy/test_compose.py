@@ -172,10 +172,16 @@ def test_rendered_compose_gives_every_kafka_client_every_setting_of_the_env_file
             assert got.get(key) == value, f"{name} gets {key}={got.get(key)!r}, not {value!r}"
         mounts = [str(v) for v in service.get("volumes", [])]
         assert f"{tls}:/etc/streamml/tls:ro" in mounts, f"{name} lacks the TLS folder"
-    # The same file is a valid configuration for the settings every process reads.
+    # The same file is a valid configuration for the settings every process reads, with its
+    # files where a container sees them (the TLS folder mounted at /etc/streamml/tls): the
+    # settings check that a named CA, certificate or key file exists.
+    inside = {key: value.replace("/etc/streamml/tls", str(tls)) for key, value in values.items()}
+    for value in inside.values():
+        if value.startswith(f"{tls}/"):
+            Path(value).write_text("-----BEGIN CERTIFICATE-----\n")
     settings = load_settings(KafkaSettings, **{
         key.removeprefix("STREAMML_KAFKA_").lower(): value
-        for key, value in values.items() if key.startswith("STREAMML_KAFKA_")
+        for key, value in inside.items() if key.startswith("STREAMML_KAFKA_")
     })  # fmt: skip
     assert settings.client_config()["sasl.mechanism"] == "SCRAM-SHA-512"
 
