@@ -199,14 +199,17 @@ def test_scores_equal_onnxruntime_and_bad_vectors_go_to_the_dlq(
 
 
 class _Feeder(threading.Thread):
-    def __init__(self, bootstrap: str, topic: str, vectors: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, vectors: list[dict[str, Any]], chunks: int = 40
+    ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.vectors = bootstrap, topic, vectors
+        self.chunks = chunks
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            size = max(1, len(self.vectors) // 40)
+            size = max(1, len(self.vectors) // self.chunks)
             for start in range(0, len(self.vectors), size):
                 produce(self.bootstrap, self.topic, _encoded(self.vectors[start : start + size]))
                 time.sleep(0.25)
@@ -229,13 +232,17 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
     # phase 3 arrives once the restarted instance is up (so the new version must score).
     phase1, phase2, phase3 = vectors[:5000], vectors[5000:7500], vectors[7500:]
     topic = f"{topic_prefix}features"
-    feeder = _Feeder(kafka_bootstrap, topic, phase1)
+    # Fed over ~30 s, so vectors still arrive at every kill of phase 1 (each restart takes
+    # seconds): a kill can only be proven inside a transaction while there is input.
+    feeder = _Feeder(kafka_bootstrap, topic, phase1, chunks=120)
     rng = random.Random(2026)
     proc = _scorer(kafka_bootstrap, topic_prefix, logs_dir, trained).start()
     proc.wait_ready(90)
     feeder.start()
     kills = proven = 0
-    for _ in range(3):
+    # Each kill is timed for when a transaction holds predictions on the broker; whether
+    # it landed in time is judged afterwards from the log (aborted predictions on it).
+    while kills < 3:
         time.sleep(rng.uniform(1.0, 2.5))
         # Timed to land while a transaction holds predictions on the broker.
         proven += kill_mid_transaction(proc, kafka_bootstrap, f"{topic_prefix}predictions")
@@ -268,7 +275,6 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
     )
     assert proc.terminate() == 0
     assert kills == 4
-    assert proven >= 1, "no kill landed inside a transaction holding predictions"
 
     counts = Counter(p["event_id"] for p in outputs)
     duplicates = [eid for eid, c in counts.items() if c > 1]
@@ -283,11 +289,17 @@ def test_sigkill_mid_stream_and_during_hot_reload_keeps_one_prediction_per_vecto
     assert {p["model_version"] for p in outputs if p["event_id"] in last} == {"2"}
     starts = [line for line in log_path.read_text().splitlines() if "serving primary=" in line]
     assert len(starts) == 5 and "primary=fraud-gbt/2" in starts[-1], starts[-1]
-    # The interrupted transactions' predictions are on the log, aborted, invisible above.
+    # The proof that a kill landed inside a transaction holding predictions: its records
+    # are on the log, aborted (more than n read uncommitted), and invisible above. The
+    # check at the kill itself (``proven``) rarely catches the scorer's millisecond
+    # transactions open, so it is reported, not required.
     uncommitted = consume_all(
         kafka_bootstrap, f"{topic_prefix}predictions", expect=n, read_committed=False
     )
-    assert len(uncommitted) > n
+    assert len(uncommitted) > n, (
+        f"no kill interrupted a transaction holding predictions ({proven} of {kills} "
+        "seen open at the kill)"
+    )
 
 
 def test_failing_canary_is_rolled_back_through_model_control_and_rollback_cli(
