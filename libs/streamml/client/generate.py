@@ -13,6 +13,7 @@ import keyword
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +100,7 @@ class _Generator:
         if record is not None:
             return f"{record}.from_avro({expr})"
         if isinstance(schema, dict) and schema["type"] in ("array", "map"):
-            item = schema["items"] if schema["type"] == "array" else schema["values"]
-            var = f"x{depth}"
-            inner = self.converter(item, named, var, depth + 1)
-            if inner == var:  # plain items: a copy
-                return f"{'list' if schema['type'] == 'array' else 'dict'}({expr})"
-            if schema["type"] == "array":
-                return f"[{inner} for {var} in {expr}]"
-            return f"{{k{depth}: {inner} for k{depth}, {var} in {expr}.items()}}"
+            return _collection(schema, named, expr, depth, self.converter)
         if isinstance(schema, dict) and schema["type"] not in ("record", "enum", "fixed"):
             return self.converter(schema["type"], named, expr, depth)
         return expr
@@ -122,14 +116,7 @@ class _Generator:
         if self._record(schema, named) is not None:
             return f"{expr}.to_avro()"
         if isinstance(schema, dict) and schema["type"] in ("array", "map"):
-            item = schema["items"] if schema["type"] == "array" else schema["values"]
-            var = f"x{depth}"
-            inner = self.back(item, named, var, depth + 1)
-            if inner == var:  # plain items: a copy
-                return f"{'list' if schema['type'] == 'array' else 'dict'}({expr})"
-            if schema["type"] == "array":
-                return f"[{inner} for {var} in {expr}]"
-            return f"{{k{depth}: {inner} for k{depth}, {var} in {expr}.items()}}"
+            return _collection(schema, named, expr, depth, self.back)
         if isinstance(schema, dict) and schema["type"] not in ("record", "enum", "fixed"):
             return self.back(schema["type"], named, expr, depth)
         return expr
@@ -229,6 +216,24 @@ def main() -> None:
     target.write_text(text, encoding="utf-8")
     ruff = Path(sys.executable).with_name("ruff")  # a dev dependency, beside the interpreter
     subprocess.run([str(ruff), "format", "--quiet", str(target)], check=True)
+
+
+def _collection(
+    schema: dict[str, Any],
+    named: dict[str, Any],
+    expr: str,
+    depth: int,
+    convert: Callable[[Any, dict[str, Any], str, int], str],
+) -> str:
+    """Code applying ``convert`` to each item of an array or each value of a map."""
+    item = schema["items"] if schema["type"] == "array" else schema["values"]
+    var = f"x{depth}"
+    inner = convert(item, named, var, depth + 1)
+    if inner == var:  # plain items: a copy
+        return f"{'list' if schema['type'] == 'array' else 'dict'}({expr})"
+    if schema["type"] == "array":
+        return f"[{inner} for {var} in {expr}]"
+    return f"{{k{depth}: {inner} for k{depth}, {var} in {expr}.items()}}"
 
 
 if __name__ == "__main__":
