@@ -59,13 +59,17 @@ class BackgroundProducer(threading.Thread):
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.events, self.chunks = bootstrap, topic, events, chunks
         self.error: BaseException | None = None
+        self.sent = 0
+        """How many events are on the topic so far (a kill test reads it at the kill)."""
 
     def run(self) -> None:
         try:
             size = max(1, len(self.events) // self.chunks)
             for start in range(0, len(self.events), size):
-                produce(self.bootstrap, self.topic, encoded(self.events[start : start + size]))
-                time.sleep(0.25)
+                chunk = self.events[start : start + size]
+                produce(self.bootstrap, self.topic, encoded(chunk))
+                self.sent += len(chunk)
+                time.sleep(0.25)  # pacing, not waiting: input keeps arriving during the kills
         except BaseException as exc:
             self.error = exc
 
