@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -151,3 +152,32 @@ def kill_mid_transaction(
         pass
     proc.kill()
     return watch.open_transaction()
+
+
+def freeze_kill_in_transaction(
+    proc: ServiceProcess, bootstrap: str, topic: str, timeout_s: float = 30.0
+) -> bool:
+    """SIGKILL ``proc`` while it is frozen inside a transaction holding records on ``topic``.
+
+    A service whose transactions are open for milliseconds (the scorer) is rarely caught
+    open by polling the broker from outside. So freeze it (SIGSTOP: librdkafka's threads
+    stop too, nothing can commit) at random moments, ask the broker whether ``topic``
+    holds uncommitted records (high watermark above the last stable offset), and kill it
+    while frozen when it does; otherwise let it run a few milliseconds and try again.
+    Returns whether the kill is proven to have landed inside such a transaction; after
+    ``timeout_s`` without catching one it kills anyway and returns False. (The service
+    must be the only writer of ``topic``.)
+    """
+    assert proc.proc is not None
+    watch = OutputWatch(bootstrap, topic)
+    rng = random.Random(len(topic))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc.proc.send_signal(signal.SIGSTOP)
+        if watch.open_transaction():
+            proc.kill()
+            return watch.open_transaction()
+        proc.proc.send_signal(signal.SIGCONT)
+        time.sleep(rng.uniform(0.0, 0.03))
+    proc.kill()
+    return False

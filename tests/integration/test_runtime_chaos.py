@@ -1,8 +1,12 @@
-"""The broker goes away for ~10 s mid-stream; the processor recovers by itself, exactly once."""
+"""The broker goes away for ~10 s mid-stream; the processor recovers by itself, exactly once.
+
+Then it goes away again while the processor is idle: /readyz says so, /healthz stays up.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,24 @@ from tests.integration.runtime_support import (
     counter_process,
     make_events,
 )
-from tests.kafkatest import consume_all, create_topics
+from tests.kafkatest import ServiceProcess, consume_all, create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+
+def _not_ready_reason(proc: ServiceProcess) -> str | None:
+    code, body = proc.http("/readyz")
+    return str(body.get("reason")) if code == 503 else None
+
+
+def _poll(condition: Callable[[], str | None], timeout_s: float, what: str) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: Path) -> None:
@@ -44,6 +63,16 @@ def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: 
         assert feeder.error is None, feeder.error
         outputs = consume_all(bootstrap, f"{topic_prefix}example.out", expect=20_000, timeout_s=240)
         assert proc.alive, "the processor did not survive the broker restart"
+        proc.wait_ready(60)
+
+        # Idle now (no batch in flight, so no fault of a batch to report): the broker goes
+        # away again. The service says it is not ready and why, stays alive, and is ready
+        # again once the broker is back, with no record to tell it so.
+        broker.stop()
+        reason = _poll(lambda: _not_ready_reason(proc), 60, "/readyz 503 while the broker is down")
+        assert "no broker reachable" in reason, reason
+        assert proc.http("/healthz")[0] == 200
+        broker.start()
         proc.wait_ready(60)
         assert proc.terminate() == 0
         assert_exactly_once(outputs, events)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, Producer
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
 from streamml.settings import KafkaSettings, RuntimeSettings
@@ -30,10 +33,19 @@ def make_producer(
 
 
 def make_consumer(
-    kafka: KafkaSettings, settings: RuntimeSettings, *, group_id: str, client_id: str
+    kafka: KafkaSettings,
+    settings: RuntimeSettings,
+    *,
+    group_id: str,
+    client_id: str,
+    on_error: Callable[[KafkaError], None] | None = None,
 ) -> Consumer:
-    """The group member: ``read_committed``, no auto-commit, ``range`` assignor."""
-    config = {
+    """The group member: ``read_committed``, no auto-commit, ``range`` assignor.
+
+    ``on_error`` gets librdkafka's client-wide errors (all brokers down, authentication),
+    which never arrive as records; it runs inside ``consume`` on the caller's thread.
+    """
+    config: dict[str, Any] = {
         **kafka.client_config(),
         "group.id": group_id,
         "isolation.level": "read_committed",
@@ -47,6 +59,8 @@ def make_consumer(
         "client.id": client_id,
         "fetch.queue.backoff.ms": settings.fetch_queue_backoff_ms,
     }
+    if on_error is not None:
+        config["error_cb"] = on_error
     return Consumer(config)
 
 

@@ -142,6 +142,10 @@ class StreamRuntime:
         self._fault: Fault | None = None
         self._fault_attempt = 0
         self._waiting: str | None = None
+        self._unreachable: str | None = None
+        """Set when the consumer reports that no broker is reachable, cleared when one is."""
+        self._reach_probe_due = 0.0
+        self._fatal: str | None = None
         self._lag_due = 0.0
         self._consumer: Consumer | None = None
         self._transactions = TransactionDriver(
@@ -255,6 +259,8 @@ class StreamRuntime:
             )
         if self._waiting is not None:
             return self._waiting
+        if self._unreachable is not None:
+            return f"no broker reachable ({self._unreachable}); reconnecting"
         if self._restoring:
             return "restoring state"
         if self._halt is not None:
@@ -292,7 +298,23 @@ class StreamRuntime:
             self.settings,
             group_id=self.group_id,
             client_id=f"{self.service}-{self.settings.instance_id}",
+            on_error=self._on_consumer_error,
         )
+
+    def _on_consumer_error(self, error: KafkaError) -> None:
+        """All brokers down: not ready, still alive (librdkafka reconnects by itself).
+
+        Without this an idle service (no batch in flight, so no fault of a batch to
+        report) stayed ready through a broker outage.
+        """
+        if error.fatal():
+            self._fatal = error.str()  # raised by the next _poll, on the loop's own path
+            return
+        if error.code() != KafkaError._ALL_BROKERS_DOWN:
+            return
+        if self._unreachable is None:
+            log.warning("consumer: %s", error.str())
+        self._unreachable = error.str()
 
     # -- rebalance callbacks (run inside consumer.consume) ---------------------------
 
@@ -303,18 +325,8 @@ class StreamRuntime:
             keys = {(tp.topic, tp.partition) for tp in partitions}
             self._assignment |= keys
             new_numbers = sorted({p for _, p in keys} - self._owned_partitions)
-            self._await_committed(consumer, partitions)
             started = time.monotonic()
-            provisioning.restore(
-                new_numbers,
-                state=self.state,
-                changelogs=self.changelogs,
-                kafka=self.kafka,
-                settings=self.settings,
-                group_id=self.group_id,
-                on_progress=self._progress,
-                on_wait=self._report_wait,
-            )
+            self._restore_retrying(consumer, partitions, new_numbers)
             self._owned_partitions |= set(new_numbers)
             self.metrics.restore_seconds.labels(self.service).observe(time.monotonic() - started)
             if self._halt is not None:
@@ -329,6 +341,48 @@ class StreamRuntime:
             self._restoring = False
             self._waiting = None
             self._assigned_once = True
+
+    def _restore_retrying(
+        self, consumer: Consumer, partitions: list[TopicPartition], numbers: list[int]
+    ) -> None:
+        """Committed offsets and state of newly assigned partitions, retried on a fault.
+
+        An infrastructure fault here (a broker that goes away mid-restore) is retried with
+        the batch policy (``max_attempts``, backoff) instead of ending the process; each
+        attempt restores from an empty store, so a half-finished restore leaves nothing.
+        """
+        for attempt in self._retrying.copy(before_sleep=self._before_restore_retry):
+            with attempt:
+                self._fault_attempt = attempt.retry_state.attempt_number
+                if self._fault_attempt > 1:
+                    for number in numbers:
+                        for store in self.state.stores:
+                            store.drop(number)
+                self._await_committed(consumer, partitions)
+                provisioning.restore(
+                    numbers,
+                    state=self.state,
+                    changelogs=self.changelogs,
+                    kafka=self.kafka,
+                    settings=self.settings,
+                    group_id=self.group_id,
+                    on_progress=self._progress,
+                    on_wait=self._report_wait,
+                )
+        self._fault = None
+        self._fault_attempt = 0
+
+    def _before_restore_retry(self, retry_state: RetryCallState) -> None:
+        assert retry_state.outcome is not None
+        exc = retry_state.outcome.exception()
+        assert exc is not None
+        self._fault = classify(exc)
+        log.warning(
+            "restoring state after an assignment failed (%s, attempt %d/%d): %s; "
+            "retrying in %.1fs",
+            self._fault.cause, retry_state.attempt_number, self.settings.max_attempts,
+            self._fault.message, retry_state.upcoming_sleep,
+        )  # fmt: skip
 
     def _await_committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Fetch the committed offsets, reporting a wait for an earlier open transaction.
@@ -398,17 +452,39 @@ class StreamRuntime:
             max_records=self.settings.batch_max_records,
             wait_s=self.settings.batch_max_ms / 1000,
         )
+        if self._fatal is not None:
+            raise ProcessingError(f"consumer error: {self._fatal}")
         batch = []
         for msg in messages:
             error = msg.error()
             if error is None:
+                self._unreachable = None
                 if (msg.topic(), msg.partition()) in self._assignment:
                     batch.append(msg)
             elif error.fatal():
                 raise ProcessingError(f"consumer error: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", error.str())
+        if self._unreachable is not None and not batch:
+            self._probe_brokers()
         return batch
+
+    def _probe_brokers(self) -> None:
+        """While no broker is reachable, ask for metadata once a second; an answer clears it.
+
+        An idle consumer gets no event when a broker comes back, so readiness would stay
+        503 until the next record without this probe.
+        """
+        now = time.monotonic()
+        if now < self._reach_probe_due or self._consumer is None:
+            return
+        self._reach_probe_due = now + 1.0
+        try:
+            self._consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            return
+        log.info("a broker is reachable again")
+        self._unreachable = None
 
     def _run_batch(self, batch: list[Message]) -> None:
         """Commit ``batch``; on an infrastructure fault rewind, read it again and retry."""
