@@ -405,7 +405,11 @@ _LINE = re.compile(r"([0-9a-f-]{36}) (\S+) (\S+)\s*$")
 
 
 def _run_example(
-    pipeline: Pipeline, command: list[str], expect: int, timeout_s: float
+    pipeline: Pipeline,
+    command: list[str],
+    expect: int,
+    timeout_s: float,
+    line: re.Pattern[str] = _LINE,
 ) -> set[tuple[str, str, float]]:
     env = {**os.environ, "STREAMML_KAFKA_BOOTSTRAP_SERVERS": pipeline.bootstrap,
            "STREAMML_KAFKA_TOPIC_PREFIX": pipeline.prefix, "PYTHONUNBUFFERED": "1"}  # fmt: skip
@@ -417,7 +421,7 @@ def _run_example(
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and process.poll() is None:
-            lines = {m.group(0).strip() for m in map(_LINE.search, log.read_text().splitlines())
+            lines = {m.group(0).strip() for m in map(line.search, log.read_text().splitlines())
                      if m}  # fmt: skip
             if len(lines) >= expect:
                 break
@@ -432,7 +436,7 @@ def _run_example(
     output = log.read_text()
     log.unlink()
     assert len(lines) >= expect, output[-3000:]
-    return {(m[1], m[2], float(m[3])) for m in map(_LINE.search, lines) if m}
+    return {(m[1], m[2], float(m[3])) for m in map(line.search, lines) if m}
 
 
 def _printed(written: list[Written]) -> set[tuple[str, str, float]]:
@@ -512,34 +516,35 @@ def _faust_reads(
 
 
 @pytest.mark.registry
-def test_faust_codec_reads_drift_alerts_and_registry_format_predictions(
+def test_faust_codec_reads_both_encodings_of_drift_alerts_and_predictions(
     pipeline: Pipeline, registry_copies: RegistryCopies
 ) -> None:
-    """One faust worker: ``drift.alerts`` as the services wrote them (single-object) and
-    ``predictions`` in the registry wire format, its codec fetching the writer by id."""
+    """One faust worker on four topics: ``drift.alerts`` and ``predictions`` as the services
+    wrote them (single-object), and their copies in the registry wire format, its codec
+    fetching each writer schema by id."""
     settings = registry_copies.settings
     env = {"STREAMML_KAFKA_BOOTSTRAP_SERVERS": pipeline.bootstrap,
            "STREAMML_KAFKA_TOPIC_PREFIX": pipeline.prefix,
            "STREAMML_KAFKA_SCHEMA_REGISTRY_URL": str(settings.schema_registry_url),
            "STREAMML_KAFKA_SCHEMA_REGISTRY_SSL_CA_LOCATION":
                str(settings.schema_registry_ssl_ca_location)}  # fmt: skip
-    predictions = registry_copies.targets["predictions"]
-    topics = {"drift.alerts": "DriftAlert", predictions: "Prediction"}
-    alerts = pipeline.written["drift.alerts"]
-    written = pipeline.written["predictions"]
-    got = _faust_reads(env, topics, {"drift.alerts": len(alerts), predictions: len(written)},
-                       timeout_s=300)  # fmt: skip
-    assert got["drift.alerts"] == _avro_json([w.value for w in alerts])
-    assert got[predictions] == _avro_json([w.value for w in written])
+    topics: dict[str, str] = {}
+    expected: dict[str, list[str]] = {}
+    for name, cls in READ_TOPICS.items():
+        written = pipeline.written[name]
+        for topic in (name, registry_copies.targets[name]):
+            topics[topic] = cls.schema_name()
+            expected[topic] = _avro_json([w.value for w in written])
+    got = _faust_reads(env, topics, {t: len(v) for t, v in expected.items()}, timeout_s=300)
+    for topic, values in expected.items():
+        assert got[topic] == values, topic
 
 
 JAVA_PROJECT = EXAMPLES / "java"
-JAVA_SOURCE = (
-    JAVA_PROJECT / "src" / "main" / "java" / "streamml" / "example" / "ReadPredictions.java"
-)
+JAVA_SOURCE = JAVA_PROJECT / "src" / "main" / "java" / "streamml" / "example" / "ReadTopic.java"
 
 
-JAVA_REGISTRY_SOURCE = JAVA_SOURCE.with_name("ReadRegistryPredictions.java")
+JAVA_REGISTRY_SOURCE = JAVA_SOURCE.with_name("ReadRegistryTopic.java")
 
 
 def _java_classpath(tmp_path: Path) -> str:
@@ -557,22 +562,39 @@ def _java_classpath(tmp_path: Path) -> str:
     return out.read_text().strip()
 
 
-def test_java_consumer_with_apache_avro_reads_the_scorers_predictions(
-    pipeline: Pipeline, tmp_path: Path
+# What the Java examples print per topic (the fields named after their fixed arguments) and
+# the lines they print, parsed back into (field, field, number) triples.
+JAVA_FIELDS = {
+    "predictions": ("event_id", "model_version", "score"),
+    "drift.alerts": ("alert_id", "state", "records_seen"),
+}
+_JAVA_LINE = re.compile(r"^((?:features|predictions)\.\S+|[0-9a-f-]{36}) (\S+) (\S+)\s*$")
+
+
+def _java_printed(written: list[Written], topic: str) -> set[tuple[str, str, float]]:
+    first, second, number = JAVA_FIELDS[topic]
+    return {(w.value[first], w.value[second], w.value[number]) for w in written}
+
+
+@pytest.mark.parametrize("topic", sorted(READ_TOPICS))
+def test_java_consumer_with_apache_avro_reads_what_the_services_wrote(
+    pipeline: Pipeline, tmp_path: Path, topic: str
 ) -> None:
     java = shutil.which("java")
     assert java, "Java 17 is needed for the Java consumer test"
     classpath = _java_classpath(tmp_path)
-    schema = default_schemas_dir() / "prediction.avsc"
+    schema = default_schemas_dir() / SCHEMA_FILES[READ_TOPICS[topic].schema_name()]
     command = [java, "-cp", classpath, str(JAVA_SOURCE), pipeline.bootstrap,
-               pipeline.prefix + "predictions", str(schema)]  # fmt: skip
-    expected = _printed(pipeline.written["predictions"])
-    assert _run_example(pipeline, command, len(expected), timeout_s=300) == expected
+               pipeline.prefix + topic, str(schema), *JAVA_FIELDS[topic]]  # fmt: skip
+    expected = _java_printed(pipeline.written[topic], topic)
+    got = _run_example(pipeline, command, len(expected), timeout_s=300, line=_JAVA_LINE)
+    assert got == expected
 
 
 @pytest.mark.registry
-def test_java_consumer_reads_registry_format_predictions(
-    pipeline: Pipeline, registry_copies: RegistryCopies, tmp_path: Path
+@pytest.mark.parametrize("topic", sorted(READ_TOPICS))
+def test_java_consumer_reads_the_registry_wire_format(
+    pipeline: Pipeline, registry_copies: RegistryCopies, tmp_path: Path, topic: str
 ) -> None:
     """Apache Avro's GenericDatumReader on the body after the 5-byte header, with the
     writer schema fetched by id over the real registry's Confluent-compatible HTTPS API."""
@@ -580,12 +602,13 @@ def test_java_consumer_reads_registry_format_predictions(
     assert java, "Java 17 is needed for the Java consumer test"
     classpath = _java_classpath(tmp_path)
     settings = registry_copies.settings
-    topic = pipeline.prefix + registry_copies.targets["predictions"]
-    command = [java, "-cp", classpath, str(JAVA_REGISTRY_SOURCE), pipeline.bootstrap, topic,
+    target = pipeline.prefix + registry_copies.targets[topic]
+    command = [java, "-cp", classpath, str(JAVA_REGISTRY_SOURCE), pipeline.bootstrap, target,
                str(settings.schema_registry_url),
-               str(settings.schema_registry_ssl_ca_location)]  # fmt: skip
-    expected = _printed(pipeline.written["predictions"])
-    assert _run_example(pipeline, command, len(expected), timeout_s=300) == expected
+               str(settings.schema_registry_ssl_ca_location), *JAVA_FIELDS[topic]]  # fmt: skip
+    expected = _java_printed(pipeline.written[topic], topic)
+    got = _run_example(pipeline, command, len(expected), timeout_s=300, line=_JAVA_LINE)
+    assert got == expected
 
 
 def test_docs_show_the_examples_that_run() -> None:

@@ -4,6 +4,7 @@ import java.io.File;
 import java.time.Duration;
 import java.util.List;
 import java.util.Properties;
+import java.util.StringJoiner;
 import java.util.UUID;
 import org.apache.avro.Schema;
 import org.apache.avro.generic.GenericData;
@@ -14,13 +15,18 @@ import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 
 /**
- * Prints every prediction as "event_id model_version score", read with Apache Avro's
- * single-object decoder (C3 01 + CRC-64-AVRO fingerprint + body) against
- * schemas/prediction.avsc. Arguments: bootstrap servers, topic (prefix included), schema file.
+ * Prints the named fields of every record of a topic (by default a prediction's
+ * "event_id model_version score"), read with Apache Avro's single-object decoder
+ * (C3 01 + CRC-64-AVRO fingerprint + body) against the topic's schema file. Arguments:
+ * bootstrap servers, topic (prefix included), schema file (e.g. schemas/prediction.avsc),
+ * then the fields to print (e.g. "alert_id state records_seen" for drift.alerts).
  */
-public final class ReadPredictions {
+public final class ReadTopic {
   public static void main(String[] args) throws Exception {
     Schema schema = new Schema.Parser().parse(new File(args[2]));
+    List<String> fields = args.length > 3
+        ? List.of(args).subList(3, args.length)
+        : List.of("event_id", "model_version", "score");
     BinaryMessageDecoder<GenericRecord> decoder =
         new BinaryMessageDecoder<>(GenericData.get(), schema);
     Properties config = new Properties();
@@ -34,9 +40,10 @@ public final class ReadPredictions {
       consumer.subscribe(List.of(args[1]));
       while (true) {
         for (ConsumerRecord<byte[], byte[]> record : consumer.poll(Duration.ofSeconds(1))) {
-          GenericRecord p = decoder.decode(record.value()); // typed by the writer's fingerprint
-          System.out.println(
-              p.get("event_id") + " " + p.get("model_version") + " " + p.get("score"));
+          GenericRecord decoded = decoder.decode(record.value()); // by the writer's fingerprint
+          StringJoiner line = new StringJoiner(" ");
+          fields.forEach(field -> line.add(String.valueOf(decoded.get(field))));
+          System.out.println(line);
         }
         System.out.flush();
         consumer.commitSync();

@@ -15,6 +15,7 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
+import java.util.StringJoiner;
 import java.util.UUID;
 import javax.net.ssl.SSLContext;
 import javax.net.ssl.TrustManagerFactory;
@@ -27,15 +28,19 @@ import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 
 /**
- * Prints every prediction as "event_id model_version score", read in the schema registry
+ * Prints the named fields of every record of a topic (by default a prediction's
+ * "event_id model_version score"), read in the schema registry
  * wire format (00 + 4-byte big-endian schema id + body): the writer schema is fetched once
  * per id from the registry's Confluent-compatible API (GET {url}/schemas/ids/{id}) and the
  * body decoded with Apache Avro's GenericDatumReader. Arguments: bootstrap servers, topic
  * (prefix included), registry URL (e.g. https://host:port/apis/ccompat/v7), the PEM file of
- * the CA that signed the registry's certificate.
+ * the CA that signed the registry's certificate, then the fields to print.
  */
-public final class ReadRegistryPredictions {
+public final class ReadRegistryTopic {
   public static void main(String[] args) throws Exception {
+    List<String> fields = args.length > 4
+        ? List.of(args).subList(4, args.length)
+        : List.of("event_id", "model_version", "score");
     HttpClient http = HttpClient.newBuilder().sslContext(trusting(args[3])).build();
     Map<Integer, GenericDatumReader<GenericRecord>> readers = new HashMap<>();
     Properties config = new Properties();
@@ -59,10 +64,11 @@ public final class ReadRegistryPredictions {
             reader = new GenericDatumReader<>(writerSchema(http, args[2], id));
             readers.put(id, reader);
           }
-          GenericRecord p = reader.read(null, DecoderFactory.get().binaryDecoder(
+          GenericRecord decoded = reader.read(null, DecoderFactory.get().binaryDecoder(
               record.value(), 5, record.value().length - 5, null));
-          System.out.println(
-              p.get("event_id") + " " + p.get("model_version") + " " + p.get("score"));
+          StringJoiner line = new StringJoiner(" ");
+          fields.forEach(field -> line.add(String.valueOf(decoded.get(field))));
+          System.out.println(line);
         }
         System.out.flush();
         consumer.commitSync();
