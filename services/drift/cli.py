@@ -90,25 +90,16 @@ def episodes(
     timeout_s: Annotated[float, typer.Option(help="Give up reading after this long.")] = 30.0,
 ) -> None:
     """Open alert episodes and pending windows, from the committed episode state."""
-    from confluent_kafka import (
-        OFFSET_BEGINNING,
-        Consumer,
-        KafkaError,
-        KafkaException,
-        TopicPartition,
-    )
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
     from services.drift.processor import EPISODE_STORE
     from services.drift.statecodec import StateCodec, StateIntegrityError
+    from streamml.runtime.clients import changelog_topic, group_id_of, make_reader
 
     settings = _settings()
-    group = settings.runtime.group_id or settings.kafka.topic("drift")
-    topic = f"{group}-{EPISODE_STORE}-changelog"
-    consumer = Consumer({
-        **settings.kafka.client_config(), "group.id": f"{group}-cli",
-        "isolation.level": "read_committed", "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })  # fmt: skip
+    group = group_id_of("drift", settings.kafka, settings.runtime)
+    topic = changelog_topic(group, EPISODE_STORE)
+    consumer = make_reader(settings.kafka, group_id=f"{group}-cli")
     latest: bytes | None = None
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)

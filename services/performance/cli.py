@@ -93,19 +93,17 @@ def _read_inputs(settings: PerformanceSettings, timeout_s: float) -> list[Any]:
     import time
     import uuid
 
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
 
     from services.performance.processor import PerformanceProcessor
     from streamml.codec import AvroCodec
     from streamml.errors import DecodeError
     from streamml.processor import Record
+    from streamml.runtime.clients import make_reader
 
     codec = AvroCodec.from_settings(settings.kafka)
     inputs = PerformanceProcessor.from_settings(settings).input_schemas()
-    config = settings.kafka.client_config()
-    config.update({"group.id": f"performance-recompute-{uuid.uuid4().hex[:8]}",
-                   "enable.auto.commit": False, "isolation.level": "read_committed"})  # fmt: skip
-    consumer = Consumer(config)
+    consumer = make_reader(settings.kafka, group_id=f"performance-recompute-{uuid.uuid4().hex[:8]}")
     records: list[Record] = []
     try:
         ends: dict[tuple[str, int], int] = {}
