@@ -3,9 +3,17 @@ so that benchmarks/ can use them without importing tests/)."""
 
 from __future__ import annotations
 
-from streamml.testkit import ServiceProcess, consume_all, create_topics, free_port, produce
+from streamml.testkit import (
+    ROOT,
+    ServiceProcess,
+    consume_all,
+    create_topics,
+    free_port,
+    produce,
+)
 
 __all__ = [
+    "ROOT",
     "ServiceProcess",
     "consume_all",
     "create_topics",
