@@ -44,7 +44,7 @@ from services.drift.reference import reference_from_mapping, synthetic_reference
 from streamml.codec import AvroCodec  # noqa: E402
 from streamml.processor import Record  # noqa: E402
 from streamml.state import State  # noqa: E402
-from tests.kafkatest import (  # noqa: E402
+from streamml.testkit import (  # noqa: E402
     ServiceProcess,
     consume_all,
     create_topics,

@@ -3,7 +3,7 @@
 Seeded synthetic streams (20 standard-normal features, one categorical attribute with
 four categories, a beta-distributed score), a change point drawn at random per seed, run
 through the service's processor built exactly as ``python -m services.drift`` builds it
-(``services.drift.__main__.build_processor`` with default settings), its window reports
+(``services.drift.service.build_processor`` with default settings), its window reports
 fed back as the ``drift.windows`` hop, in micro-batches of ``--batch`` records.
 
 Anchors on the same streams in the same run:
@@ -44,13 +44,13 @@ if str(ROOT) not in sys.path:
 from river import drift as river_drift  # noqa: E402
 from scipy import stats as scipy_stats  # type: ignore[import-untyped]  # noqa: E402
 
-from services.drift.__main__ import build_processor  # noqa: E402
 from services.drift.processor import DriftProcessor  # noqa: E402
 from services.drift.reference import (  # noqa: E402
     Reference,
     reference_from_mapping,
     synthetic_reference,
 )
+from services.drift.service import build_processor  # noqa: E402
 from services.drift.settings import DriftSettings  # noqa: E402
 from streamml.processor import Record  # noqa: E402
 from streamml.state import State  # noqa: E402

@@ -48,15 +48,16 @@ from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
 from benchmarks.runtime import BATCH, measure_noop_runtime  # noqa: E402
 from services.features.dedup import DedupStore  # noqa: E402
-from services.features.processor import FeaturesProcessor, tune_gc  # noqa: E402
+from services.features.processor import FeaturesProcessor  # noqa: E402
 from services.features.settings import FeaturesSettings  # noqa: E402
 from streamml.codec import AvroCodec  # noqa: E402
 from streamml.processor import Record, Result  # noqa: E402
 from streamml.runtime import StreamRuntime  # noqa: E402
+from streamml.service import tune_gc  # noqa: E402
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings  # noqa: E402
 from streamml.state import State  # noqa: E402
 from streamml.synthetic import generate_events  # noqa: E402
-from tests.kafkatest import (  # noqa: E402
+from streamml.testkit import (  # noqa: E402
     ServiceProcess,
     consume_all,
     create_topics,

@@ -57,7 +57,7 @@ from services.scorer.artifact import generate_keypair, load_private_key  # noqa:
 from services.scorer.training import train_and_sign  # noqa: E402
 from streamml.codec import AvroCodec  # noqa: E402
 from streamml.synthetic import generate_events  # noqa: E402
-from tests.kafkatest import ServiceProcess, create_topics, free_port  # noqa: E402
+from streamml.testkit import ServiceProcess, create_topics, free_port  # noqa: E402
 
 WARMUP_PREFIX = "w-"
 SUSTAINED_P99_MS = 1000.0

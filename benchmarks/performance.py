@@ -51,7 +51,7 @@ from services.performance.settings import PerformanceSettings  # noqa: E402
 from streamml.codec import AvroCodec  # noqa: E402
 from streamml.processor import Record  # noqa: E402
 from streamml.state import State  # noqa: E402
-from tests.kafkatest import ServiceProcess, create_topics, free_port, produce  # noqa: E402
+from streamml.testkit import ServiceProcess, create_topics, free_port, produce  # noqa: E402
 
 T0 = 1_790_000_000_000
 STEP_MS = 10

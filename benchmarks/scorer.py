@@ -69,7 +69,7 @@ from streamml.runtime import StreamRuntime  # noqa: E402
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings  # noqa: E402
 from streamml.state import State  # noqa: E402
 from streamml.synthetic import generate_events  # noqa: E402
-from tests.kafkatest import (  # noqa: E402
+from streamml.testkit import (  # noqa: E402
     ServiceProcess,
     consume_all,
     create_topics,

@@ -5,9 +5,11 @@
 - ``streamml registry up|down|status``: a local Confluent-compatible schema registry
   (Apicurio Registry from Maven Central; ``--tls`` serves HTTPS).
 - ``streamml run <service>``: run a service in the foreground (same as
-  ``python -m services.<service>``).
+  ``python -m services.<service>``); services register under the ``streamml.services``
+  entry points.
 - ``streamml topics|replay|dlq|offsets|tail``: operator tools.
-- ``streamml features|scorer ...``: each service's own operator commands.
+- ``streamml features|scorer|drift|performance ...``: each service's own operator
+  commands, registered under the ``streamml.commands`` entry points (pyproject.toml).
 - ``streamml demo``: the end-to-end demo.
 
 Errors are one line (``error: ...``) with exit code 2 for bad arguments or settings.
@@ -19,7 +21,8 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import typer
@@ -43,7 +46,10 @@ registry_app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry")
 
-SERVICES = ("features", "scorer", "drift", "performance")
+#: Entry-point groups (pyproject.toml): ``streamml run <name>`` runs a service's ``main()``;
+#: ``streamml <name> ...`` are a command group's (a typer app's) commands.
+SERVICES_GROUP = "streamml.services"
+COMMANDS_GROUP = "streamml.commands"
 EXIT_USAGE = 2
 
 
@@ -186,17 +192,27 @@ def registry_status(
         raise typer.Exit(1)
 
 
+def _plugins(group: str) -> dict[str, EntryPoint]:
+    """The entry points of ``group`` by name, in the order pyproject.toml declares them."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def _services() -> tuple[str, ...]:
+    return tuple(_plugins(SERVICES_GROUP))
+
+
 @app.command("run")
 def run_service(
-    service: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}."),
+    service: str = typer.Argument(..., help=f"One of: {', '.join(_services())}."),
 ) -> None:
     """Run one service in the foreground (settings from its STREAMML_<SERVICE>_* env)."""
-    if service not in SERVICES:
+    services = _plugins(SERVICES_GROUP)
+    if service not in services:
         raise typer.BadParameter(
-            f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
+            f"unknown service {service!r}; choose one of {', '.join(services)}"
         )
-    module = importlib.import_module(f"services.{service}.__main__")
-    module.main()
+    main: Callable[[], int] = services[service].load()
+    raise typer.Exit(main())
 
 
 @app.command("asyncapi")
@@ -225,7 +241,7 @@ def asyncapi_command(
 
 
 def _mount_optional(name: str, module: str, help_text: str) -> None:
-    """Mount a service's operator sub-commands when the service provides them."""
+    """Mount a part's operator sub-commands when the installation provides them."""
     try:
         sub = importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -235,14 +251,27 @@ def _mount_optional(name: str, module: str, help_text: str) -> None:
     app.add_typer(sub.app, name=name, help=help_text)
 
 
+def _mount_commands() -> None:
+    """Mount every command group registered under ``streamml.commands`` (pyproject.toml).
+
+    A service plugs its operator commands into ``streamml <service> ...`` this way, so the
+    shared library never imports a service by name.
+    """
+    for name, plugin in _plugins(COMMANDS_GROUP).items():
+        try:
+            sub = plugin.load()
+        except ModuleNotFoundError as exc:  # registered, but not in this installation
+            if exc.name is not None and plugin.module.startswith(exc.name):
+                continue
+            raise
+        app.add_typer(sub, name=name)
+
+
 def _build() -> typer.Typer:
     from streamml.ops.cli import register
 
     register(app)
-    _mount_optional("features", "services.features.cli", "Features service operator commands.")
-    _mount_optional("scorer", "services.scorer.cli", "Models: keygen, train, verify, promote.")
-    _mount_optional("drift", "services.drift.cli", "Drift service operator commands.")
-    _mount_optional("performance", "services.performance.cli", "Performance service commands.")
+    _mount_commands()
     _mount_optional("demo", "streamml.demo.cli", "The end-to-end demo.")
     return app
 

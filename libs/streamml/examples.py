@@ -18,12 +18,12 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from streamml.errors import ConfigError
-from streamml.logs import configure_logging
 from streamml.processor import Output, Processor, Record, Result
-from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings, load_settings
+from streamml.service import refuse, run_service
+from streamml.settings import ServiceSettings
 from streamml.state import State
 
 _COUNT = struct.Struct(">q")
@@ -82,48 +82,43 @@ class BrokenProcessor(CountingProcessor):
         raise RuntimeError(f"broken deployment: cannot handle {records[0].value['event_id']}")
 
 
-class ExampleSettings(BaseSettings):
+class ExampleSettings(ServiceSettings):
     """Settings of the example processors. Env prefix ``STREAMML_EXAMPLE_``."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMML_EXAMPLE_", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(env_prefix="STREAMML_EXAMPLE_")
 
     input_topic: str = Field(default="events", description="Logical input topic (Event).")
     output_topic: str = Field(default="example.out", description="Logical output topic.")
-    log_level: str = Field(default="INFO", description="Log level.")
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
-    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+KINDS: dict[str, type[Processor]] = {
+    "passthrough": PassthroughProcessor,
+    "counter": CountingProcessor,
+    "broken": BrokenProcessor,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from streamml.runtime import StreamRuntime
 
     args = list(sys.argv[1:] if argv is None else argv)
-    kinds: dict[str, type[Processor]] = {
-        "passthrough": PassthroughProcessor,
-        "counter": CountingProcessor,
-        "broken": BrokenProcessor,
-    }
-    if len(args) != 1 or args[0] not in kinds:
-        print(f"error: usage: python -m streamml.examples {{{'|'.join(kinds)}}}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        settings = load_settings(ExampleSettings)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    configure_logging(settings.log_level, service=f"example-{args[0]}")
-    kafka = settings.kafka
-    processor = kinds[args[0]](kafka.topic(settings.output_topic))  # type: ignore[call-arg]
-    runtime = StreamRuntime(
-        service=f"example-{args[0]}",
-        processor=processor,
-        inputs={kafka.topic(settings.input_topic): "Event"},
-        kafka=kafka,
-        settings=settings.runtime,
-        http=settings.http,
-    )
-    sys.exit(runtime.run())
+    if len(args) != 1 or args[0] not in KINDS:
+        sys.exit(refuse(ConfigError(f"usage: python -m streamml.examples {{{'|'.join(KINDS)}}}")))
+    service = f"example-{args[0]}"
+
+    def build(settings: ExampleSettings) -> StreamRuntime:
+        kafka = settings.kafka
+        processor = KINDS[args[0]](kafka.topic(settings.output_topic))  # type: ignore[call-arg]
+        return StreamRuntime(
+            service=service,
+            processor=processor,
+            inputs={kafka.topic(settings.input_topic): "Event"},
+            kafka=kafka,
+            settings=settings.runtime,
+            http=settings.http,
+        )
+
+    sys.exit(run_service(service, ExampleSettings, build))
 
 
 if __name__ == "__main__":

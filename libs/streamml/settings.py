@@ -291,6 +291,42 @@ class HttpSettings(BaseModel):
     )
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ServiceSettings(BaseSettings):
+    """The fields every service has: Kafka, the loop, the HTTP port and the logs.
+
+    A service's settings class derives from this one and names its own environment prefix
+    (``STREAMML_<SERVICE>_``); nested fields use ``__`` (``..._RUNTIME__BATCH_MAX_RECORDS``).
+    The Kafka connection is read from ``STREAMML_KAFKA_*`` by every service.
+    """
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="Kafka connection (STREAMML_KAFKA_*)."
+    )
+    runtime: RuntimeSettings = Field(
+        default_factory=RuntimeSettings, description="The exactly-once processing loop."
+    )
+    http: HttpSettings = Field(
+        default_factory=HttpSettings, description="Metrics and health endpoints."
+    )
+    log_level: str = Field(
+        default="INFO", description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+    log_format: Literal["kv", "json"] = Field(default="kv", description="Log line format.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        # Checked here: logging.setLevel would raise a traceback at start-up instead.
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"not a log level; use one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+
 def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
     """Build a settings object, turning a validation error into a one-line ConfigError."""
     try:

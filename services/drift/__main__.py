@@ -1,114 +1,17 @@
-"""Run the drift service: ``python -m services.drift``.
-
-Reads ``features`` and ``predictions`` (co-partitioned) plus its own internal
-``drift.windows`` topic, writes ``drift.alerts``. Exits 2 with one line when the settings
-or the reference are wrong.
-"""
+"""``python -m services.drift``: run the drift service until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
-
-from services.drift.processor import DriftProcessor
-from services.drift.reference import Reference, load_reference
-from services.drift.settings import DEV_STATE_KEY, DriftSettings
-from streamml.errors import ConfigError
-from streamml.logs import configure_logging
-from streamml.runtime import StreamRuntime
-from streamml.settings import KafkaSettings, load_settings
-from streamml.startup import preflight
-
-SERVICE = "drift"
-log = logging.getLogger("services.drift")
+from services.drift.service import build
+from services.drift.settings import DriftSettings
+from streamml.service import run_service
 
 
-def _partitions(kafka: KafkaSettings, topic: str) -> int:
-    try:
-        metadata = AdminClient(kafka.client_config()).list_topics(topic, timeout=30)
-    except KafkaException as exc:
-        raise ConfigError(f"cannot read metadata of {topic}: {exc}") from exc
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
-        raise ConfigError(f"input topic {topic} does not exist; create it first")
-    return len(found.partitions)
-
-
-def build_processor(
-    settings: DriftSettings, reference: Reference, partitions: int
-) -> DriftProcessor:
-    """The processor as the service runs it (benchmarks build it here too)."""
-    kafka = settings.kafka
-    return DriftProcessor(
-        reference=reference,
-        features_topic=kafka.topic(settings.features_topic),
-        predictions_topic=(
-            kafka.topic(settings.predictions_topic) if settings.monitor_predictions else None
-        ),
-        windows_topic=kafka.topic(settings.windows_topic),
-        alerts_topic=kafka.topic(settings.alerts_topic),
-        state_key=settings.state_key.get_secret_value().encode(),
-        source_partitions=partitions,
-        window_ms=settings.window_ms,
-        detectors=settings.detectors,
-        feature_detectors=settings.feature_detectors,
-        tests=settings.tests,
-        include_replayed=settings.include_replayed,
-        max_window_jump=settings.max_window_jump,
-        jump_confirm_records=settings.jump_confirm_records,
-    )
-
-
-def main() -> None:
-    try:
-        settings = load_settings(DriftSettings)
-        configure_logging(settings.log_level, settings.log_format, service=SERVICE)
-        # Files, port and credentials first: the topic metadata read below would turn a
-        # wrong password into a vague transport error.
-        preflight(settings.kafka, settings.http)
-        reference = load_reference(settings.reference_path)
-        kafka = settings.kafka
-        features = kafka.topic(settings.features_topic)
-        predictions = kafka.topic(settings.predictions_topic)
-        partitions = settings.source_partitions or _partitions(kafka, features)
-        if settings.monitor_predictions and not settings.source_partitions:
-            other = _partitions(kafka, predictions)
-            if other != partitions:  # the range assignor pairs partition p of both topics
-                raise ConfigError(
-                    f"{predictions} has {other} partitions but {features} has {partitions}; "
-                    "they must be co-partitioned (same count, same key)"
-                )
-        if settings.state_key.get_secret_value() == DEV_STATE_KEY:
-            log.warning("drift state is signed with the development key; set "
-                        "STREAMML_DRIFT_STATE_KEY in production")  # fmt: skip
-        processor = build_processor(settings, reference, partitions)
-        inputs = {
-            features: "FeatureVector",
-            kafka.topic(settings.windows_topic): "DriftWindowReport",
-        }
-        if settings.monitor_predictions:
-            inputs[predictions] = "Prediction"
-        runtime = StreamRuntime(
-            service=SERVICE,
-            processor=processor,
-            inputs=inputs,
-            kafka=kafka,
-            settings=settings.runtime,
-            http=settings.http,
-        )
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    log.info(
-        "reference %s model=%s/%s features=%d categorical=%d window_ms=%d partitions=%d",
-        reference.fingerprint, reference.model_name, reference.model_version,
-        len(reference.feature_names), len(reference.categorical), settings.window_ms, partitions,
-    )  # fmt: skip
-    sys.exit(runtime.run())
+def main() -> int:
+    return run_service("drift", DriftSettings, build)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

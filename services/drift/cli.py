@@ -12,32 +12,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from services.drift.settings import DriftSettings
+from streamml.commandline import command_group, fail, settings_or_fail
 from streamml.errors import ConfigError
-from streamml.settings import load_settings
 
-app = typer.Typer(
-    name="drift",
-    help="Drift service: reference description, open alert episodes.",
-    no_args_is_help=True,
-    add_completion=False,
+app = command_group(
+    "drift",
+    "Drift service: reference description, open alert episodes.",
 )
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _settings() -> DriftSettings:
-    try:
-        return load_settings(DriftSettings)
-    except ConfigError as exc:
-        _fail(str(exc))
+    return settings_or_fail(DriftSettings)
 
 
 @app.command("describe-reference")
@@ -54,7 +44,7 @@ def describe_reference(
     try:
         ref = load_reference(path or _settings().reference_path)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     monitored = {**ref.numeric, **({"score": ref.score} if ref.score else {})}
     summary: dict[str, Any] = {
         "fingerprint": ref.fingerprint,
@@ -100,52 +90,43 @@ def episodes(
     timeout_s: Annotated[float, typer.Option(help="Give up reading after this long.")] = 30.0,
 ) -> None:
     """Open alert episodes and pending windows, from the committed episode state."""
-    from confluent_kafka import (
-        OFFSET_BEGINNING,
-        Consumer,
-        KafkaError,
-        KafkaException,
-        TopicPartition,
-    )
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
     from services.drift.processor import EPISODE_STORE
     from services.drift.statecodec import StateCodec, StateIntegrityError
+    from streamml.runtime.clients import changelog_topic, group_id_of, make_reader
 
     settings = _settings()
-    group = settings.runtime.group_id or settings.kafka.topic("drift")
-    topic = f"{group}-{EPISODE_STORE}-changelog"
-    consumer = Consumer({
-        **settings.kafka.client_config(), "group.id": f"{group}-cli",
-        "isolation.level": "read_committed", "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })  # fmt: skip
+    group = group_id_of("drift", settings.kafka, settings.runtime)
+    topic = changelog_topic(group, EPISODE_STORE)
+    consumer = make_reader(settings.kafka, group_id=f"{group}-cli")
     latest: bytes | None = None
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            _fail(f"no episode state yet ({topic} does not exist)", 1)
+            fail(f"no episode state yet ({topic} does not exist)", 1)
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         while True:
             msg = consumer.poll(timeout_s)
             if msg is None:
-                _fail(f"timed out reading {topic}", 1)
+                fail(f"timed out reading {topic}", 1)
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     break
-                _fail(f"reading {topic}: {error.str()}", 1)
+                fail(f"reading {topic}: {error.str()}", 1)
             if msg.key() == b"tracker":
                 latest = msg.value()
     except KafkaException as exc:
-        _fail(f"cannot read {topic}: {exc}", 1)
+        fail(f"cannot read {topic}: {exc}", 1)
     finally:
         consumer.close()
     if latest is None:
-        _fail("no episode state yet", 1)
+        fail("no episode state yet", 1)
     try:
         document = StateCodec(settings.state_key.get_secret_value().encode()).loads(latest)
     except StateIntegrityError as exc:
-        _fail(f"{exc} (is STREAMML_DRIFT_STATE_KEY the service's key?)")
+        fail(f"{exc} (is STREAMML_DRIFT_STATE_KEY the service's key?)")
     tracker = document["tracker"]
     pending = {stream: sorted(int(w) for w in book["pending"])
                for stream, book in tracker["streams"].items()}  # fmt: skip

@@ -8,36 +8,21 @@ Example: ``STREAMML_DRIFT_REFERENCE_PATH=models/fraud/3``,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.drift.detectors import DetectorParams
 from services.drift.episodes import WindowTestParams
-from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+from streamml.settings import ServiceSettings
 
 DEV_STATE_KEY = "streamml-dev-drift-state-key"
 
 
-class DriftSettings(BaseSettings):
+class DriftSettings(ServiceSettings):
     """What the drift service reads, what it compares against, and how sensitive it is."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMML_DRIFT_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    kafka: KafkaSettings = Field(
-        default_factory=KafkaSettings, description="Kafka connection (STREAMML_KAFKA_*)."
-    )
-    runtime: RuntimeSettings = Field(
-        default_factory=RuntimeSettings, description="The exactly-once processing loop."
-    )
-    http: HttpSettings = Field(
-        default_factory=HttpSettings, description="Metrics and health endpoints."
-    )
-    log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ...).")
-    log_format: Literal["kv", "json"] = Field(default="kv", description="Log line format.")
+    model_config = SettingsConfigDict(env_prefix="STREAMML_DRIFT_")
 
     reference_path: Path = Field(
         default=Path("models/current"),

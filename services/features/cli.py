@@ -16,26 +16,20 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from services.features.feature_set import demo_feature_set
 from services.features.settings import FeaturesSettings
+from streamml.commandline import command_group, fail
 from streamml.errors import ConfigError
 from streamml.settings import load_settings
 
-app = typer.Typer(
-    name="features",
-    help="Features service: training sets, feature set description, fail-stop resume.",
-    no_args_is_help=True,
-    add_completion=False,
+app = command_group(
+    "features",
+    "Features service: training sets, feature set description, fail-stop resume.",
 )
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @app.command("build-training-set")
@@ -56,9 +50,9 @@ def build_training_set(
     )
 
     if output.suffix != ".npz":
-        _fail(f"--output {output}: must end in .npz")
+        fail(f"--output {output}: must end in .npz")
     if not output.parent.is_dir():
-        _fail(f"--output {output}: directory {output.parent} does not exist")
+        fail(f"--output {output}: directory {output.parent} does not exist")
     try:
         lateness = allowed_lateness_ms
         if lateness is None:
@@ -66,7 +60,7 @@ def build_training_set(
         try:
             feature_set = demo_feature_set(allowed_lateness_ms=lateness)
         except ValueError as exc:
-            _fail(f"--allowed-lateness-ms {lateness}: {exc}")
+            fail(f"--allowed-lateness-ms {lateness}: {exc}")
         labels: dict[str, int] = {}
 
         def events() -> Iterator[dict[str, Any]]:
@@ -80,7 +74,7 @@ def build_training_set(
             matrix.attach_labels(labels)
         matrix.save(output)
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     summary = {
         "output": str(output),
         "rows": len(matrix),
@@ -109,7 +103,7 @@ def describe(
             lateness = load_settings(FeaturesSettings).allowed_lateness_ms
         fs = demo_feature_set(allowed_lateness_ms=lateness)
     except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(
         json.dumps(
             {
@@ -136,7 +130,7 @@ def resume(
 
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        _fail(f"--url {url!r}: expected http://host:port")
+        fail(f"--url {url!r}: expected http://host:port")
     target = url.rstrip("/") + "/resume"
     request = urllib.request.Request(target, method="POST", data=b"")
     try:
@@ -146,7 +140,7 @@ def resume(
     except urllib.error.HTTPError as exc:
         body, code = exc.read(), exc.code
     except (urllib.error.URLError, OSError) as exc:
-        _fail(f"cannot reach {target}: {getattr(exc, 'reason', exc)}", code=1)
+        fail(f"cannot reach {target}: {getattr(exc, 'reason', exc)}", code=1)
     text = body.decode("utf-8", "replace").strip()
     if code == 200:
         typer.echo(f"resumed: {text}")
@@ -154,7 +148,7 @@ def resume(
     if code == 409:
         typer.echo(f"not halted, nothing to resume: {text}")
         return
-    _fail(f"{target} answered {code}: {text[:300]}", code=1)
+    fail(f"{target} answered {code}: {text[:300]}", code=1)
 
 
 if __name__ == "__main__":  # `python -m services.features.cli ...`

@@ -21,7 +21,6 @@ metrics), which come from the injected ``clock``.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -64,17 +63,6 @@ DEFAULT_DEDUP_RETENTION_MS = 7 * 86_400_000
 # Decoded entity histories kept between batches (a few hundred bytes each): decoding the
 # stored bytes again is ~1.5 us of the ~30 us an event costs.
 DEFAULT_HISTORY_CACHE_SIZE = 20_000
-
-
-def tune_gc(young_threshold: int) -> None:
-    """Collect young objects every ``young_threshold`` allocations (0: leave the default).
-
-    Every event allocates dozens of short-lived objects; with CPython's default threshold
-    the collector runs every 700 allocations and walks the long-lived ones too often.
-    """
-    if young_threshold > 0:
-        _, middle, old = gc.get_threshold()
-        gc.set_threshold(young_threshold, middle, old)
 
 
 class _Batch:

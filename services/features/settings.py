@@ -7,13 +7,11 @@ Example: ``STREAMML_FEATURES_ALLOWED_LATENESS_MS=2000``,
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.features.feature_set import DEFAULT_LATENESS_MS
-from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+from streamml.settings import ServiceSettings
 
 
 class CircuitSettings(BaseModel):
@@ -58,26 +56,10 @@ class CircuitSettings(BaseModel):
         return self
 
 
-class FeaturesSettings(BaseSettings):
+class FeaturesSettings(ServiceSettings):
     """What the features service reads and writes, and how strict it is."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMML_FEATURES_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    kafka: KafkaSettings = Field(
-        default_factory=KafkaSettings, description="Kafka connection (STREAMML_KAFKA_*)."
-    )
-    runtime: RuntimeSettings = Field(
-        default_factory=RuntimeSettings, description="The exactly-once processing loop."
-    )
-    http: HttpSettings = Field(
-        default_factory=HttpSettings, description="Metrics and health endpoints."
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level."
-    )
-    log_format: Literal["kv", "json"] = Field(default="kv", description="Log line format.")
+    model_config = SettingsConfigDict(env_prefix="STREAMML_FEATURES_")
 
     input_topic: str = Field(default="events", description="Event input topic (logical).")
     output_topic: str = Field(

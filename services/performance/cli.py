@@ -16,32 +16,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 
 from services.performance.settings import PerformanceSettings
-from streamml.errors import ConfigError, StreamMLError
-from streamml.settings import load_settings
+from streamml.commandline import command_group, fail, settings_or_fail
+from streamml.errors import StreamMLError
 
-app = typer.Typer(
-    name="performance",
-    help="Performance service: settings, offline recomputation of reports.",
-    no_args_is_help=True,
-    add_completion=False,
+app = command_group(
+    "performance",
+    "Performance service: settings, offline recomputation of reports.",
 )
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _settings() -> PerformanceSettings:
-    try:
-        return load_settings(PerformanceSettings)
-    except ConfigError as exc:
-        _fail(str(exc))
+    return settings_or_fail(PerformanceSettings)
 
 
 @app.command()
@@ -72,11 +62,11 @@ def recompute(
     """Run the pure core over the input topics as they are now; print reports and alerts."""
     settings = _settings()
     if str(output) != "-" and not output.parent.is_dir():
-        _fail(f"--output {output}: directory {output.parent} does not exist")
+        fail(f"--output {output}: directory {output.parent} does not exist")
     try:
         records = _read_inputs(settings, timeout_s)
     except StreamMLError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     with _Sink(output) as sink:
         counts = _replay(settings, records, sink)
     typer.echo(json.dumps(counts), err=True)
@@ -103,19 +93,17 @@ def _read_inputs(settings: PerformanceSettings, timeout_s: float) -> list[Any]:
     import time
     import uuid
 
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
 
     from services.performance.processor import PerformanceProcessor
     from streamml.codec import AvroCodec
     from streamml.errors import DecodeError
     from streamml.processor import Record
+    from streamml.runtime.clients import make_reader
 
     codec = AvroCodec.from_settings(settings.kafka)
     inputs = PerformanceProcessor.from_settings(settings).input_schemas()
-    config = settings.kafka.client_config()
-    config.update({"group.id": f"performance-recompute-{uuid.uuid4().hex[:8]}",
-                   "enable.auto.commit": False, "isolation.level": "read_committed"})  # fmt: skip
-    consumer = Consumer(config)
+    consumer = make_reader(settings.kafka, group_id=f"performance-recompute-{uuid.uuid4().hex[:8]}")
     records: list[Record] = []
     try:
         ends: dict[tuple[str, int], int] = {}

@@ -7,9 +7,9 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+from streamml.settings import ServiceSettings
 
 HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "label_coverage"})
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
@@ -31,26 +31,11 @@ def _duration(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
-class PerformanceSettings(BaseSettings):
+class PerformanceSettings(ServiceSettings):
     """How labels are joined to predictions and how quality is reported and alerted."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMML_PERFORMANCE_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="STREAMML_PERFORMANCE_")
 
-    kafka: KafkaSettings = Field(
-        default_factory=KafkaSettings, description="Kafka connection (STREAMML_KAFKA_*)."
-    )
-    runtime: RuntimeSettings = Field(
-        default_factory=RuntimeSettings, description="The exactly-once processing loop."
-    )
-    http: HttpSettings = Field(
-        default_factory=HttpSettings, description="Metrics and health endpoints."
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level."
-    )
-    log_format: Literal["kv", "json"] = Field(default="kv", description="Log line format.")
     predictions_topic: str = Field(
         default="predictions", description="Served predictions (logical name, before the prefix)."
     )

@@ -14,7 +14,7 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -28,22 +28,17 @@ from services.scorer.artifact import (
     verify_version,
 )
 from services.scorer.control import TOPIC, check_instruction, control_record
+from streamml.commandline import command_group, fail
 from streamml.errors import BrokerError, ConfigError, StreamMLError
 from streamml.settings import KafkaSettings, load_settings
 
-app = typer.Typer(
-    help="Model artifacts and routing of the scorer: keys, training, verification, "
+app = command_group(
+    "scorer",
+    "Model artifacts and routing of the scorer: keys, training, verification, "
     "promotion and rollback.",
-    no_args_is_help=True,
-    add_completion=False,
 )
 
 ROLE_CHOICES = ("primary", "fallback", "shadow", "canary")
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _issuer() -> str:
@@ -62,7 +57,7 @@ def keygen(
     try:
         private_path, public_path = generate_keypair(out)
     except (SigningKeyError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"private key: {private_path} (mode 0600, keep it out of the repository)")
     typer.echo(f"public key:  {public_path} (key id {key_id(load_public_key(public_path))})")
 
@@ -85,13 +80,13 @@ def train(
     try:
         private_key = load_private_key(key)
     except SigningKeyError as exc:
-        _fail(f"{exc} (create one with: streamml scorer keygen --out {key.parent})")
+        fail(f"{exc} (create one with: streamml scorer keygen --out {key.parent})")
     try:
         written = train_and_sign(
             events=events, seed=seed, out=out, key=private_key, candidate=candidate
         )
     except (TrainingError, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for version in written:
         meta = version.metadata
         typer.echo(
@@ -116,7 +111,7 @@ def verify(
     try:
         key = load_public_key(public_key)
     except SigningKeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         artifact = verify_version(directory, key)
         if load:
@@ -192,9 +187,9 @@ def _control(
 
         publish_instruction(kafka, topic, codec, value)
     except BrokerError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     except StreamMLError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     was = (
         f"{current.get('model_name')}/{current.get('model_version')}"
         if current and current.get("action") == "promote"
@@ -234,7 +229,7 @@ def promote(  # noqa: PLR0917 (typer maps options to parameters)
 ) -> None:
     """Put a model version into a role on model.control; every scorer swaps to it."""
     if role not in ROLE_CHOICES:
-        _fail(f"--role must be one of {', '.join(ROLE_CHOICES)}, not {role!r}")
+        fail(f"--role must be one of {', '.join(ROLE_CHOICES)}, not {role!r}")
     _control(
         role=role, action="promote", name=model, version=version, reason=reason,
         share=share if role == "canary" else 0.0,
@@ -251,7 +246,7 @@ def rollback(
 ) -> None:
     """Promote again the version the role held before its last promotion."""
     if role not in ROLE_CHOICES:
-        _fail(f"--role must be one of {', '.join(ROLE_CHOICES)}, not {role!r}")
+        fail(f"--role must be one of {', '.join(ROLE_CHOICES)}, not {role!r}")
     _control(
         role=role, action="promote", name=None, version=None, share=0.0, reason=reason,
         check=None, previous_of=role,
@@ -265,7 +260,7 @@ def clear(
 ) -> None:
     """Empty a role (stop a shadow or canary); the primary cannot be cleared."""
     if role not in ROLE_CHOICES:
-        _fail(f"--role must be one of {', '.join(ROLE_CHOICES)}, not {role!r}")
+        fail(f"--role must be one of {', '.join(ROLE_CHOICES)}, not {role!r}")
     _control(
         role=role, action="clear", name=None, version=None, share=0.0, reason=reason, check=None
     )
@@ -281,7 +276,7 @@ def status() -> None:
         codec = AvroCodec.from_settings(kafka)
         state = _read_state(kafka, kafka.topic(TOPIC), codec, 30.0)
     except BrokerError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     except StreamMLError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps(state, indent=2, sort_keys=True))

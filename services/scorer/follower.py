@@ -5,6 +5,30 @@ topic at the earliest offset, so all instances see every instruction and converg
 same route table. Nothing is committed; a restart reads the (compacted) topic again.
 Reads are ``read_committed``: an auto-rollback a scorer writes inside its transaction is
 seen only once that transaction commits.
+
+The topic is read on one path and written on two, each for a reason the others cannot
+serve:
+
+- **read: the side-thread follower** (:class:`ControlReader`, :class:`ControlFollower`).
+  An instruction must reach every instance, so the topic is read by assignment, not by
+  the loop's consumer group (which would hand each record to one instance only, and
+  would commit offsets the restart must not skip). The first read, to the end, happens
+  at start-up before any record is scored (:func:`services.scorer.service.build`).
+- **write inside the transaction: the canary auto-rollback** (an ``Output`` of
+  :class:`~services.scorer.processor.ScorerProcessor`). The rollback is decided by the
+  batch that saw the canary fail; written in that batch's transaction, it is on the
+  topic exactly when the predictions that led to it are, and never after an aborted
+  batch (a retried batch would otherwise write a second rollback).
+- **write outside any transaction: :func:`publish_instruction`**, for the operator's
+  ``streamml scorer promote|rollback|clear`` and for the roles a scorer filled from its
+  settings at start-up. No loop runs there (the CLI), or none has started yet (the
+  scorer records its settings before its first transaction), so there is no batch to be
+  atomic with: a transaction would add a transactional id and buy nothing. The write is
+  idempotent and acknowledged by all replicas.
+
+Bringing the two writes onto one path would change what lands on the topic and when
+(the start-up record would wait for the first batch; an operator command would need a
+running scorer), so each stays, in the one place named above.
 """
 
 from __future__ import annotations
@@ -18,10 +42,8 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 
@@ -29,6 +51,7 @@ from services.scorer import metrics
 from services.scorer.control import SCHEMA
 from streamml.codec import AvroCodec
 from streamml.errors import BrokerError, DecodeError
+from streamml.runtime.clients import make_acked_producer, make_reader
 from streamml.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -43,17 +66,7 @@ class ControlReader:
     def __init__(self, kafka: KafkaSettings, topic: str, codec: AvroCodec) -> None:
         self.topic = topic
         self._codec = codec
-        self._consumer = Consumer(
-            {
-                **kafka.client_config(),
-                "group.id": f"{topic}.reader.{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-            }
-        )
+        self._consumer = make_reader(kafka, group_id=f"{topic}.reader.{uuid.uuid4().hex[:12]}")
         self._partitions: list[int] = []
         self._at_end: set[int] = set()
 
@@ -178,7 +191,7 @@ def publish_instruction(
     kafka: KafkaSettings, topic: str, codec: AvroCodec, value: Mapping[str, Any]
 ) -> None:
     """Write one ModelControl record (key = role), acknowledged by all replicas."""
-    producer = Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    producer = make_acked_producer(kafka)
     errors: list[str] = []
 
     def report(err: KafkaError | None, _msg: Any) -> None:

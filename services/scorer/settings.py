@@ -12,36 +12,18 @@ The ``*_model``/``*_version`` settings are the starting point only: instructions
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.scorer.processor import ScoringPolicy
-from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+from streamml.settings import ServiceSettings
 
 
-class ScorerSettings(BaseSettings):
+class ScorerSettings(ServiceSettings):
     """Where the models are, who signs them, how each route is budgeted and guarded."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMML_SCORER_",
-        env_nested_delimiter="__",
-        extra="ignore",
-        protected_namespaces=(),
-    )
-
-    kafka: KafkaSettings = Field(
-        default_factory=KafkaSettings, description="Kafka connection (STREAMML_KAFKA_*)."
-    )
-    runtime: RuntimeSettings = Field(
-        default_factory=RuntimeSettings, description="The exactly-once processing loop."
-    )
-    http: HttpSettings = Field(
-        default_factory=HttpSettings, description="Metrics and health endpoints."
-    )
-    log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ...).")
-    log_format: Literal["kv", "json"] = Field(default="kv", description="Log line format.")
+    model_config = SettingsConfigDict(env_prefix="STREAMML_SCORER_", protected_namespaces=())
 
     features_topic: str = Field(default="features", description="FeatureVector input (logical).")
     predictions_topic: str = Field(

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 from typer._click import exceptions as click_errors  # typer vendors click (0.29+)
 
+from streamml.commandline import exit_error as fail
 from streamml.deadletter import DLQ_SUFFIX, H_SOURCE_TOPIC
 from streamml.errors import ConfigError, StreamMLError
 from streamml.ops import deadletters, offsets, replay, tail, topics_cmd
@@ -107,12 +108,6 @@ FromOffset = Annotated[
 ToOffset = Annotated[
     int | None, typer.Option("--to-offset", help="End offset, excluded (needs one -p).")
 ]
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    """Print ``error: message`` as one line on stderr; return the Exit to raise."""
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    return typer.Exit(code)
 
 
 def operator_command(func: F) -> F:

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 
 from streamml.errors import BrokerError, ConfigError
+from streamml.runtime.clients import make_admin, make_reader
 from streamml.settings import KafkaSettings, load_settings
 
 Headers = list[tuple[str, bytes]]
@@ -155,7 +156,7 @@ def kafka_settings(bootstrap: str | None, prefix: str | None) -> KafkaSettings:
 
 def admin_client(kafka: KafkaSettings) -> AdminClient:
     """An AdminClient for the configured cluster."""
-    return AdminClient(kafka.client_config())
+    return make_admin(kafka)
 
 
 def reader(kafka: KafkaSettings, **extra: Any) -> Consumer:
@@ -164,18 +165,9 @@ def reader(kafka: KafkaSettings, **extra: Any) -> Consumer:
     Its group id is unique and never used to commit, so reading does not create or move
     any consumer group.
     """
-    config = kafka.client_config() | {
-        "group.id": f"streamml-ops-reader-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "isolation.level": "read_committed",
-        "auto.offset.reset": "earliest",
-        # Ranges end where data ends; a short broker wait keeps each range read snappy.
-        "fetch.wait.max.ms": 50,
-    }
-    config.update(extra)
-    return Consumer(config)
+    # Ranges end where data ends; a short broker wait keeps each range read snappy.
+    settings = {"fetch.wait.max.ms": 50, **extra}
+    return make_reader(kafka, group_id=f"streamml-ops-reader-{uuid.uuid4().hex[:8]}", **settings)
 
 
 def partitions_of(admin: AdminClient, topic: str) -> list[int]:

@@ -1,7 +1,15 @@
-"""Construction of the runtime's Kafka clients from the settings (one place for their config)."""
+"""Construction of the project's Kafka clients from the settings (one place for their config).
+
+The runtime's loop, the services' side readers and writers and the operator commands all
+build their clients here, so a librdkafka setting is chosen once: the transactional
+producer and the group member of the loop, the restore reader, an assignment reader for
+reading a log from the beginning (never committing), an acknowledged plain producer, the
+admin client; and the names the runtime gives its consumer group and changelog topics.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +17,16 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
 from streamml.settings import KafkaSettings, RuntimeSettings
+
+
+def group_id_of(service: str, kafka: KafkaSettings, settings: RuntimeSettings) -> str:
+    """The consumer group of a service: the setting, or ``<prefix><service>``."""
+    return settings.group_id or kafka.topic(service)
+
+
+def changelog_topic(group_id: str, store: str) -> str:
+    """The compacted topic that holds the changes of one state store of a group."""
+    return f"{group_id}-{store}-changelog"
 
 
 def make_admin(kafka: KafkaSettings) -> AdminClient:
@@ -76,3 +94,28 @@ def make_restore_consumer(kafka: KafkaSettings, *, group_id: str) -> Consumer:
             "fetch.max.bytes": 52428800,
         }
     )
+
+
+def make_reader(kafka: KafkaSettings, *, group_id: str | None = None, **extra: Any) -> Consumer:
+    """A consumer that reads partitions by assignment: ``read_committed``, never commits.
+
+    Its group id (unique unless given) is never used to commit, so reading creates or
+    moves no consumer group. ``_PARTITION_EOF`` events say where a partition ends.
+    ``extra`` adds librdkafka settings for one use.
+    """
+    config = {
+        **kafka.client_config(),
+        "group.id": group_id or f"streamml-reader-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+        **extra,
+    }
+    return Consumer(config)
+
+
+def make_acked_producer(kafka: KafkaSettings) -> Producer:
+    """A plain (not transactional) idempotent producer whose writes all replicas ack."""
+    return Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all"})

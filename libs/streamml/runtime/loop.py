@@ -64,7 +64,7 @@ from streamml.faults import Fault, classify, kafka_error
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor
 from streamml.runtime import provisioning
-from streamml.runtime.clients import make_consumer
+from streamml.runtime.clients import changelog_topic, group_id_of, make_consumer
 from streamml.runtime.executor import (
     BatchExecutor,
     DeadLetter,
@@ -120,9 +120,9 @@ class StreamRuntime:
         processor.on_codec(self.codec)
         self.metrics = metrics or RuntimeMetrics(service)
         self._clock = clock
-        self.group_id = settings.group_id or kafka.topic(service)
+        self.group_id = group_id_of(service, kafka, settings)
         self.transactional_id = f"{self.group_id}-{settings.instance_id}"
-        self.changelogs = {name: f"{self.group_id}-{name}-changelog" for name in processor.stores}
+        self.changelogs = {name: changelog_topic(self.group_id, name) for name in processor.stores}
         self.state = State(processor.stores)
         self.executor = BatchExecutor(processor, self.inputs, self.codec, self.state)
         self._dead_letter_origins = DeadLetterOrigins(kafka, group_id=self.group_id)

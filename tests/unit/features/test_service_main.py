@@ -14,10 +14,11 @@ from prometheus_client import REGISTRY
 
 from services.features.circuit import FailStopCircuit
 from services.features.feature_set import demo_feature_set
-from services.features.processor import FeaturesProcessor, tune_gc
+from services.features.processor import FeaturesProcessor
 from services.features.settings import FeaturesSettings
 from streamml.errors import ConfigError
 from streamml.processor import Record
+from streamml.service import tune_gc
 from streamml.settings import load_settings
 from streamml.state import State
 from streamml.synthetic import generate_events

@@ -48,7 +48,11 @@ def test_promote_rejects_an_unknown_role() -> None:
 
 
 def test_scorer_refuses_to_start_without_a_valid_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, keys
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    keys,
 ) -> None:
     models = tmp_path / "models"
     path = modelkit.publish(models, keys[0], "fraud-gbt", "1", modelkit.logistic_model([1] * 4))
@@ -57,12 +61,14 @@ def test_scorer_refuses_to_start_without_a_valid_model(
     monkeypatch.setenv("STREAMML_SCORER_PUBLIC_KEY_PATH", str(keys[1]))
     monkeypatch.setenv("STREAMML_SCORER_FOLLOW_CONTROL", "false")
     monkeypatch.setenv("STREAMML_SCORER_FALLBACK_MODEL", "")
-    monkeypatch.setattr("services.scorer.__main__.configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr("streamml.service.configure_logging", lambda *a, **k: None)
     with caplog.at_level(logging.INFO):
         assert main() == 2
     messages = [r.getMessage() for r in caplog.records]
     assert any("unsigned" in m and "fraud-gbt/1" in m for m in messages)
-    assert any(m.startswith("cannot start: no valid primary model") for m in messages)
+    # The refusal is the one start-up error line of every service (streamml.service).
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("error: no valid primary model") for line in lines), lines
 
 
 def test_bad_setting_is_one_line_exit_2(monkeypatch, capsys) -> None:

@@ -89,8 +89,8 @@ def test_category_frequencies_pool_the_tail() -> None:
 def test_tune_gc_sets_only_the_young_threshold() -> None:
     import gc
 
-    from services.scorer.__main__ import tune_gc
     from services.scorer.settings import ScorerSettings
+    from streamml.service import tune_gc
 
     assert ScorerSettings.model_fields["gc_young_threshold"].default == 20_000
     before = gc.get_threshold()

@@ -1,0 +1,38 @@
+"""The performance service as it runs: its processor on the exactly-once loop."""
+
+from __future__ import annotations
+
+import logging
+
+from services.performance.metrics import PerformanceMetrics
+from services.performance.processor import PerformanceProcessor
+from services.performance.settings import PerformanceSettings
+from streamml.runtime import StreamRuntime
+from streamml.service import tune_gc
+
+log = logging.getLogger("services.performance")
+
+
+def build(settings: PerformanceSettings) -> StreamRuntime:
+    """The runtime of one performance instance, from its settings."""
+    tune_gc(settings.gc_young_threshold)
+    metrics = PerformanceMetrics()
+    processor = PerformanceProcessor.from_settings(
+        settings,
+        on_report=metrics.observe,
+        on_event=metrics.on_event,
+        on_watermark=metrics.on_watermark,
+    )
+    log.info(
+        "label_horizon=%s early_label_grace=%s report_interval=%s window=%s",
+        settings.label_horizon, settings.early_label_grace, settings.report_interval,
+        settings.window_kind,
+    )  # fmt: skip
+    return StreamRuntime(
+        service="performance",
+        processor=processor,
+        inputs=processor.input_schemas(),
+        kafka=settings.kafka,
+        settings=settings.runtime,
+        http=settings.http,
+    )
