@@ -38,12 +38,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format, service=SERVICE)
     tune_gc(settings.gc_young_threshold)
     metrics = PerformanceMetrics()
-    processor = PerformanceProcessor.from_settings(
-        settings,
-        on_report=metrics.observe,
-        on_event=metrics.on_event,
-        on_watermark=metrics.on_watermark,
-    )
+    processor = PerformanceProcessor.from_settings(settings, metrics=metrics)
     log.info(
         "label_horizon=%s early_label_grace=%s report_interval=%s window=%s",
         settings.label_horizon, settings.early_label_grace, settings.report_interval,
