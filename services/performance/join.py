@@ -162,12 +162,12 @@ class LabelJoin:
         """The prediction of labels that came first: the same horizon rule as for a label
         that comes second."""
         joined = [(y, a, 0) for y, a, _ in entry.labels if a - t <= self._horizon]
-        for y, a, repeats in entry.labels:
+        for index, (_, a, repeats) in enumerate(entry.labels):
             if a - t > self._horizon:
                 # Each copy, as each would have been rejected had it come second.
                 why = f"labeled {a - t} ms after the event; horizon {self._horizon} ms"
                 for _ in range(1 + repeats):
-                    self._dead_letters.send(entry, y, a, reason="late", message=why,
+                    self._dead_letters.send(entry, index, reason="late", message=why,
                                             outputs=outputs)  # fmt: skip
         pending = Entry(PENDING, t, labels=joined)
         pending.predictions.append(prediction)
@@ -234,7 +234,9 @@ class LabelJoin:
         value = record.value
         origin = LabelOrigin(str(value["event_id"]), str(value["entity_id"]),
                              str(value.get("source") or ""), record.topic,
-                             record.partition, record.offset, record.timestamp_ms)  # fmt: skip
+                             record.partition, record.offset, record.timestamp_ms,
+                             key=record.key, value=record.raw_value,
+                             headers=tuple((k, v or b"") for k, v in record.headers))  # fmt: skip
         entry = Entry(EARLY_LABEL, labeled_at, labels=[(value["label"], labeled_at, 0)],
                       origin=origin)  # fmt: skip
         self._stores.join.put(view.partition, digest, self._layout.pack_entry(entry))

@@ -6,7 +6,8 @@ the changelog is compact and a restore rebuilds exactly what was written.
 ``join`` (key: the 16-byte :func:`event_digest` of an event_id) holds one entry per event:
 an :data:`ENTRY_HEAD` (kind, time, label count, prediction count), then the predictions,
 then the labels (:data:`LABEL_ITEM`), then, for a label waiting for its prediction, a
-:data:`LABEL_ORIGIN` and its four strings.
+:data:`LABEL_ORIGIN` and its four strings, then its record as read (:data:`LABEL_RECORD`:
+key, value and headers, for its dead letter; absent in entries written before it was kept).
 
 ``metrics`` holds, by one-byte prefix: joined samples of the sliding windows (``S`` + sample
 key), corrections waiting for the watermark (``C`` + sample key + sequence byte), per
@@ -49,6 +50,8 @@ CORRECTED = 2
 ENTRY_HEAD = struct.Struct("<BqBB")  # kind, time, labels in the history, predictions
 LABEL_ITEM = struct.Struct("<bqB")  # label, labeled_at, identical repeats while waiting
 LABEL_ORIGIN = struct.Struct("<qqiHHHH")  # offset, timestamp, partition, 4 string lengths
+LABEL_RECORD = struct.Struct("<iiH")  # key length, value length (-1: none), header count
+HEADER_LENGTHS = struct.Struct("<HI")  # name length, value length
 PROGRESS_HEAD = struct.Struct("<qqq")  # seq, boundary, min ts; one watermark per input topic
 GROUP = struct.Struct("<HBH")  # model id, segment field index, segment value id
 INTERVAL = struct.Struct("<q")  # an interval number: ceil(event time / report_interval)
@@ -126,7 +129,9 @@ def encode_model(model: list[Any]) -> bytes:
 
 @dataclass(slots=True)
 class LabelOrigin:
-    """What a waiting label needs to be dead-lettered later (its record is long gone)."""
+    """What a waiting label needs to be dead-lettered later (its record is long gone): where
+    it was read, its key, value bytes and headers (a :class:`~streamml.deadletter.
+    DeadLetterSource`), and the fields to re-encode another label of the same event."""
 
     event_id: str
     entity_id: str
@@ -135,6 +140,9 @@ class LabelOrigin:
     partition: int
     offset: int
     timestamp_ms: int
+    key: bytes | None = None
+    value: bytes | None = None  # as read; None when unknown (re-encoded from the fields)
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(slots=True)
@@ -179,6 +187,37 @@ class Correction:
     segments: tuple[int, ...]
 
 
+def _pack_label_record(origin: LabelOrigin) -> list[bytes]:
+    key, value = origin.key, origin.value
+    parts = [LABEL_RECORD.pack(-1 if key is None else len(key), -1 if value is None else len(value),
+                               len(origin.headers))]  # fmt: skip
+    parts += [key or b"", value or b""]
+    for name, header in origin.headers:
+        encoded = name.encode()
+        parts += [HEADER_LENGTHS.pack(len(encoded), len(header)), encoded, header]
+    return parts
+
+
+def _unpack_label_record(raw: bytes, offset: int, origin: LabelOrigin) -> None:
+    key_size, value_size, count = LABEL_RECORD.unpack_from(raw, offset)
+    offset += LABEL_RECORD.size
+    if key_size >= 0:
+        origin.key = raw[offset : offset + key_size]
+        offset += key_size
+    if value_size >= 0:
+        origin.value = raw[offset : offset + value_size]
+        offset += value_size
+    headers = []
+    for _ in range(count):
+        name_size, header_size = HEADER_LENGTHS.unpack_from(raw, offset)
+        offset += HEADER_LENGTHS.size
+        name = raw[offset : offset + name_size].decode()
+        offset += name_size
+        headers.append((name, raw[offset : offset + header_size]))
+        offset += header_size
+    origin.headers = tuple(headers)
+
+
 class StateLayout:
     """The layouts that depend on the configuration: how many segment fields a prediction,
     sample and correction carry, and how many input topics the progress record has."""
@@ -206,6 +245,7 @@ class StateLayout:
             parts.append(LABEL_ORIGIN.pack(o.offset, o.timestamp_ms, o.partition,
                                            *(len(s) for s in strings)))  # fmt: skip
             parts.extend(strings)
+            parts.extend(_pack_label_record(o))
         return b"".join(parts)
 
     def pack_first_prediction(self, time: int, prediction: Prediction) -> bytes:
@@ -232,9 +272,12 @@ class StateLayout:
                 strings.append(raw[offset : offset + length].decode())
                 offset += length
             event_id, entity_id, source, topic = strings
-            entry.origin = LabelOrigin(
-                event_id, entity_id, source, topic, partition, record_offset, ts
-            )
+            origin = LabelOrigin(event_id, entity_id, source, topic, partition, record_offset, ts)
+            if offset < len(raw):
+                _unpack_label_record(raw, offset, origin)
+            else:  # an entry from before the record was kept: its key was the entity_id
+                origin.key = entity_id.encode()
+            entry.origin = origin
         return entry
 
     # -- samples and corrections (metrics store) ---------------------------------------
