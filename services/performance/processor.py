@@ -31,9 +31,12 @@ the alert state. An in-memory expiry index (time bucket -> digests) is derived f
 Why each rule is what it is: docs/decisions/performance-*.md.
 
 Where each part lives: the byte layouts in :mod:`~services.performance.state_layout`, a
-partition's decoded state in :mod:`~services.performance.partitions`, the join in
-:mod:`~services.performance.join`, expiry and release at a boundary in
-:mod:`~services.performance.expiry`, the reports in :mod:`~services.performance.reports`.
+partition's decoded state in :mod:`~services.performance.partitions`, model-route and
+segment ids in :mod:`~services.performance.catalog`, the join in
+:mod:`~services.performance.join` (its dead letters in
+:mod:`~services.performance.dead_letters`), expiry and release at a boundary in
+:mod:`~services.performance.expiry`, the reports in :mod:`~services.performance.reports`
+(sliding windows in :mod:`~services.performance.window`).
 This module composes them: records go to the join (:meth:`PerformanceProcessor._add_prediction`,
 :meth:`PerformanceProcessor._add_label`), and each boundary the watermark passes is expired,
 released and reported (:meth:`PerformanceProcessor._emit_reports`).
