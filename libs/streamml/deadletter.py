@@ -9,6 +9,8 @@ that fails again comes back with ``dlq.attempt`` one higher.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 DLQ_SUFFIX = ".dlq"
 PARKED_SUFFIX = ".parked"
@@ -77,6 +79,61 @@ def dead_letter_headers(
         (H_ATTEMPT, str(attempt_of(source_headers)).encode()),
     ]
     return headers
+
+
+class DeadLetterSource(Protocol):
+    """The record a dead letter stands for: where it was read, and its bytes as read."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A dead letter ready to produce: the source's key and value, the ``dlq.*`` headers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def dead_letter(
+    source: DeadLetterSource,
+    *,
+    reason: str,
+    message: str,
+    service: str,
+    stage: str,
+    now_ms: int,
+) -> DeadLetterRecord:
+    """The one dead-letter format: ``source`` byte-identical to ``<topic>.dlq``, with headers
+    saying what went wrong (``reason`` is the error class), where and when."""
+    headers = dead_letter_headers(
+        source.headers,
+        error_class=reason,
+        message=message,
+        service=service,
+        stage=stage,
+        topic=source.topic,
+        partition=source.partition,
+        offset=source.offset,
+        source_timestamp_ms=source.timestamp_ms,
+        now_ms=now_ms,
+    )
+    return DeadLetterRecord(dlq_topic(source.topic), source.key, source.value, headers)
 
 
 H_REPLAY_SOURCE = "replay.source"  # set by `streamml replay`: "<topic>/<partition>/<offset>"

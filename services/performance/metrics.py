@@ -7,6 +7,7 @@ version, a segment value that left the top-K) are removed at the next boundary.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,12 @@ _COUNTS = ("predictions", "labeled", "corrections")
 
 
 class PerformanceMetrics:
-    """Feeds gauges from PerformanceReport values (``observe``) and counts join events."""
+    """What the performance core records: report values as gauges (``observe``), join
+    outcomes (``on_event``) and each input stream's event time (``on_watermark``).
+
+    The service wiring builds one and hands it to the processor; a test passes its own
+    (on a fresh ``CollectorRegistry``) to read what was recorded.
+    """
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         labels = ["model", "version", "route", "window", "segment_field", "segment_value"]
@@ -63,12 +69,15 @@ class PerformanceMetrics:
         self._previous: set[tuple[str, ...]] = set()
 
     def on_watermark(self, partition: int, topic: str, event_time_ms: int) -> None:
+        """The largest event time read so far on ``topic``'s ``partition``."""
         self.stream_time.labels(topic, str(partition)).set(event_time_ms / 1000)
 
     def on_event(self, kind: str) -> None:
+        """One join outcome of ``kind`` (``duplicate_label``, ``orphan_label``, ...)."""
         self.events.labels(kind).inc()
 
     def observe(self, report: Mapping[str, Any]) -> None:
+        """A PerformanceReport value just emitted: its quality and counts as gauges."""
         end = int(report["window_end"])
         if end != self._end:
             self._rotate()
@@ -103,3 +112,16 @@ class PerformanceMetrics:
             for name in _COUNTS:
                 self.counts.remove(*base, name)
         self._previous, self._current = self._current, set()
+
+
+_lock = threading.Lock()
+_default: PerformanceMetrics | None = None
+
+
+def default_metrics() -> PerformanceMetrics:
+    """The process-wide metrics on the default registry (created once)."""
+    global _default  # noqa: PLW0603 - one set of collectors per registry
+    with _lock:
+        if _default is None:
+            _default = PerformanceMetrics()
+        return _default

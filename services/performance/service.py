@@ -17,12 +17,7 @@ def build(settings: PerformanceSettings) -> StreamRuntime:
     """The runtime of one performance instance, from its settings."""
     tune_gc(settings.gc_young_threshold)
     metrics = PerformanceMetrics()
-    processor = PerformanceProcessor.from_settings(
-        settings,
-        on_report=metrics.observe,
-        on_event=metrics.on_event,
-        on_watermark=metrics.on_watermark,
-    )
+    processor = PerformanceProcessor.from_settings(settings, metrics=metrics)
     log.info(
         "label_horizon=%s early_label_grace=%s report_interval=%s window=%s",
         settings.label_horizon, settings.early_label_grace, settings.report_interval,

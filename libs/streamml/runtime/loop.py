@@ -52,7 +52,7 @@ from tenacity import (
 from streamml.batching import collect_batch
 from streamml.circuit import FailStopCircuit
 from streamml.codec import AvroCodec
-from streamml.deadletter import Origin, dead_letter_headers, dlq_topic, replay_origin
+from streamml.deadletter import Origin, dead_letter, dlq_topic, replay_origin
 from streamml.errors import (
     BrokerUnavailableError,
     ConfigError,
@@ -660,20 +660,9 @@ class StreamRuntime:
 
     def _produce_dead_letter(self, letter: DeadLetter, now_ms: int) -> None:
         msg = letter.message
-        headers = dead_letter_headers(
-            msg.headers,
-            error_class=letter.reason,
-            message=letter.text,
-            service=self.service,
-            stage=letter.stage,
-            topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            source_timestamp_ms=msg.timestamp_ms,
-            now_ms=now_ms,
-        )
-        target = dlq_topic(msg.topic)
-        self._transactions.produce(target, msg.value, msg.key, headers, None)
+        record = dead_letter(msg, reason=letter.reason, message=letter.text,
+                             service=self.service, stage=letter.stage, now_ms=now_ms)  # fmt: skip
+        self._transactions.produce(record.topic, record.value, record.key, record.headers, None)
         self.metrics.dead_letters.labels(self.service, msg.topic, letter.reason).inc()
         log.info(
             "dead letter topic=%s partition=%d offset=%d reason=%s: %s",
