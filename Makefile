@@ -81,6 +81,7 @@ image: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/python tools/complexity_ratchet.py
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 

@@ -67,6 +67,7 @@ from streamml.runtime import provisioning
 from streamml.runtime.clients import make_consumer
 from streamml.runtime.executor import (
     BatchExecutor,
+    BatchOutcome,
     DeadLetter,
     TopicPartitionKey,
     next_offsets,
@@ -474,15 +475,7 @@ class StreamRuntime:
                 tripped = True  # until _judge returns: an open circuit stays open
                 self._judge(circuit, batch, outcome.dead_letters, halt)
                 tripped = False
-            out_counts = transactions.produce_outputs(outcome.outputs)
-            now_ms = int(self._clock() * 1000)
-            replayed: set[tuple[str, Origin]] = set()
-            for letter in outcome.dead_letters:
-                if not self._dead_letter_again(letter, replayed):
-                    self._produce_dead_letter(letter, now_ms)
-            for name, topic in self.changelogs.items():
-                for partition, key, value in self.state.store(name).pending():
-                    transactions.produce_changelog(topic, partition, key, value)
+            out_counts = self._produce_outcome(outcome)
             offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets(batch, halt).items()]
             self.metrics.batch_seconds.labels(self.service).observe(time.monotonic() - started)
             commit_started = time.monotonic()
@@ -514,6 +507,26 @@ class StreamRuntime:
                 self.state.abort()
                 transactions.abort()
         self.state.commit()
+        self._count_committed(batch, out_counts)
+        if halt is not None:
+            self._enter_halt(halt, offsets)
+
+    def _produce_outcome(self, outcome: BatchOutcome) -> dict[str, int]:
+        """Outputs, dead letters and pending changelog writes into the open transaction;
+        returns the outputs per topic."""
+        transactions = self._transactions
+        out_counts = transactions.produce_outputs(outcome.outputs)
+        now_ms = int(self._clock() * 1000)
+        replayed: set[tuple[str, Origin]] = set()
+        for letter in outcome.dead_letters:
+            if not self._dead_letter_again(letter, replayed):
+                self._produce_dead_letter(letter, now_ms)
+        for name, topic in self.changelogs.items():
+            for partition, key, value in self.state.store(name).pending():
+                transactions.produce_changelog(topic, partition, key, value)
+        return out_counts
+
+    def _count_committed(self, batch: list[Message], out_counts: dict[str, int]) -> None:
         self.metrics.transactions.labels(self.service, "committed").inc()
         self.metrics.batch_size.labels(self.service).observe(len(batch))
         in_counts: dict[str | None, int] = {}
@@ -524,8 +537,6 @@ class StreamRuntime:
             self.metrics.records_in.labels(self.service, in_name).inc(count)
         for topic, count in out_counts.items():
             self.metrics.records_out.labels(self.service, topic).inc(count)
-        if halt is not None:
-            self._enter_halt(halt, offsets)
 
     def _judge(
         self,
