@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from services.scorer import metrics
 from services.scorer.breaker import CircuitBreaker
 from services.scorer.control import SCHEMA as CONTROL_SCHEMA
 from services.scorer.control import control_record
+from services.scorer.metrics import ScorerMetrics, default_metrics
 from services.scorer.model import OnnxModel, Scores
 from services.scorer.routing import (
     ROLES,
@@ -140,10 +140,12 @@ class ScorerProcessor(Processor):
         monotonic: Callable[[], float] = time.perf_counter,
         instance: str = "scorer",
         names_of: Callable[[Record], Sequence[str]] | None = None,
+        metrics: ScorerMetrics | None = None,
     ) -> None:
         """``names_of`` returns the feature names of a record decoded without them (the
         :data:`NAMELESS_VECTOR` projection); the rules route calls it only for a vector of a
         feature set no loaded model knows. None: such vectors are scored on no names."""
+        self.metrics = metrics or default_metrics()
         self._routes = routes
         self._names_of = names_of
         self._predictions_topic = predictions_topic
@@ -159,9 +161,9 @@ class ScorerProcessor(Processor):
             failure_threshold=self._policy.breaker_failure_threshold,
             cooldown_s=self._policy.breaker_cooldown_s,
             clock=monotonic,
-            on_transition=metrics.breaker_transition,
+            on_transition=self.metrics.breaker_transition,
         )
-        metrics.BREAKER_STATE.labels("primary").set(0)
+        self.metrics.breaker_state.labels("primary").set(0)
         self._canary_monitor = CanaryMonitor(
             max_error_rate=self._policy.canary_max_error_rate,
             max_latency_ms=self._policy.canary_max_latency_ms,
@@ -235,7 +237,7 @@ class ScorerProcessor(Processor):
                 )
             )
         for route, count in batch.routes.items():
-            metrics.PREDICTIONS.labels(route).inc(count)
+            self.metrics.predictions.labels(route).inc(count)
         if table.shadow is not None:
             result.outputs.extend(self._score_shadow(table.shadow, batch))
         if canary is not None and canary_idx:
@@ -261,12 +263,14 @@ class ScorerProcessor(Processor):
                 before, after = old.get(role), table.get(role)
                 if _same(before, after):
                     continue
-                metrics.MODEL_SWAPS.labels(role).inc()
+                self.metrics.model_swaps.labels(role).inc()
                 if role in self._serving:
-                    metrics.MODEL_INFO.remove(role, *self._serving.pop(role))
+                    self.metrics.model_info.remove(role, *self._serving.pop(role))
                 if after is not None:
                     self._serving[role] = (after.model.name, after.model.version)
-                    metrics.MODEL_INFO.labels(role, after.model.name, after.model.version).set(1)
+                    self.metrics.model_info.labels(role, after.model.name, after.model.version).set(
+                        1
+                    )
                 log.info(
                     "route %s swapped: %s -> %s",
                     role,
@@ -411,7 +415,7 @@ class ScorerProcessor(Processor):
         if not eligible:
             return eligible, None
         run = self._run(model, _rows(vectors, eligible), budget=budget)
-        metrics.MODEL_BATCH_SECONDS.labels(route).observe(run.latency_ms / 1000.0)
+        self.metrics.model_batch_seconds.labels(route).observe(run.latency_ms / 1000.0)
         return eligible, run
 
     def _serve(
@@ -438,7 +442,7 @@ class ScorerProcessor(Processor):
             len(eligible), failed=run.failure is not None, latency_ms=run.latency_ms
         )
         if run.scores is None:
-            metrics.FALLBACKS.labels("canary", run.failure or "error").inc(len(eligible))
+            self.metrics.fallbacks.labels("canary", run.failure or "error").inc(len(eligible))
             return eligible, run.failure
         self._serve(batch, canary, "canary", eligible, run)
         return [], None
@@ -481,8 +485,8 @@ class ScorerProcessor(Processor):
         for i in pending:
             batch.served[i] = self._rules_prediction(batch, i)
 
-    @staticmethod
     def _note(
+        self,
         indices: list[int],
         reasons: dict[int, str | None],
         route: str,
@@ -492,7 +496,7 @@ class ScorerProcessor(Processor):
     ) -> None:
         """Record why ``route`` did not score these records (the first reason stays first)."""
         if indices:
-            metrics.FALLBACKS.labels(route, reason).inc(len(indices))
+            self.metrics.fallbacks.labels(route, reason).inc(len(indices))
         for i in indices:
             if reasons[i] is None:
                 reasons[i] = reason
@@ -503,12 +507,12 @@ class ScorerProcessor(Processor):
         everyone = list(range(len(batch.vectors)))
         eligible, run = self._model_route("shadow", shadow, batch, everyone, budget=False)
         if run is None:
-            metrics.SHADOW_FAILURES.labels("feature_set_mismatch").inc()
+            self.metrics.shadow_failures.labels("feature_set_mismatch").inc()
             return []
         if run.scores is None:
-            metrics.SHADOW_FAILURES.labels(run.failure or "error").inc()
+            self.metrics.shadow_failures.labels(run.failure or "error").inc()
             return []
-        metrics.PREDICTIONS.labels("shadow").inc(len(eligible))
+        self.metrics.predictions.labels("shadow").inc(len(eligible))
         model = shadow.model
         by = _ServedBy(
             model.name, model.version, model.threshold, "shadow", run.latency_ms, batch.scored_at
@@ -530,7 +534,7 @@ class ScorerProcessor(Processor):
         bound, message = breach
         self._rolled_back_canary = canary.revision
         self._canary_monitor.reset()
-        metrics.CANARY_ROLLBACKS.labels(bound).inc()
+        self.metrics.canary_rollbacks.labels(bound).inc()
         log.error(
             "canary %s rolled back automatically: %s; its share goes back to the primary",
             canary.model.label,
