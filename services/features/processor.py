@@ -49,6 +49,7 @@ from services.features.validation import (
 )
 from services.features.vector_writer import FEATURE_VECTOR_SCHEMA, VectorWriter
 from streamml.errors import InfrastructureError
+from streamml.logs import fields
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
 from streamml.state import KeyValueStore, State
 
@@ -198,7 +199,8 @@ class FeaturesProcessor(Processor):
         except InfrastructureError as exc:
             # The registry is not answering yet: bind at the first batch instead (a batch
             # cannot be encoded without the registry anyway; the runtime retries it).
-            log.warning("FeatureVector writer bound later, the registry is not answering: %s", exc)
+            log.warning("FeatureVector writer bound later, the registry is not answering",
+                        extra=fields(error=exc))  # fmt: skip
 
     def _bind_writer(self) -> None:
         codec = self._unbound_codec
@@ -239,7 +241,8 @@ class FeaturesProcessor(Processor):
         self.circuit.resume(probe=probe)
         state = self.circuit.state
         self.metrics.circuit_state.set(int(state))
-        log.warning("fail-stop circuit %s", "half-open (probe)" if probe else "closed by operator")
+        resumed = "half-open (probe)" if probe else "closed by operator"
+        log.warning("fail-stop circuit resumed", extra=fields(state=resumed))
 
     def is_ready(self) -> bool:
         return self.circuit is None or self.circuit.state is not CircuitState.OPEN
@@ -277,9 +280,8 @@ class FeaturesProcessor(Processor):
                 if tripped is not None:
                     self.metrics.circuit_trips.inc()
                     log.error(
-                        "fail-stop circuit open: %s; holding %d records of this batch",
-                        tripped,
-                        len(records) - index - 1,
+                        "fail-stop circuit open; holding the rest of this batch",
+                        extra=fields(reason=tripped, held_records=len(records) - index - 1),
                     )
                     result.halt = self._halt(tripped, records[index + 1 :])
                     break

@@ -49,6 +49,7 @@ from services.scorer.routing import (
 )
 from services.scorer.rules import RulesScorer
 from streamml.errors import DecodeError
+from streamml.logs import fields
 from streamml.processor import Output, Processor, Record, Rejection, Result
 from streamml.state import State
 
@@ -272,10 +273,12 @@ class ScorerProcessor(Processor):
                         1
                     )
                 log.info(
-                    "route %s swapped: %s -> %s",
-                    role,
-                    before.model.label if before else "nothing",
-                    after.model.label if after else "nothing",
+                    "route swapped",
+                    extra=fields(
+                        role=role,
+                        before=before.model.label if before else "nothing",
+                        after=after.model.label if after else "nothing",
+                    ),
                 )
                 if role == "primary":
                     self._breaker.reset("new primary version")
@@ -384,22 +387,25 @@ class ScorerProcessor(Processor):
             scores = model.predict(matrix)
         except Exception as exc:  # whatever the model does wrong, the batch falls back
             latency_ms = (self._monotonic() - start) * 1000.0
-            log.warning("model %s failed on a batch of %d: %s", model.label, len(matrix), exc)
+            log.warning("model failed on a batch",
+                        extra=fields(model=model.label, rows=len(matrix), error=exc))  # fmt: skip
             return _Run(None, "error", latency_ms)
         latency_ms = (self._monotonic() - start) * 1000.0
         if not np.isfinite(scores).all():
-            log.warning("model %s returned non-finite scores", model.label)
+            log.warning("model returned non-finite scores", extra=fields(model=model.label))
             return _Run(None, "non_finite", latency_ms)
         if (scores < 0.0).any() or (scores > 1.0).any():
-            log.warning("model %s returned scores outside [0, 1]", model.label)
+            log.warning("model returned scores outside [0, 1]", extra=fields(model=model.label))
             return _Run(None, "out_of_range", latency_ms)
         if budget and latency_ms > self._policy.latency_budget_ms:
             log.warning(
-                "model %s took %.1f ms for %d rows, over the %.1f ms budget",
-                model.label,
-                latency_ms,
-                len(matrix),
-                self._policy.latency_budget_ms,
+                "model over its latency budget",
+                extra=fields(
+                    model=model.label,
+                    latency_ms=round(latency_ms, 1),
+                    rows=len(matrix),
+                    budget_ms=self._policy.latency_budget_ms,
+                ),
             )
             return _Run(None, "latency_budget", latency_ms)
         return _Run(scores, None, latency_ms)
@@ -536,9 +542,8 @@ class ScorerProcessor(Processor):
         self._canary_monitor.reset()
         self.metrics.canary_rollbacks.labels(bound).inc()
         log.error(
-            "canary %s rolled back automatically: %s; its share goes back to the primary",
-            canary.model.label,
-            message,
+            "canary rolled back automatically; its share goes back to the primary",
+            extra=fields(model=canary.model.label, reason=message),
         )
         if self._control_topic is None:
             return None

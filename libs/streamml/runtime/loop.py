@@ -61,6 +61,7 @@ from streamml.errors import (
     ProcessingError,
 )
 from streamml.faults import Fault, classify, kafka_error
+from streamml.logs import fields
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor
 from streamml.runtime import provisioning
@@ -196,16 +197,16 @@ class StreamRuntime:
                 list(self.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )  # fmt: skip
-            log.info(
-                "started service=%s group=%s transactional_id=%s inputs=%s",
-                self.service, self.group_id, self.transactional_id, ",".join(self.inputs),
-            )  # fmt: skip
+            log.info("started", extra=fields(
+                service=self.service, group=self.group_id,
+                transactional_id=self.transactional_id, inputs=",".join(self.inputs),
+            ))  # fmt: skip
             while not self._stop.is_set():
                 self._last_progress = time.monotonic()
                 self._loop_once()
             return 0
         except FencedError as exc:
-            log.error("fenced: another instance took over (%s); exiting", exc)
+            log.error("fenced: another instance took over; exiting", extra=fields(error=exc))
             return 0
         except ConfigError as exc:  # waiting cannot heal it
             return self._give_up(classify(exc).one_line(), 2)
@@ -321,11 +322,10 @@ class StreamRuntime:
             if self._halt is not None:
                 consumer.pause(partitions)
             self.processor.on_assigned(sorted(keys), self.state)
-            log.info(
-                "assigned %s (restored state of partitions %s in %.2fs)",
-                ",".join(f"{t}:{p}" for t, p in sorted(keys)), new_numbers,
-                time.monotonic() - started,
-            )  # fmt: skip
+            log.info("assigned", extra=fields(
+                partitions=",".join(f"{t}:{p}" for t, p in sorted(keys)),
+                restored=new_numbers, restore_s=round(time.monotonic() - started, 2),
+            ))  # fmt: skip
         finally:
             self._restoring = False
             self._waiting = None
@@ -375,7 +375,7 @@ class StreamRuntime:
         for topic, partition in keys:
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(self.service, topic, str(partition))
-        log.info("revoked %s", ",".join(f"{t}:{p}" for t, p in sorted(keys)) or "-")
+        log.info("revoked", extra=fields(partitions=",".join(f"{t}:{p}" for t, p in sorted(keys))))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost (session timed out); dropping their state")
@@ -408,7 +408,7 @@ class StreamRuntime:
             elif error.fatal():
                 raise ProcessingError(f"consumer error: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", error.str())
+                log.warning("consumer error", extra=fields(error=error.str()))
         return batch
 
     def _run_batch(self, batch: list[Message]) -> None:
@@ -563,9 +563,11 @@ class StreamRuntime:
         target = dlq_topic(letter.message.topic)
         if (target, origin) in seen or self._dead_letter_origins.holds(target, origin):
             self.metrics.replayed_dead_letters.labels(self.service, letter.message.topic).inc()
+            topic, partition, offset = origin
             log.info(
-                "replayed record %s/%d/%d failed again (%s); its dead letter is already in %s",
-                *origin, letter.reason, target,
+                "replayed record failed again; its dead letter is already there",
+                extra=fields(topic=topic, partition=partition, offset=offset,
+                             reason=letter.reason, dead_letter_topic=target),
             )  # fmt: skip
             return True
         seen.add((target, origin))
@@ -591,7 +593,8 @@ class StreamRuntime:
             try:
                 consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             except KafkaException as exc:
-                log.warning("seek %s:%d failed: %s", tp.topic, tp.partition, exc)
+                log.warning("seek failed", extra=fields(topic=tp.topic, partition=tp.partition,
+                                                        error=exc))  # fmt: skip
 
     def _produce_dead_letter(self, letter: DeadLetter, now_ms: int) -> None:
         msg = letter.message
@@ -610,10 +613,10 @@ class StreamRuntime:
         target = dlq_topic(msg.topic)
         self._transactions.produce(target, msg.value, msg.key, headers, None)
         self.metrics.dead_letters.labels(self.service, msg.topic, letter.reason).inc()
-        log.info(
-            "dead letter topic=%s partition=%d offset=%d reason=%s: %s",
-            msg.topic, msg.partition, msg.offset, letter.reason, letter.text[:200],
-        )  # fmt: skip
+        log.info("dead letter", extra=fields(
+            topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=letter.reason,
+            error=letter.text[:200],
+        ))  # fmt: skip
 
     # -- halt (fail-stop) -----------------------------------------------------------
 
@@ -634,9 +637,9 @@ class StreamRuntime:
                 consumer.seek(tp)
         self.metrics.halted.labels(self.service).set(1)
         log.error(
-            "HALTED (fail-stop): %s; partitions paused; resume with POST /resume%s",
-            halt.reason,
+            "HALTED (fail-stop); partitions paused; resume with POST /resume%s",
             f" or automatically in {halt.probe_after_s:.0f}s" if halt.probe_after_s else "",
+            extra=fields(reason=halt.reason),
         )
 
     def _maybe_resume(self) -> None:
@@ -658,7 +661,8 @@ class StreamRuntime:
         self._resume.clear()
         self._consumer.resume([TopicPartition(t, p) for t, p in sorted(self._assignment)])
         self.metrics.halted.labels(self.service).set(0)
-        log.warning("resumed after halt (%s)", "operator" if by_operator else "cool-down probe")
+        log.warning("resumed after halt",
+                    extra=fields(by="operator" if by_operator else "cool-down probe"))  # fmt: skip
 
     # -- lag and shutdown -----------------------------------------------------------
 
@@ -681,18 +685,18 @@ class StreamRuntime:
                         max(0, high - tp.offset)
                     )
         except KafkaException as exc:
-            log.debug("lag measurement failed: %s", exc)
+            log.debug("lag measurement failed", extra=fields(error=exc))
 
     def _shutdown(self) -> None:
         if self._consumer is not None:
             try:
                 self._consumer.close()
             except Exception as exc:
-                log.warning("closing the consumer: %s", exc)
+                log.warning("closing the consumer failed", extra=fields(error=exc))
         self._transactions.flush(5)
         if self._health is not None:
             self._health.stop()
-        log.info("stopped service=%s", self.service)
+        log.info("stopped", extra=fields(service=self.service))
 
 
 def _dead_letter_circuit(settings: RuntimeSettings) -> FailStopCircuit:
