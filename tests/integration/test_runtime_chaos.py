@@ -14,9 +14,10 @@ from tests.integration.runtime_support import (
     counter_process,
     make_events,
 )
-from tests.kafkatest import consume_all, create_topics
+from tests.kafkatest import consume_all, create_topics, metric_total, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+OUTAGE_S = 10.0
 
 
 def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: Path) -> None:
@@ -34,9 +35,11 @@ def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: 
         ).start()  # fmt: skip
         proc.wait_ready(60)
         feeder.start()
-        time.sleep(4)
+        # The broker goes away mid-stream: once the processor has committed input.
+        wait_until(lambda: metric_total(proc, "streamml_records_in_total") > 0, 120,
+                   "the processor committed a batch")  # fmt: skip
         broker.stop()
-        time.sleep(10)
+        time.sleep(OUTAGE_S)  # the fault itself: how long the broker stays away (not a wait)
         assert proc.alive, "the processor died while the broker was down"
         assert proc.http("/healthz")[0] == 200  # waiting for the broker is not death
         broker.start()
