@@ -10,7 +10,7 @@ DURATION ?= 180
 MINUTES ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: help venv kustomize demo test test-unit test-integration test-containers lint format \
+.PHONY: help venv kustomize demo test test-unit doctest test-integration test-containers lint format \
 	bench soak image kafka-up kafka-down registry-up registry-down clean
 
 help:
@@ -61,12 +61,17 @@ demo: venv
 	$(BIN)/streamml demo run --duration $(DURATION)
 
 # The session fixture starts one broker on a free port and stops it at the end
-# (or uses KAFKA_BOOTSTRAP_SERVERS when it is set).
-test: venv
+# (or uses KAFKA_BOOTSTRAP_SERVERS when it is set). The docstrings' examples of libs/ and
+# services/ run first (a separate run: --doctest-modules over tests/ would import its
+# helper apps as modules).
+test: venv doctest
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: venv
+test-unit: venv doctest
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+doctest: venv
+	$(BIN)/python -m pytest -p no:cacheprovider --doctest-modules libs services
 
 test-integration: venv
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
@@ -81,6 +86,7 @@ image: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/python tools/complexity_ratchet.py
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 

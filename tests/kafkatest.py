@@ -9,7 +9,9 @@ from streamml.testkit import (
     consume_all,
     create_topics,
     free_port,
+    metric_total,
     produce,
+    wait_until,
 )
 
 __all__ = [
@@ -18,5 +20,7 @@ __all__ = [
     "consume_all",
     "create_topics",
     "free_port",
+    "metric_total",
     "produce",
+    "wait_until",
 ]

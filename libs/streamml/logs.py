@@ -4,6 +4,14 @@
 prints one JSON object per line for log shippers. Secrets never reach a log line: settings
 hold them as ``SecretStr``.
 
+The values of a line are fields, not words of its message, so JSON logs stay queryable
+(``partition == 3``) and one event is one ``msg``: pass them with :func:`fields`::
+
+    log.info("dead letter", extra=fields(topic=topic, partition=p, offset=o, reason=r))
+
+prints ``... msg="dead letter" topic=events partition=3 offset=17 reason=Decode`` in kv
+and ``{..., "msg": "dead letter", "topic": "events", "partition": 3, ...}`` in JSON.
+
 librdkafka's own log lines (a broker it cannot reach, a failed SASL handshake) come through
 :func:`librdkafka_logger`, which every confluent-kafka client gets as its ``logger``: they
 are structured like the rest, and a line that repeats (librdkafka retries a dead broker
@@ -24,6 +32,29 @@ from typing import Any, Literal
 LogFormat = Literal["kv", "json"]
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_FIELDS = "fields"
+# The keys every line has: a field may not take their place.
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "exc"})
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """The ``extra`` of a log call whose ``values`` are fields of the line.
+
+    Any name is allowed (``name``, ``filename``, ``module``: no clash with the attributes
+    of a ``LogRecord``, unlike plain ``extra``) except the line's own keys.
+
+    >>> fields(topic="events", partition=3)
+    {'fields': {'topic': 'events', 'partition': 3}}
+    >>> fields(msg="x")
+    Traceback (most recent call last):
+    ...
+    ValueError: log field 'msg' is one of the line's own keys (exc, level, logger, msg, ts)
+    """
+    for key in values:
+        if key in _RESERVED:
+            reserved = ", ".join(sorted(_RESERVED))
+            raise ValueError(f"log field {key!r} is one of the line's own keys ({reserved})")
+    return {_FIELDS: values}
 
 
 class _Formatter(logging.Formatter):
@@ -33,23 +64,26 @@ class _Formatter(logging.Formatter):
         self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
+        line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
         }
         if self._service:
-            fields["service"] = self._service
-        fields["msg"] = record.getMessage()
+            line["service"] = self._service
+        line["msg"] = record.getMessage()
+        passed = getattr(record, _FIELDS, None)
+        if isinstance(passed, dict):
+            line.update(passed)
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                fields[key] = value
+            if key not in _STANDARD and key != _FIELDS and not key.startswith("_"):
+                line[key] = value
         if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
+            line["exc"] = self.formatException(record.exc_info)
         if self._fmt == "json":
-            return json.dumps(fields, default=str)
-        return " ".join(f"{key}={_kv(value)}" for key, value in fields.items())
+            return json.dumps(line, default=str)
+        return " ".join(f"{key}={_kv(value)}" for key, value in line.items())
 
 
 def _kv(value: Any) -> str:

@@ -7,6 +7,18 @@ restored and the processor is ready; 503 while restoring, retrying an infrastruc
 fault or halted, with the reason in the body's ``reason``), and ``POST /resume``
 (operator command that lifts a fail-stop halt).
 Labels are low-cardinality: service, topic, partition, reason, outcome.
+
+**One metrics pattern for every service core.** A core (a service's ``processor.py``) never
+touches a module-level Prometheus collector. Its service's ``metrics.py`` defines one class
+(``FeaturesMetrics``, ``ScorerMetrics``, ``DriftMetrics``, ...) whose ``__init__(registry=
+REGISTRY)`` creates every collector of the core on that registry, as attributes named for
+what they count (``duplicates``, ``predictions``), plus ``default_metrics()``, the one
+instance on the default registry, created once per process. The core's constructor takes
+``metrics: <Service>Metrics | None = None`` and keeps ``metrics or default_metrics()``: the
+service wiring injects it (or lets it default), a test passes
+``<Service>Metrics(CollectorRegistry())`` and reads that registry. The exported names, help
+texts and labels are the contract (dashboards and alerts read them): moving a collector into
+the class never renames it. The runtime's own metrics are :class:`RuntimeMetrics` below.
 """
 
 from __future__ import annotations

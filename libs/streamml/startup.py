@@ -34,6 +34,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streamml.errors import ConfigError
+from streamml.logs import fields
 from streamml.settings import HttpSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,12 @@ def retry_transient(
         sleep=sleep,
         reraise=True,
         before_sleep=lambda state: log.warning(
-            "%s: %s; retrying (attempt %d)",
-            what,
-            state.outcome.exception() if state.outcome else "?",
-            state.attempt_number,
+            "transient failure; retrying",
+            extra=fields(
+                what=what,
+                error=state.outcome.exception() if state.outcome else "?",
+                attempt=state.attempt_number,
+            ),
         ),
     )
     return retrying(call)
@@ -173,7 +176,8 @@ def probe_credentials(kafka: KafkaSettings, *, timeout_s: float) -> None:
         if fault is not None:
             raise ConfigError(fault)
     # Not answering is an infrastructure fault: the runtime's own retries deal with it.
-    log.warning("preflight: no answer from %s in %.0fs", kafka.bootstrap_servers, timeout_s)
+    log.warning("preflight: no answer from Kafka",
+                extra=fields(bootstrap=kafka.bootstrap_servers, timeout_s=timeout_s))  # fmt: skip
 
 
 def _configuration_fault(kafka: KafkaSettings, faults: list[KafkaError]) -> str | None:

@@ -9,12 +9,17 @@ state explicitly, so state loaded from Kafka can never execute code (no pickle).
 
 >>> state = State(["counts"])
 >>> counts = state.store("counts")
+>>> counts.assign(0)  # the runtime does this when partition 0 is assigned
 >>> counts.put(0, b"k", b"1")
 >>> counts.get(0, b"k")
 b'1'
 >>> state.abort()
 >>> counts.get(0, b"k") is None
 True
+>>> counts.put(0, b"k", b"2")
+>>> state.commit()
+>>> counts.get(0, b"k")
+b'2'
 """
 
 from __future__ import annotations

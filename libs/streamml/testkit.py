@@ -15,9 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
@@ -29,7 +29,9 @@ __all__ = [
     "consume_all",
     "create_topics",
     "free_port",
+    "metric_total",
     "produce",
+    "wait_until",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]  # libs/streamml/testkit.py -> the checkout
@@ -226,3 +228,38 @@ class ServiceProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout_s: float, what: str, *, interval_s: float = 0.2
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    A test waits for a condition, never for a fixed time: ``timeout_s`` is generous (it
+    only bounds a failure), ``what`` names the condition in the failure message. An
+    ``OSError`` (a service not listening yet) counts as "not yet".
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = predicate()
+        except OSError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting until {what}")
+        time.sleep(interval_s)
+
+
+def metric_total(proc: ServiceProcess, name: str) -> float:
+    """The sum of every sample of metric ``name`` that ``proc`` serves on /metrics."""
+    _, body = proc.http("/metrics")
+    total = 0.0
+    for line in body.get("text", "").splitlines():
+        if line.startswith((name + "{", name + " ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -25,7 +25,7 @@ the idle rule had to close a window early; that case is counted as late reports)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -261,15 +261,42 @@ class EpisodeTracker:
     def _evaluate(
         self, stream: str, merged: dict[str, Any], seen: int, outcome: WindowOutcome
     ) -> None:
-        p = self.params
         signals: dict[str, list[Signal]] = {}
         evaluated: set[str] = set()
-        ks_tests: list[tuple[str, float, float]] = []
-        refs = self._numeric_refs(stream)
 
         def fire(signal: Signal) -> None:
             signals.setdefault(_group(stream, signal.feature), []).append(signal)
 
+        self._numeric_tests(stream, merged, outcome, evaluated, fire)
+        if stream == FEATURES:
+            self._categorical_tests(merged, outcome, evaluated, fire)
+        if stream == PREDICTIONS:
+            self._positive_rate_test(merged, outcome, evaluated, fire)
+        for hit in merged["detections"]:
+            fire(Signal(hit["feature"], hit["detector"], float(hit["estimate"]),
+                        float(hit["threshold"]), self.params.stream_detector_severity))  # fmt: skip
+
+        current = {(f, t): v for f, t, v in outcome.statistics}
+        features = set(signals) | {
+            ep["feature"] for ep in self.episodes.values() if ep["stream"] == stream
+        }
+        for feature in sorted(features):
+            self._advance(stream=stream, feature=feature, signals=signals.get(feature, []),
+                          evaluated=feature in evaluated, current=current, merged=merged, seen=seen,
+                          outcome=outcome)  # fmt: skip
+
+    def _numeric_tests(
+        self,
+        stream: str,
+        merged: dict[str, Any],
+        outcome: WindowOutcome,
+        evaluated: set[str],
+        fire: Callable[[Signal], None],
+    ) -> None:
+        """Missing rate, PSI and KS (corrected over the window's features) per numeric sketch."""
+        p = self.params
+        ks_tests: list[tuple[str, float, float]] = []
+        refs = self._numeric_refs(stream)
         for name, sketch in merged["numeric"].items():
             ref = refs.get(name)
             if ref is None:
@@ -299,71 +326,72 @@ class EpisodeTracker:
             if adjusted < p.ks_alpha and d >= p.ks_min_d:
                 fire(Signal(name, "ks", d, p.ks_min_d, "alert", p_value=adjusted))
 
-        if stream == FEATURES:
-            for name, sketch in merged["categorical"].items():
-                cat_ref = self.reference.categorical.get(name)
-                if cat_ref is None:
-                    continue
-                counts = np.asarray(sketch["counts"], dtype=np.int64)
-                total = int(counts.sum()) + int(sketch["missing"])
-                if total < p.min_window_records:
-                    continue
-                evaluated.add(name)
-                rate = int(sketch["missing"]) / total
-                outcome.statistics.append((name, "missing_rate", rate))
-                if rate >= p.missing_rate:
-                    fire(Signal(name, "missing_rate", rate, p.missing_rate, "alert"))
-                if counts.sum() < p.min_window_records:
-                    continue
-                value = stats.psi(cat_ref.expected, counts)
-                chi2, chi2_p = stats.chi_square_two_sample(
-                    cat_ref.expected, counts, cat_ref.sample_size
-                )
-                chi2_p = min(1.0, chi2_p * len(self.reference.categorical))  # Bonferroni
-                delta = stats.largest_share_change(cat_ref.expected, counts)
-                outcome.statistics.append((name, "psi", value))
-                outcome.statistics.append((name, "chi2", chi2))
-                if chi2_p < p.chi2_alpha and delta >= p.chi2_min_delta:
-                    fire(Signal(name, "chi2", delta, p.chi2_min_delta, "alert", p_value=chi2_p))
-                if value >= p.psi_warn:
-                    sev: Severity = "alert" if value >= p.psi_alert else "warn"
-                    fire(Signal(name, "psi", value, p.psi_alert if sev == "alert" else p.psi_warn,
-                                sev, p_value=chi2_p))  # fmt: skip
-
-        decisions = int(merged["decisions"])
-        if (
-            stream == PREDICTIONS
-            and self.reference.positive_rate is not None
-            and decisions >= p.min_window_records
-        ):
-            evaluated.add(_group(stream, "decision"))
-            share = int(merged["positives"]) / decisions
-            z = stats.proportion_z_two_sample(
-                int(merged["positives"]),
-                decisions,
-                self.reference.positive_rate,
-                self.reference.positive_rate_sample,
+    def _categorical_tests(
+        self,
+        merged: dict[str, Any],
+        outcome: WindowOutcome,
+        evaluated: set[str],
+        fire: Callable[[Signal], None],
+    ) -> None:
+        """Missing rate, chi-square (Bonferroni) and PSI per categorical feature sketch."""
+        p = self.params
+        for name, sketch in merged["categorical"].items():
+            cat_ref = self.reference.categorical.get(name)
+            if cat_ref is None:
+                continue
+            counts = np.asarray(sketch["counts"], dtype=np.int64)
+            total = int(counts.sum()) + int(sketch["missing"])
+            if total < p.min_window_records:
+                continue
+            evaluated.add(name)
+            rate = int(sketch["missing"]) / total
+            outcome.statistics.append((name, "missing_rate", rate))
+            if rate >= p.missing_rate:
+                fire(Signal(name, "missing_rate", rate, p.missing_rate, "alert"))
+            if counts.sum() < p.min_window_records:
+                continue
+            value = stats.psi(cat_ref.expected, counts)
+            chi2, chi2_p = stats.chi_square_two_sample(
+                cat_ref.expected, counts, cat_ref.sample_size
             )
-            outcome.statistics.append(("decision", "positive_rate", share))
-            if (
-                abs(z) >= p.positive_rate_z
-                and abs(share - self.reference.positive_rate) >= p.positive_rate_min_delta
-            ):
-                fire(Signal("decision", "positive_rate", share, self.reference.positive_rate,
-                            "alert"))  # fmt: skip
+            chi2_p = min(1.0, chi2_p * len(self.reference.categorical))  # Bonferroni
+            delta = stats.largest_share_change(cat_ref.expected, counts)
+            outcome.statistics.append((name, "psi", value))
+            outcome.statistics.append((name, "chi2", chi2))
+            if chi2_p < p.chi2_alpha and delta >= p.chi2_min_delta:
+                fire(Signal(name, "chi2", delta, p.chi2_min_delta, "alert", p_value=chi2_p))
+            if value >= p.psi_warn:
+                sev: Severity = "alert" if value >= p.psi_alert else "warn"
+                fire(Signal(name, "psi", value, p.psi_alert if sev == "alert" else p.psi_warn,
+                            sev, p_value=chi2_p))  # fmt: skip
 
-        for hit in merged["detections"]:
-            fire(Signal(hit["feature"], hit["detector"], float(hit["estimate"]),
-                        float(hit["threshold"]), p.stream_detector_severity))  # fmt: skip
-
-        current = {(f, t): v for f, t, v in outcome.statistics}
-        features = set(signals) | {
-            ep["feature"] for ep in self.episodes.values() if ep["stream"] == stream
-        }
-        for feature in sorted(features):
-            self._advance(stream=stream, feature=feature, signals=signals.get(feature, []),
-                          evaluated=feature in evaluated, current=current, merged=merged, seen=seen,
-                          outcome=outcome)  # fmt: skip
+    def _positive_rate_test(
+        self,
+        merged: dict[str, Any],
+        outcome: WindowOutcome,
+        evaluated: set[str],
+        fire: Callable[[Signal], None],
+    ) -> None:
+        """The window's positive-decision share against the reference (two-sample z)."""
+        p = self.params
+        decisions = int(merged["decisions"])
+        if self.reference.positive_rate is None or decisions < p.min_window_records:
+            return
+        evaluated.add(_group(PREDICTIONS, "decision"))
+        share = int(merged["positives"]) / decisions
+        z = stats.proportion_z_two_sample(
+            int(merged["positives"]),
+            decisions,
+            self.reference.positive_rate,
+            self.reference.positive_rate_sample,
+        )
+        outcome.statistics.append(("decision", "positive_rate", share))
+        if (
+            abs(z) >= p.positive_rate_z
+            and abs(share - self.reference.positive_rate) >= p.positive_rate_min_delta
+        ):
+            fire(Signal("decision", "positive_rate", share, self.reference.positive_rate,
+                        "alert"))  # fmt: skip
 
     def _threshold(self, detector: str) -> float:
         """The warn-level threshold of a window test (0 for streaming detectors)."""

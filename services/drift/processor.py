@@ -35,6 +35,7 @@ from services.drift.metrics import DriftMetrics, default_metrics
 from services.drift.monitor import FEATURES, PREDICTIONS, WINDOW, Rows, StreamMonitor
 from services.drift.reference import Reference
 from services.drift.statecodec import StateCodec, StateIntegrityError
+from streamml.logs import fields
 from streamml.processor import Output, Processor, Record, Rejection, Result
 from streamml.state import State
 
@@ -285,8 +286,8 @@ class DriftProcessor(Processor):
         if document.get("layout") != _LAYOUT or document.get("reference") != (
             self.reference.fingerprint
         ):
-            log.warning("drift state of %s/%d was for another reference; starting afresh",
-                        stream, partition)  # fmt: skip
+            log.warning("drift state was for another reference; starting afresh",
+                        extra=fields(stream=stream, partition=partition))  # fmt: skip
             self.metrics.state_resets.labels("reference").inc()
             return monitor
         same_detectors = (
@@ -294,8 +295,9 @@ class DriftProcessor(Processor):
             and document.get("params") == self._params_fingerprint
         )
         if not same_detectors:
-            log.warning("detector parameters or river version changed; %s/%d detectors "
-                        "start afresh (window counts kept)", stream, partition)  # fmt: skip
+            log.warning("detector parameters or river version changed; detectors start "
+                        "afresh (window counts kept)",
+                        extra=fields(stream=stream, partition=partition))  # fmt: skip
             self.metrics.state_resets.labels("detectors").inc()
         monitor.load(document["monitor"], detectors=same_detectors)
         return monitor
@@ -316,9 +318,10 @@ class DriftProcessor(Processor):
             for alert in outcome.alerts:
                 self.metrics.alerts.labels(alert["feature"], alert["state"],
                                            alert["severity"]).inc()  # fmt: skip
-                log.info("drift alert %s %s feature=%s detector=%s statistic=%.4g severity=%s",
-                         alert["alert_id"], alert["state"], alert["feature"], alert["detector"],
-                         alert["statistic"], alert["severity"])  # fmt: skip
+                log.info("drift alert", extra=fields(
+                    alert_id=alert["alert_id"], state=alert["state"], feature=alert["feature"],
+                    detector=alert["detector"], statistic=alert["statistic"],
+                    severity=alert["severity"]))  # fmt: skip
                 result.outputs.append(Output(topic=self.alerts_topic, schema=ALERT_SCHEMA,
                                              value=alert, key=alert["alert_id"]))  # fmt: skip
             self.metrics.open_episodes.set(len(tracker.episodes))
@@ -366,7 +369,8 @@ class DriftProcessor(Processor):
         try:
             document = self._codec.loads(raw)
         except StateIntegrityError as exc:
-            log.error("drift state %s rejected (%s); starting it afresh", what, exc)
+            log.error("drift state rejected; starting it afresh",
+                      extra=fields(what=what, error=exc))  # fmt: skip
             self.metrics.state_resets.labels("signature").inc()
             return None
         if not isinstance(document, dict):

@@ -11,53 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from streamml.metrics import BulkHistogram
-
-DUPLICATES = Counter(
-    "streamml_features_duplicates_total",
-    "Events dropped because their event id was already turned into features, by source "
-    "(live = upstream retry or double send; replay = operator replay or redrive headers).",
-    ["source"],
-)
-VALIDATION_FAILURES = Counter(
-    "streamml_features_validation_failures_total",
-    "Events dead-lettered by a data-quality rule, by reason and field.",
-    ["reason", "field"],
-)
-LATE_EVENTS = Counter(
-    "streamml_features_late_events_total",
-    "Events older than their entity's watermark minus the allowed lateness (dead-lettered).",
-)
-FEATURE_AGE = BulkHistogram(
-    "streamml_features_feature_age_seconds",
-    "Feature age at emit: computed_at minus the event's event_time.",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86_400),
-)
-ENTITY_HISTORY_CAPPED = Counter(
-    "streamml_features_entity_history_capped_total",
-    "Events evicted early because one entity exceeded max_entity_events (its windows are "
-    "approximate from then on).",
-)
-DEDUP_EXPIRED = Counter(
-    "streamml_features_dedup_expired_total",
-    "Dedup keys deleted because they fell out of the retention window (event time).",
-)
-CIRCUIT_STATE = Gauge(
-    "streamml_features_circuit_state",
-    "Fail-stop circuit: 0 closed (flowing), 1 open (halted), 2 half-open (probing).",
-)
-CIRCUIT_TRIPS = Counter(
-    "streamml_features_circuit_trips_total",
-    "Times the fail-stop circuit opened because the invalid share passed the threshold.",
-)
-INVALID_SHARE = Gauge(
-    "streamml_features_invalid_share",
-    "Share of invalid records in the circuit's sliding window.",
-)
 
 
 class LastEventAge(Collector):
@@ -89,5 +47,81 @@ class LastEventAge(Collector):
         yield family
 
 
-LAST_EVENT = LastEventAge()
-REGISTRY.register(LAST_EVENT)
+class FeaturesMetrics:
+    """The features core's metrics: duplicates, rule failures, lateness, feature age,
+    time since the last event, dedup expiry and the fail-stop circuit.
+
+    Built once by the service (:func:`default_metrics`) and handed to the processor; a
+    test passes one on its own ``CollectorRegistry`` (see :mod:`streamml.metrics`).
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry = REGISTRY, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.duplicates = Counter(
+            "streamml_features_duplicates_total",
+            "Events dropped because their event id was already turned into features, by "
+            "source (live = upstream retry or double send; replay = operator replay or "
+            "redrive headers).",
+            ["source"],
+            registry=registry,
+        )
+        self.validation_failures = Counter(
+            "streamml_features_validation_failures_total",
+            "Events dead-lettered by a data-quality rule, by reason and field.",
+            ["reason", "field"],
+            registry=registry,
+        )
+        self.late_events = Counter(
+            "streamml_features_late_events_total",
+            "Events older than their entity's watermark minus the allowed lateness "
+            "(dead-lettered).",
+            registry=registry,
+        )
+        self.feature_age = BulkHistogram(
+            "streamml_features_feature_age_seconds",
+            "Feature age at emit: computed_at minus the event's event_time.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86_400),
+            registry=registry,
+        )
+        self.entity_history_capped = Counter(
+            "streamml_features_entity_history_capped_total",
+            "Events evicted early because one entity exceeded max_entity_events (its windows "
+            "are approximate from then on).",
+            registry=registry,
+        )
+        self.dedup_expired = Counter(
+            "streamml_features_dedup_expired_total",
+            "Dedup keys deleted because they fell out of the retention window (event time).",
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "streamml_features_circuit_state",
+            "Fail-stop circuit: 0 closed (flowing), 1 open (halted), 2 half-open (probing).",
+            registry=registry,
+        )
+        self.circuit_trips = Counter(
+            "streamml_features_circuit_trips_total",
+            "Times the fail-stop circuit opened because the invalid share passed the threshold.",
+            registry=registry,
+        )
+        self.invalid_share = Gauge(
+            "streamml_features_invalid_share",
+            "Share of invalid records in the circuit's sliding window.",
+            registry=registry,
+        )
+        self.last_event = LastEventAge(clock)
+        registry.register(self.last_event)
+
+
+_lock = threading.Lock()
+_default: FeaturesMetrics | None = None
+
+
+def default_metrics() -> FeaturesMetrics:
+    """The process-wide metrics on the default registry (created once)."""
+    global _default  # noqa: PLW0603 - one set of collectors per registry
+    with _lock:
+        if _default is None:
+            _default = FeaturesMetrics()
+        return _default

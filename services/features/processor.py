@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.features import metrics
 from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.dedup import DedupStore
 from services.features.entity_state import NO_TIME, EntityHistory
@@ -39,6 +38,7 @@ from services.features.feature_set import (
     demo_feature_set,
     field_getter,
 )
+from services.features.metrics import FeaturesMetrics, default_metrics
 from services.features.validation import (
     DEFAULT_RULES,
     EventTimeBounds,
@@ -48,6 +48,7 @@ from services.features.validation import (
 )
 from services.features.vector_writer import FEATURE_VECTOR_SCHEMA, VectorWriter
 from streamml.errors import InfrastructureError
+from streamml.logs import fields
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
 from streamml.state import KeyValueStore, State
 
@@ -112,8 +113,10 @@ class FeaturesProcessor(Processor):
         include_names: bool = True,
         history_cache_size: int = DEFAULT_HISTORY_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
+        metrics: FeaturesMetrics | None = None,
     ) -> None:
         self.feature_set = feature_set
+        self.metrics = metrics or default_metrics()
         self.output_topic = output_topic
         self._rules = RuleSet(rules)
         # Events older than the dedup horizon could be duplicates whose key expired, so
@@ -137,7 +140,7 @@ class FeaturesProcessor(Processor):
         self._writer: VectorWriter | None = None
         # Set until the writer is bound (bind needs the registry when one is configured).
         self._unbound_codec: AvroCodec | None = None
-        metrics.CIRCUIT_STATE.set(0)
+        self.metrics.circuit_state.set(0)
 
     @classmethod
     def from_settings(cls, settings: FeaturesSettings) -> FeaturesProcessor:
@@ -184,7 +187,8 @@ class FeaturesProcessor(Processor):
         except InfrastructureError as exc:
             # The registry is not answering yet: bind at the first batch instead (a batch
             # cannot be encoded without the registry anyway; the runtime retries it).
-            log.warning("FeatureVector writer bound later, the registry is not answering: %s", exc)
+            log.warning("FeatureVector writer bound later, the registry is not answering",
+                        extra=fields(error=exc))  # fmt: skip
 
     def _bind_writer(self) -> None:
         codec = self._unbound_codec
@@ -217,15 +221,16 @@ class FeaturesProcessor(Processor):
         for _, partition in partitions:
             if self._dedup is not None:
                 self._dedup.forget(partition)
-            metrics.LAST_EVENT.forget(partition)
+            self.metrics.last_event.forget(partition)
 
     def on_resume(self, *, probe: bool) -> None:
         if self.circuit is None:
             return
         self.circuit.resume(probe=probe)
         state = self.circuit.state
-        metrics.CIRCUIT_STATE.set(int(state))
-        log.warning("fail-stop circuit %s", "half-open (probe)" if probe else "closed by operator")
+        self.metrics.circuit_state.set(int(state))
+        resumed = "half-open (probe)" if probe else "closed by operator"
+        log.warning("fail-stop circuit resumed", extra=fields(state=resumed))
 
     def is_ready(self) -> bool:
         return self.circuit is None or self.circuit.state is not CircuitState.OPEN
@@ -251,7 +256,7 @@ class FeaturesProcessor(Processor):
         # Largest accepted event time per partition, read once and written once per batch.
         maxima: dict[int, int | None] = {}
         for partition in {record.partition for record in records}:
-            metrics.LAST_EVENT.touch(partition, now)
+            self.metrics.last_event.touch(partition, now)
         batch = self._prepare(records)
         try:
             for index, record in enumerate(records):
@@ -261,11 +266,10 @@ class FeaturesProcessor(Processor):
                 reason = violation.reason if violation is not None else ""
                 tripped = circuit.record(invalid=violation is not None, reason=reason)
                 if tripped is not None:
-                    metrics.CIRCUIT_TRIPS.inc()
+                    self.metrics.circuit_trips.inc()
                     log.error(
-                        "fail-stop circuit open: %s; holding %d records of this batch",
-                        tripped,
-                        len(records) - index - 1,
+                        "fail-stop circuit open; holding the rest of this batch",
+                        extra=fields(reason=tripped, held_records=len(records) - index - 1),
                     )
                     result.halt = self._halt(tripped, records[index + 1 :])
                     break
@@ -278,10 +282,10 @@ class FeaturesProcessor(Processor):
             if latest is not None:
                 expired = dedup.advance(partition, latest)
                 if expired:
-                    metrics.DEDUP_EXPIRED.inc(expired)
+                    self.metrics.dedup_expired.inc(expired)
         if circuit is not None:
-            metrics.INVALID_SHARE.set(circuit.invalid_share)
-            metrics.CIRCUIT_STATE.set(int(circuit.state))
+            self.metrics.invalid_share.set(circuit.invalid_share)
+            self.metrics.circuit_state.set(int(circuit.state))
         return result
 
     def _halt(self, reason: str, unconsumed: Sequence[Record]) -> Halt:
@@ -334,7 +338,7 @@ class FeaturesProcessor(Processor):
             )
         digest = dedup.digest(event_id)
         if dedup.seen(partition, digest):
-            metrics.DUPLICATES.labels("replay" if record.is_replay else "live").inc()
+            self.metrics.duplicates.labels("replay" if record.is_replay else "live").inc()
             return None
         failing = batch.failing
         violation = self._rules.check(event) if failing is None or index in failing else None
@@ -362,7 +366,7 @@ class FeaturesProcessor(Processor):
             history = EntityHistory() if raw is None else EntityHistory.from_bytes(raw)
         watermark = history.watermark
         if watermark != NO_TIME and event_time < watermark - self._lateness:
-            metrics.LATE_EVENTS.inc()
+            self.metrics.late_events.inc()
             late = Violation(
                 "late",
                 "event_time",
@@ -386,7 +390,7 @@ class FeaturesProcessor(Processor):
         history.evict_before(history.watermark - self._retention)
         capped = history.cap(self._max_entity_events)
         if capped:
-            metrics.ENTITY_HISTORY_CAPPED.inc(capped)
+            self.metrics.entity_history_capped.inc(capped)
         stored = history.to_bytes()
         entities.put(partition, entity_key, stored)
         histories = self._histories
@@ -422,7 +426,7 @@ class FeaturesProcessor(Processor):
             )
         computed_at = int(now * 1000)
         times = [event_time for _, _, _, event_time in accepted]
-        metrics.FEATURE_AGE.observe_many(
+        self.metrics.feature_age.observe_many(
             np.maximum(computed_at - np.array(times, dtype=np.int64), 0) / 1000.0
         )
         topic = self.output_topic
@@ -466,7 +470,7 @@ class FeaturesProcessor(Processor):
             )
 
     def _reject(self, record: Record, result: Result, violation: Violation) -> Violation:
-        metrics.VALIDATION_FAILURES.labels(violation.reason, violation.field).inc()
+        self.metrics.validation_failures.labels(violation.reason, violation.field).inc()
         result.rejections.append(
             Rejection(record, violation.reason, violation.message, stage="validate")
         )

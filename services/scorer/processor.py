@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from services.scorer import metrics
 from services.scorer.breaker import CircuitBreaker
 from services.scorer.control import SCHEMA as CONTROL_SCHEMA
 from services.scorer.control import control_record
+from services.scorer.metrics import ScorerMetrics, default_metrics
 from services.scorer.model import OnnxModel, Scores
 from services.scorer.routing import (
     ROLES,
@@ -49,6 +49,7 @@ from services.scorer.routing import (
 )
 from services.scorer.rules import RulesScorer
 from streamml.errors import DecodeError
+from streamml.logs import fields
 from streamml.processor import Output, Processor, Record, Rejection, Result
 from streamml.state import State
 
@@ -140,10 +141,12 @@ class ScorerProcessor(Processor):
         monotonic: Callable[[], float] = time.perf_counter,
         instance: str = "scorer",
         names_of: Callable[[Record], Sequence[str]] | None = None,
+        metrics: ScorerMetrics | None = None,
     ) -> None:
         """``names_of`` returns the feature names of a record decoded without them (the
         :data:`NAMELESS_VECTOR` projection); the rules route calls it only for a vector of a
         feature set no loaded model knows. None: such vectors are scored on no names."""
+        self.metrics = metrics or default_metrics()
         self._routes = routes
         self._names_of = names_of
         self._predictions_topic = predictions_topic
@@ -159,9 +162,9 @@ class ScorerProcessor(Processor):
             failure_threshold=self._policy.breaker_failure_threshold,
             cooldown_s=self._policy.breaker_cooldown_s,
             clock=monotonic,
-            on_transition=metrics.breaker_transition,
+            on_transition=self.metrics.breaker_transition,
         )
-        metrics.BREAKER_STATE.labels("primary").set(0)
+        self.metrics.breaker_state.labels("primary").set(0)
         self._canary_monitor = CanaryMonitor(
             max_error_rate=self._policy.canary_max_error_rate,
             max_latency_ms=self._policy.canary_max_latency_ms,
@@ -235,7 +238,7 @@ class ScorerProcessor(Processor):
                 )
             )
         for route, count in batch.routes.items():
-            metrics.PREDICTIONS.labels(route).inc(count)
+            self.metrics.predictions.labels(route).inc(count)
         if table.shadow is not None:
             result.outputs.extend(self._score_shadow(table.shadow, batch))
         if canary is not None and canary_idx:
@@ -261,17 +264,21 @@ class ScorerProcessor(Processor):
                 before, after = old.get(role), table.get(role)
                 if _same(before, after):
                     continue
-                metrics.MODEL_SWAPS.labels(role).inc()
+                self.metrics.model_swaps.labels(role).inc()
                 if role in self._serving:
-                    metrics.MODEL_INFO.remove(role, *self._serving.pop(role))
+                    self.metrics.model_info.remove(role, *self._serving.pop(role))
                 if after is not None:
                     self._serving[role] = (after.model.name, after.model.version)
-                    metrics.MODEL_INFO.labels(role, after.model.name, after.model.version).set(1)
+                    self.metrics.model_info.labels(role, after.model.name, after.model.version).set(
+                        1
+                    )
                 log.info(
-                    "route %s swapped: %s -> %s",
-                    role,
-                    before.model.label if before else "nothing",
-                    after.model.label if after else "nothing",
+                    "route swapped",
+                    extra=fields(
+                        role=role,
+                        before=before.model.label if before else "nothing",
+                        after=after.model.label if after else "nothing",
+                    ),
                 )
                 if role == "primary":
                     self._breaker.reset("new primary version")
@@ -380,22 +387,25 @@ class ScorerProcessor(Processor):
             scores = model.predict(matrix)
         except Exception as exc:  # whatever the model does wrong, the batch falls back
             latency_ms = (self._monotonic() - start) * 1000.0
-            log.warning("model %s failed on a batch of %d: %s", model.label, len(matrix), exc)
+            log.warning("model failed on a batch",
+                        extra=fields(model=model.label, rows=len(matrix), error=exc))  # fmt: skip
             return _Run(None, "error", latency_ms)
         latency_ms = (self._monotonic() - start) * 1000.0
         if not np.isfinite(scores).all():
-            log.warning("model %s returned non-finite scores", model.label)
+            log.warning("model returned non-finite scores", extra=fields(model=model.label))
             return _Run(None, "non_finite", latency_ms)
         if (scores < 0.0).any() or (scores > 1.0).any():
-            log.warning("model %s returned scores outside [0, 1]", model.label)
+            log.warning("model returned scores outside [0, 1]", extra=fields(model=model.label))
             return _Run(None, "out_of_range", latency_ms)
         if budget and latency_ms > self._policy.latency_budget_ms:
             log.warning(
-                "model %s took %.1f ms for %d rows, over the %.1f ms budget",
-                model.label,
-                latency_ms,
-                len(matrix),
-                self._policy.latency_budget_ms,
+                "model over its latency budget",
+                extra=fields(
+                    model=model.label,
+                    latency_ms=round(latency_ms, 1),
+                    rows=len(matrix),
+                    budget_ms=self._policy.latency_budget_ms,
+                ),
             )
             return _Run(None, "latency_budget", latency_ms)
         return _Run(scores, None, latency_ms)
@@ -411,7 +421,7 @@ class ScorerProcessor(Processor):
         if not eligible:
             return eligible, None
         run = self._run(model, _rows(vectors, eligible), budget=budget)
-        metrics.MODEL_BATCH_SECONDS.labels(route).observe(run.latency_ms / 1000.0)
+        self.metrics.model_batch_seconds.labels(route).observe(run.latency_ms / 1000.0)
         return eligible, run
 
     def _serve(
@@ -438,7 +448,7 @@ class ScorerProcessor(Processor):
             len(eligible), failed=run.failure is not None, latency_ms=run.latency_ms
         )
         if run.scores is None:
-            metrics.FALLBACKS.labels("canary", run.failure or "error").inc(len(eligible))
+            self.metrics.fallbacks.labels("canary", run.failure or "error").inc(len(eligible))
             return eligible, run.failure
         self._serve(batch, canary, "canary", eligible, run)
         return [], None
@@ -481,8 +491,8 @@ class ScorerProcessor(Processor):
         for i in pending:
             batch.served[i] = self._rules_prediction(batch, i)
 
-    @staticmethod
     def _note(
+        self,
         indices: list[int],
         reasons: dict[int, str | None],
         route: str,
@@ -492,7 +502,7 @@ class ScorerProcessor(Processor):
     ) -> None:
         """Record why ``route`` did not score these records (the first reason stays first)."""
         if indices:
-            metrics.FALLBACKS.labels(route, reason).inc(len(indices))
+            self.metrics.fallbacks.labels(route, reason).inc(len(indices))
         for i in indices:
             if reasons[i] is None:
                 reasons[i] = reason
@@ -503,12 +513,12 @@ class ScorerProcessor(Processor):
         everyone = list(range(len(batch.vectors)))
         eligible, run = self._model_route("shadow", shadow, batch, everyone, budget=False)
         if run is None:
-            metrics.SHADOW_FAILURES.labels("feature_set_mismatch").inc()
+            self.metrics.shadow_failures.labels("feature_set_mismatch").inc()
             return []
         if run.scores is None:
-            metrics.SHADOW_FAILURES.labels(run.failure or "error").inc()
+            self.metrics.shadow_failures.labels(run.failure or "error").inc()
             return []
-        metrics.PREDICTIONS.labels("shadow").inc(len(eligible))
+        self.metrics.predictions.labels("shadow").inc(len(eligible))
         model = shadow.model
         by = _ServedBy(
             model.name, model.version, model.threshold, "shadow", run.latency_ms, batch.scored_at
@@ -530,11 +540,10 @@ class ScorerProcessor(Processor):
         bound, message = breach
         self._rolled_back_canary = canary.revision
         self._canary_monitor.reset()
-        metrics.CANARY_ROLLBACKS.labels(bound).inc()
+        self.metrics.canary_rollbacks.labels(bound).inc()
         log.error(
-            "canary %s rolled back automatically: %s; its share goes back to the primary",
-            canary.model.label,
-            message,
+            "canary rolled back automatically; its share goes back to the primary",
+            extra=fields(model=canary.model.label, reason=message),
         )
         if self._control_topic is None:
             return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -20,7 +19,15 @@ from services.drift.episodes import WindowTestParams
 from services.drift.reference import reference_from_mapping, synthetic_reference
 from streamml.codec import AvroCodec
 from streamml.processor import Record
-from tests.kafkatest import ServiceProcess, consume_all, create_topics, free_port, produce
+from tests.kafkatest import (
+    ServiceProcess,
+    consume_all,
+    create_topics,
+    free_port,
+    metric_total,
+    produce,
+    wait_until,
+)
 from tests.unit.drift.harness import FEATURES, Harness, make_processor
 
 pytestmark = [pytest.mark.integration]
@@ -112,17 +119,24 @@ def _window_reports(bootstrap: str, prefix: str, windows: int | None = None) -> 
     with ``windows``, wait until every partition reported that many."""
     codec = AvroCodec()
     topic = f"{prefix}drift.windows"
-    deadline = time.monotonic() + 180
-    while True:
+
+    def reports() -> list[Any]:
         messages = consume_all(bootstrap, topic, idle_s=2, timeout_s=60)
-        reports = [
+        return [
             m for m in messages
             if codec.decode(m.value(), "DriftWindowReport", topic=topic)["kind"] == "window"
         ]  # fmt: skip
-        if windows is None or len(reports) >= windows * PARTITIONS:
-            return reports
-        assert time.monotonic() < deadline, f"{len(reports)} window reports of {windows}"
-        time.sleep(1)
+
+    if windows is None:
+        return reports()
+    expected = windows * PARTITIONS
+
+    def all_reported() -> list[Any] | None:
+        found = reports()
+        return found if len(found) >= expected else None
+
+    return wait_until(all_reported, 180, f"every partition reported {windows} windows",
+                      interval_s=1.0)  # fmt: skip
 
 
 def _windows_done(bootstrap: str, prefix: str, windows: int) -> None:
@@ -188,12 +202,14 @@ def test_alerts_after_sigkill_and_restart_equal_an_uninterrupted_run(
     create_topics(kafka_bootstrap, prefix, partitions=PARTITIONS)
     feeder = _Feeder(kafka_bootstrap, f"{prefix}features", vectors, chunks=30)
     feeder.start()
-    rng = random.Random(5)
     kills = 0
     while kills < 2:
         proc = _service(kafka_bootstrap, prefix, reference, logs_dir).start()
         proc.wait_ready(90)
-        time.sleep(rng.uniform(1.0, 3.0))
+        # Killed once this instance has committed input of its own (the feeder is still
+        # producing: the assertion below shows the kill came before the end).
+        wait_until(lambda p=proc: metric_total(p, "streamml_records_in_total") > 0, 120,
+                   "the restarted service committed a batch")  # fmt: skip
         proc.kill()  # SIGKILL mid-stream: the open transaction is aborted
         proc.stop()
         kills += 1
@@ -253,7 +269,7 @@ class _Feeder(threading.Thread):
             size = max(1, len(self.vectors) // self.chunks)
             for start in range(0, len(self.vectors), size):
                 _produce(self.bootstrap, self.topic, self.vectors[start : start + size])
-                time.sleep(0.4)
+                time.sleep(0.4)  # pacing: the stream arrives over time (not a wait)
         except BaseException as exc:
             self.error = exc
 
@@ -277,7 +293,12 @@ def test_replayed_records_do_not_trigger_alerts(
         proc.wait_ready(90)
         windows = 8 + 7  # event-time windows 0-7 and 16-22 per partition (23 stays open)
         reports = _window_reports(kafka_bootstrap, topic_prefix, windows)
-        time.sleep(2)
+        # Every reported window is tested (or carried into the next) before "no alert" counts.
+        wait_until(
+            lambda: metric_total(proc, "streamml_drift_windows_closed_total")
+            + metric_total(proc, "streamml_drift_windows_carried_total") >= windows,
+            120, f"the service tested all {windows} windows",
+        )  # fmt: skip
         alerts = _alerts(kafka_bootstrap, topic_prefix)
         _code, metrics = proc.http("/metrics")
     finally:
@@ -368,13 +389,13 @@ def test_two_instances_sharing_four_partitions_give_one_alert(
     try:
         for proc in procs:
             proc.wait_ready(90)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # both members hold inputs before data flows
+
+        def owned_when_both_hold_inputs() -> list[list[str]] | None:
             owned = [proc.http("/readyz")[1].get("partitions", []) for proc in procs]
-            if all(any(".features:" in p for p in parts) for parts in owned):
-                break
-            time.sleep(0.5)
-        assert all(any(".features:" in p for p in parts) for parts in owned), owned
+            return owned if all(any(".features:" in p for p in parts) for parts in owned) else None
+
+        # Both members hold inputs before data flows.
+        owned = wait_until(owned_when_both_hold_inputs, 60, "both instances own an input")
         n = 16_000
         _produce(kafka_bootstrap, f"{topic_prefix}features", _vectors(n, seed=41, drift=(8_000, n)))
         windows = n * STEP_MS // 5_000 - 1

@@ -24,7 +24,14 @@ from streamml import deadletter as dl
 from streamml.codec import AvroCodec
 from streamml.synthetic import generate_events
 from tests.integration.runtime_support import kill_mid_transaction
-from tests.kafkatest import ServiceProcess, consume_all, create_topics, free_port, produce
+from tests.kafkatest import (
+    ServiceProcess,
+    consume_all,
+    create_topics,
+    free_port,
+    produce,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +139,7 @@ def test_sigkill_three_times_with_duplicates_gives_one_vector_per_event_id(
             proc.wait_ready(90)
         else:
             produce(kafka_bootstrap, topic, chunk)
-            time.sleep(0.3)
+            time.sleep(0.3)  # pacing: the stream arrives over time (not a wait)
     messages = consume_all(
         kafka_bootstrap, f"{topic_prefix}features", expect=len(events), timeout_s=300
     )
@@ -269,18 +276,6 @@ CIRCUIT_ENV = {
 }
 
 
-def _wait_for(predicate: Any, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:  # not listening yet
-            pass
-        time.sleep(0.3)
-    raise AssertionError("condition not met in time")
-
-
 def test_fail_stop_holds_valid_records_until_the_operator_resumes(
     kafka_bootstrap: str, topic_prefix: str, logs_dir: Path
 ) -> None:
@@ -291,20 +286,21 @@ def test_fail_stop_holds_valid_records_until_the_operator_resumes(
         kafka_bootstrap, topic_prefix, logs_dir, batch=25, env=CIRCUIT_ENV
     ).start()
     # Not ready before the first assignment either: wait for the halt itself.
-    _wait_for(lambda: proc.http("/healthz")[0] == 200 and proc.http("/readyz")[1].get("halted"))
+    wait_until(lambda: proc.http("/healthz")[0] == 200 and proc.http("/readyz")[1].get("halted"),
+               60, "the service halts")  # fmt: skip
     assert proc.http("/readyz")[0] == 503
     # Halted: the records before the trip are done, the valid ones after it are held.
     before = consume_all(kafka_bootstrap, f"{topic_prefix}features", idle_s=3.0, timeout_s=20)
     assert sorted(v["event_id"] for v in decoded_vectors(before)) == sorted(
         e["event_id"] for e in good[:30]
     )
-    time.sleep(2.0)
+    # Once the dead letters have gone quiet, the service is still halted (nothing resumes it).
+    dead_before = consume_all(kafka_bootstrap, f"{topic_prefix}events.dlq", idle_s=2.0)
     assert proc.http("/readyz")[0] == 503
     _, status = proc.http("/metrics")
     metrics = status["text"]
     assert "streamml_features_circuit_state 1.0" in metrics
     assert "streamml_features_circuit_trips_total 1.0" in metrics
-    dead_before = consume_all(kafka_bootstrap, f"{topic_prefix}events.dlq", idle_s=2.0)
     assert 20 <= len(dead_before) < len(bad)
 
     resumed = subprocess.run(

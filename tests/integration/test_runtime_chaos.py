@@ -6,7 +6,6 @@ Then it goes away again while the processor is idle: /readyz says so, /healthz s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,24 +17,15 @@ from tests.integration.runtime_support import (
     counter_process,
     make_events,
 )
-from tests.kafkatest import ServiceProcess, consume_all, create_topics
+from tests.kafkatest import ServiceProcess, consume_all, create_topics, metric_total, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+OUTAGE_S = 10.0
 
 
 def _not_ready_reason(proc: ServiceProcess) -> str | None:
     code, body = proc.http("/readyz")
     return str(body.get("reason")) if code == 503 else None
-
-
-def _poll(condition: Callable[[], str | None], timeout_s: float, what: str) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: Path) -> None:
@@ -53,9 +43,11 @@ def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: 
         ).start()  # fmt: skip
         proc.wait_ready(60)
         feeder.start()
-        time.sleep(4)
+        # The broker goes away mid-stream: once the processor has committed input.
+        wait_until(lambda: metric_total(proc, "streamml_records_in_total") > 0, 120,
+                   "the processor committed a batch")  # fmt: skip
         broker.stop()
-        time.sleep(10)
+        time.sleep(OUTAGE_S)  # the fault itself: how long the broker stays away (not a wait)
         assert proc.alive, "the processor died while the broker was down"
         assert proc.http("/healthz")[0] == 200  # waiting for the broker is not death
         broker.start()
@@ -69,7 +61,9 @@ def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: 
         # away again. The service says it is not ready and why, stays alive, and is ready
         # again once the broker is back, with no record to tell it so.
         broker.stop()
-        reason = _poll(lambda: _not_ready_reason(proc), 60, "/readyz 503 while the broker is down")
+        reason = wait_until(
+            lambda: _not_ready_reason(proc), 60, "/readyz is 503 while the broker is down"
+        )
         assert "no broker reachable" in reason, reason
         assert proc.http("/healthz")[0] == 200
         broker.start()

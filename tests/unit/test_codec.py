@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -459,26 +458,6 @@ def test_check_compatibility_is_exported() -> None:
     assert check_compatibility(label, LABEL_V1) == []  # dropping a field is fine for readers
     strict = {**label, "fields": [*label["fields"], {"name": "weight", "type": "double"}]}
     assert check_compatibility(label, strict) == ["Label.weight: field added without a default"]
-
-
-# -- throughput (measured, printed, never asserted) ---------------------------------------
-
-
-def test_measure_throughput(codec: AvroCodec, capsys: pytest.CaptureFixture[str]) -> None:
-    n = 20_000
-    start = time.perf_counter()
-    for _ in range(n):
-        data = codec.encode("Event", EVENT)
-    encode_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(n):
-        codec.decode(data, "Event")
-    decode_s = time.perf_counter() - start
-    with capsys.disabled():
-        print(
-            f"\ncodec throughput (Event, {len(data)} bytes, {n} records): "
-            f"encode {n / encode_s:,.0f}/s, decode {n / decode_s:,.0f}/s"
-        )
 
 
 # -- the compiled writer (one pass: check and write) -------------------------------------

@@ -126,6 +126,12 @@ def _compile_check(
     if kind == "fixed":
         size = schema["size"]
         return lambda v: type(v) is bytes and len(v) == size
+    return _compile_record_check(schema, named, checks)
+
+
+def _compile_record_check(
+    schema: dict[str, Any], named: dict[str, Any], checks: dict[str, Callable[[Any], bool]]
+) -> Callable[[Any], bool]:
     name = str(schema["name"])
     checks[name] = lambda v: False  # replaced below; lets recursive fields refer to it
     fields = [

@@ -156,16 +156,23 @@ class _Resolution:
             self.compare(writer["values"], reader["values"], path + "{}")
         elif str(writer["name"]) not in _names(reader):
             self.problems.append(f"{path}: {wtype} {writer['name']} renamed to {reader['name']}")
-        elif wtype == "fixed":
+        else:
+            self._compare_named(wtype, writer, reader, path)
+
+    def _compare_named(
+        self, kind: str, writer: dict[str, Any], reader: dict[str, Any], path: str
+    ) -> None:
+        """A fixed, enum or record read under the same name (or an alias)."""
+        if kind == "fixed":
             if writer.get("size") != reader.get("size"):
                 self.problems.append(
                     f"{path}: fixed size changed from {writer['size']} to {reader['size']}"
                 )
-        elif wtype == "enum":
+        elif kind == "enum":
             missing = [s for s in writer["symbols"] if s not in reader["symbols"]]
             if missing and "default" not in reader:
                 self.problems.append(f"{path}: enum symbols removed without a default: {missing}")
-        elif wtype == "record":
+        elif kind == "record":
             key = (str(writer["name"]), str(reader["name"]))
             if key not in self._visited:  # a recursive type is compared once
                 self._visited.add(key)

@@ -167,55 +167,65 @@ def _reader_for(schema: Any) -> _Reader:
             raise _UnsupportedError(schema)
         return primitive
     if isinstance(schema, list):
-        kinds = [b if isinstance(b, str) else b.get("type") for b in schema]
-        if len(schema) != 2 or kinds.count("null") != 1:
-            raise _UnsupportedError("union")
-        null_index = kinds.index("null")
-        other = _reader_for(schema[1 - null_index])
-
-        def read_optional(data: bytes, pos: int) -> tuple[Any, int]:
-            index, pos = _read_varint(data, pos)
-            if index == null_index:
-                return None, pos
-            if index != 1 - null_index:
-                raise _NOT_FAST
-            return other(data, pos)
-
-        return read_optional
+        return _optional_reader(schema)
     kind = schema.get("type")
     if kind == "array" and schema["items"] in _NUMBER_DTYPES:
         return _number_array_reader(_NUMBER_DTYPES[schema["items"]])
     if kind == "array":
-        item = _reader_for(schema["items"])
-
-        def read_array(data: bytes, pos: int) -> tuple[list[Any], int]:
-            out: list[Any] = []
-            count, pos = _block_count(data, pos)
-            while count:
-                for _ in range(count):
-                    x, pos = item(data, pos)
-                    out.append(x)
-                count, pos = _block_count(data, pos)
-            return out, pos
-
-        return read_array
+        return _array_reader(_reader_for(schema["items"]))
     if kind == "map":
-        value = _reader_for(schema["values"])
-
-        def read_map(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
-            out: dict[str, Any] = {}
-            count, pos = _block_count(data, pos)
-            while count:
-                for _ in range(count):
-                    k, pos = _read_string(data, pos)
-                    out[k], pos = value(data, pos)
-                count, pos = _block_count(data, pos)
-            return out, pos
-
+        read_map = _map_reader(_reader_for(schema["values"]))
         if schema["values"] == "string":
             return _remembering_string_map(read_map)
         return read_map
     raise _UnsupportedError(str(kind))
+
+
+def _optional_reader(branches: list[Any]) -> _Reader:
+    """A ``[null, T]`` (or ``[T, null]``) union; any other union is left to fastavro."""
+    kinds = [b if isinstance(b, str) else b.get("type") for b in branches]
+    if len(branches) != 2 or kinds.count("null") != 1:
+        raise _UnsupportedError("union")
+    null_index = kinds.index("null")
+    other = _reader_for(branches[1 - null_index])
+
+    def read_optional(data: bytes, pos: int) -> tuple[Any, int]:
+        index, pos = _read_varint(data, pos)
+        if index == null_index:
+            return None, pos
+        if index != 1 - null_index:
+            raise _NOT_FAST
+        return other(data, pos)
+
+    return read_optional
+
+
+def _array_reader(item: _Reader) -> _Reader:
+    def read_array(data: bytes, pos: int) -> tuple[list[Any], int]:
+        out: list[Any] = []
+        count, pos = _block_count(data, pos)
+        while count:
+            for _ in range(count):
+                x, pos = item(data, pos)
+                out.append(x)
+            count, pos = _block_count(data, pos)
+        return out, pos
+
+    return read_array
+
+
+def _map_reader(value: _Reader) -> _Reader:
+    def read_map(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        out: dict[str, Any] = {}
+        count, pos = _block_count(data, pos)
+        while count:
+            for _ in range(count):
+                k, pos = _read_string(data, pos)
+                out[k], pos = value(data, pos)
+            count, pos = _block_count(data, pos)
+        return out, pos
+
+    return read_map
 
 
 def _number_array_reader(dtype: np.dtype[Any]) -> _Reader:

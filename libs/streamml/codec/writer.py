@@ -113,23 +113,35 @@ def _writer_for(
     if kind == "map":
         return _map_writer(schema["values"], named, enclosing)
     if kind == "enum":
-        indexes = {symbol: _zigzag(i) for i, symbol in enumerate(schema["symbols"])}
-
-        def write_enum(v: Any) -> bytes:
-            if type(v) is not str:
-                raise _NOT_FAST
-            return indexes[v]
-
-        return write_enum
+        return _enum_writer(schema["symbols"])
     if kind == "fixed":
-        size = schema["size"]
+        return _fixed_writer(schema["size"])
+    return _record_writer(schema, named, enclosing)
 
-        def write_fixed(v: Any) -> bytes:
-            if type(v) is not bytes or len(v) != size:
-                raise _NOT_FAST
-            return v
 
-        return write_fixed
+def _enum_writer(symbols: list[str]) -> Callable[[Any], bytes]:
+    indexes = {symbol: _zigzag(i) for i, symbol in enumerate(symbols)}
+
+    def write_enum(v: Any) -> bytes:
+        if type(v) is not str:
+            raise _NOT_FAST
+        return indexes[v]
+
+    return write_enum
+
+
+def _fixed_writer(size: int) -> Callable[[Any], bytes]:
+    def write_fixed(v: Any) -> bytes:
+        if type(v) is not bytes or len(v) != size:
+            raise _NOT_FAST
+        return v
+
+    return write_fixed
+
+
+def _record_writer(
+    schema: dict[str, Any], named: dict[str, Any], enclosing: tuple[str, ...]
+) -> Callable[[Any], bytes]:
     name = str(schema["name"])
     inner = (*enclosing, name)
     fields = tuple((str(f["name"]), _writer_for(f["type"], named, inner)) for f in schema["fields"])
@@ -171,56 +183,9 @@ def _array_writer(
 ) -> Callable[[Any], bytes]:
     item_kind = items if isinstance(items, str) else None
     if item_kind in ("double", "float"):
-        code = "d" if item_kind == "double" else "f"
-        dtype = np.dtype("<f8" if item_kind == "double" else "<f4")
-        packers: dict[int, Callable[..., bytes]] = {}
-
-        def write_numbers(v: Any) -> bytes:
-            if type(v) is not list:
-                if type(v) is np.ndarray and v.dtype == dtype and v.ndim == 1:
-                    # A NumPy row (a batch's feature matrix): Avro writes IEEE doubles
-                    # (floats) little-endian, which is the array's memory as it is.
-                    n = len(v)
-                    if not n:
-                        return _EMPTY_BLOCKS
-                    return b"".join((_zigzag(n), v.tobytes(), _EMPTY_BLOCKS))
-                raise _NOT_FAST
-            n = len(v)
-            if not n:
-                return _EMPTY_BLOCKS
-            if not set(map(type, v)) <= _NUMBER_TYPES:  # one C-level pass over the items
-                raise _NOT_FAST
-            pack = packers.get(n)
-            if pack is None:
-                if len(packers) >= _MEMO_LIMIT:
-                    packers.clear()
-                pack = packers[n] = struct.Struct(f"<{n}{code}").pack
-            return b"".join((_zigzag(n), pack(*v), _EMPTY_BLOCKS))
-
-        return write_numbers
+        return _number_array_writer(item_kind)
     if item_kind == "string":
-        # The same strings (feature names) come again and again: remember the last array
-        # written. A tuple (which fastavro also writes as an array) cannot change, so the
-        # same tuple object is the same bytes; a list is compared (C-level) and checked.
-        last: list[Any] = [None, None, b""]  # the tuple, a copy of the list, their bytes
-
-        def write_strings(v: Any) -> bytes:
-            kind = type(v)
-            if kind is tuple and v is last[0]:
-                return last[2]  # type: ignore[no-any-return]
-            if kind is not list and kind is not tuple:
-                raise _NOT_FAST
-            if not v:
-                return _EMPTY_BLOCKS
-            if set(map(type, v)) != _STR_TYPE:
-                raise _NOT_FAST
-            if kind is list and v == last[1]:
-                return last[2]  # type: ignore[no-any-return]
-            data = b"".join([_zigzag(len(v)), *map(_write_string, v), _EMPTY_BLOCKS])
-            last[:] = (v, None, data) if kind is tuple else (None, list(v), data)
-            return data
-
-        return write_strings
+        return _string_array_writer()
     write_item = _writer_for(items, named, enclosing)
 
     def write_array(v: Any) -> bytes:
@@ -231,6 +196,62 @@ def _array_writer(
         return b"".join([_zigzag(len(v)), *map(write_item, v), _EMPTY_BLOCKS])
 
     return write_array
+
+
+def _number_array_writer(item_kind: str) -> Callable[[Any], bytes]:
+    """An array of doubles or floats: one struct pack (or a NumPy row's bytes as they are)."""
+    code = "d" if item_kind == "double" else "f"
+    dtype = np.dtype("<f8" if item_kind == "double" else "<f4")
+    packers: dict[int, Callable[..., bytes]] = {}
+
+    def write_numbers(v: Any) -> bytes:
+        if type(v) is not list:
+            if type(v) is np.ndarray and v.dtype == dtype and v.ndim == 1:
+                # A NumPy row (a batch's feature matrix): Avro writes IEEE doubles
+                # (floats) little-endian, which is the array's memory as it is.
+                n = len(v)
+                if not n:
+                    return _EMPTY_BLOCKS
+                return b"".join((_zigzag(n), v.tobytes(), _EMPTY_BLOCKS))
+            raise _NOT_FAST
+        n = len(v)
+        if not n:
+            return _EMPTY_BLOCKS
+        if not set(map(type, v)) <= _NUMBER_TYPES:  # one C-level pass over the items
+            raise _NOT_FAST
+        pack = packers.get(n)
+        if pack is None:
+            if len(packers) >= _MEMO_LIMIT:
+                packers.clear()
+            pack = packers[n] = struct.Struct(f"<{n}{code}").pack
+        return b"".join((_zigzag(n), pack(*v), _EMPTY_BLOCKS))
+
+    return write_numbers
+
+
+def _string_array_writer() -> Callable[[Any], bytes]:
+    # The same strings (feature names) come again and again: remember the last array
+    # written. A tuple (which fastavro also writes as an array) cannot change, so the
+    # same tuple object is the same bytes; a list is compared (C-level) and checked.
+    last: list[Any] = [None, None, b""]  # the tuple, a copy of the list, their bytes
+
+    def write_strings(v: Any) -> bytes:
+        kind = type(v)
+        if kind is tuple and v is last[0]:
+            return last[2]  # type: ignore[no-any-return]
+        if kind is not list and kind is not tuple:
+            raise _NOT_FAST
+        if not v:
+            return _EMPTY_BLOCKS
+        if set(map(type, v)) != _STR_TYPE:
+            raise _NOT_FAST
+        if kind is list and v == last[1]:
+            return last[2]  # type: ignore[no-any-return]
+        data = b"".join([_zigzag(len(v)), *map(_write_string, v), _EMPTY_BLOCKS])
+        last[:] = (v, None, data) if kind is tuple else (None, list(v), data)
+        return data
+
+    return write_strings
 
 
 def _map_writer(

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from streamml.codec import AvroCodec
 from streamml.errors import DecodeError
 from streamml.faults import is_record_fault
+from streamml.logs import fields
 from streamml.processor import Halt, Processor, Record, Rejection, Result
 from streamml.state import State
 
@@ -166,7 +167,8 @@ class BatchExecutor:
             self.state.rollback(savepoint)
             if not is_record_fault(exc):
                 raise  # the registry, a store...: the whole batch is retried, no dead letter
-            log.warning("processor raised on a batch (%s); isolating records one by one", exc)
+            log.warning("processor raised on a batch; isolating records one by one",
+                        extra=fields(error=exc))  # fmt: skip
             return self._one_by_one(records, by_position, dead)
         self.state.release(savepoint)
         dead.extend(self._rejections(result.rejections, by_position))

@@ -61,12 +61,14 @@ from streamml.errors import (
     ProcessingError,
 )
 from streamml.faults import Fault, classify, kafka_error
+from streamml.logs import fields
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor
 from streamml.runtime import provisioning
 from streamml.runtime.clients import changelog_topic, group_id_of, make_consumer
 from streamml.runtime.executor import (
     BatchExecutor,
+    BatchOutcome,
     DeadLetter,
     TopicPartitionKey,
     next_offsets,
@@ -199,16 +201,16 @@ class StreamRuntime:
                 list(self.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )  # fmt: skip
-            log.info(
-                "started service=%s group=%s transactional_id=%s inputs=%s",
-                self.service, self.group_id, self.transactional_id, ",".join(self.inputs),
-            )  # fmt: skip
+            log.info("started", extra=fields(
+                service=self.service, group=self.group_id,
+                transactional_id=self.transactional_id, inputs=",".join(self.inputs),
+            ))  # fmt: skip
             while not self._stop.is_set():
                 self._last_progress = time.monotonic()
                 self._loop_once()
             return 0
         except FencedError as exc:
-            log.error("fenced: another instance took over (%s); exiting", exc)
+            log.error("fenced: another instance took over; exiting", extra=fields(error=exc))
             return 0
         except ConfigError as exc:  # waiting cannot heal it
             return self._give_up(classify(exc).one_line(), 2)
@@ -332,11 +334,10 @@ class StreamRuntime:
             if self._halt is not None:
                 consumer.pause(partitions)
             self.processor.on_assigned(sorted(keys), self.state)
-            log.info(
-                "assigned %s (restored state of partitions %s in %.2fs)",
-                ",".join(f"{t}:{p}" for t, p in sorted(keys)), new_numbers,
-                time.monotonic() - started,
-            )  # fmt: skip
+            log.info("assigned", extra=fields(
+                partitions=",".join(f"{t}:{p}" for t, p in sorted(keys)),
+                restored=new_numbers, restore_s=round(time.monotonic() - started, 2),
+            ))  # fmt: skip
         finally:
             self._restoring = False
             self._waiting = None
@@ -428,7 +429,7 @@ class StreamRuntime:
         for topic, partition in keys:
             with contextlib.suppress(KeyError):
                 self.metrics.lag.remove(self.service, topic, str(partition))
-        log.info("revoked %s", ",".join(f"{t}:{p}" for t, p in sorted(keys)) or "-")
+        log.info("revoked", extra=fields(partitions=",".join(f"{t}:{p}" for t, p in sorted(keys))))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost (session timed out); dropping their state")
@@ -464,7 +465,7 @@ class StreamRuntime:
             elif error.fatal():
                 raise ProcessingError(f"consumer error: {error.str()}")
             elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer: %s", error.str())
+                log.warning("consumer error", extra=fields(error=error.str()))
         if self._unreachable is not None and not batch:
             self._probe_brokers()
         return batch
@@ -550,15 +551,7 @@ class StreamRuntime:
                 tripped = True  # until _judge returns: an open circuit stays open
                 self._judge(circuit, batch, outcome.dead_letters, halt)
                 tripped = False
-            out_counts = transactions.produce_outputs(outcome.outputs)
-            now_ms = int(self._clock() * 1000)
-            replayed: set[tuple[str, Origin]] = set()
-            for letter in outcome.dead_letters:
-                if not self._dead_letter_again(letter, replayed):
-                    self._produce_dead_letter(letter, now_ms)
-            for name, topic in self.changelogs.items():
-                for partition, key, value in self.state.store(name).pending():
-                    transactions.produce_changelog(topic, partition, key, value)
+            out_counts = self._produce_outcome(outcome)
             offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets(batch, halt).items()]
             self.metrics.batch_seconds.labels(self.service).observe(time.monotonic() - started)
             commit_started = time.monotonic()
@@ -590,6 +583,26 @@ class StreamRuntime:
                 self.state.abort()
                 transactions.abort()
         self.state.commit()
+        self._count_committed(batch, out_counts)
+        if halt is not None:
+            self._enter_halt(halt, offsets)
+
+    def _produce_outcome(self, outcome: BatchOutcome) -> dict[str, int]:
+        """Outputs, dead letters and pending changelog writes into the open transaction;
+        returns the outputs per topic."""
+        transactions = self._transactions
+        out_counts = transactions.produce_outputs(outcome.outputs)
+        now_ms = int(self._clock() * 1000)
+        replayed: set[tuple[str, Origin]] = set()
+        for letter in outcome.dead_letters:
+            if not self._dead_letter_again(letter, replayed):
+                self._produce_dead_letter(letter, now_ms)
+        for name, topic in self.changelogs.items():
+            for partition, key, value in self.state.store(name).pending():
+                transactions.produce_changelog(topic, partition, key, value)
+        return out_counts
+
+    def _count_committed(self, batch: list[Message], out_counts: dict[str, int]) -> None:
         self.metrics.transactions.labels(self.service, "committed").inc()
         self.metrics.batch_size.labels(self.service).observe(len(batch))
         in_counts: dict[str | None, int] = {}
@@ -600,8 +613,6 @@ class StreamRuntime:
             self.metrics.records_in.labels(self.service, in_name).inc(count)
         for topic, count in out_counts.items():
             self.metrics.records_out.labels(self.service, topic).inc(count)
-        if halt is not None:
-            self._enter_halt(halt, offsets)
 
     def _judge(
         self,
@@ -628,9 +639,11 @@ class StreamRuntime:
         target = dlq_topic(letter.message.topic)
         if (target, origin) in seen or self._dead_letter_origins.holds(target, origin):
             self.metrics.replayed_dead_letters.labels(self.service, letter.message.topic).inc()
+            topic, partition, offset = origin
             log.info(
-                "replayed record %s/%d/%d failed again (%s); its dead letter is already in %s",
-                *origin, letter.reason, target,
+                "replayed record failed again; its dead letter is already there",
+                extra=fields(topic=topic, partition=partition, offset=offset,
+                             reason=letter.reason, dead_letter_topic=target),
             )  # fmt: skip
             return True
         seen.add((target, origin))
@@ -656,7 +669,8 @@ class StreamRuntime:
             try:
                 consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
             except KafkaException as exc:
-                log.warning("seek %s:%d failed: %s", tp.topic, tp.partition, exc)
+                log.warning("seek failed", extra=fields(topic=tp.topic, partition=tp.partition,
+                                                        error=exc))  # fmt: skip
 
     def _produce_dead_letter(self, letter: DeadLetter, now_ms: int) -> None:
         msg = letter.message
@@ -664,10 +678,10 @@ class StreamRuntime:
                              service=self.service, stage=letter.stage, now_ms=now_ms)  # fmt: skip
         self._transactions.produce(record.topic, record.value, record.key, record.headers, None)
         self.metrics.dead_letters.labels(self.service, msg.topic, letter.reason).inc()
-        log.info(
-            "dead letter topic=%s partition=%d offset=%d reason=%s: %s",
-            msg.topic, msg.partition, msg.offset, letter.reason, letter.text[:200],
-        )  # fmt: skip
+        log.info("dead letter", extra=fields(
+            topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=letter.reason,
+            error=letter.text[:200],
+        ))  # fmt: skip
 
     # -- halt (fail-stop) -----------------------------------------------------------
 
@@ -688,9 +702,9 @@ class StreamRuntime:
                 consumer.seek(tp)
         self.metrics.halted.labels(self.service).set(1)
         log.error(
-            "HALTED (fail-stop): %s; partitions paused; resume with POST /resume%s",
-            halt.reason,
+            "HALTED (fail-stop); partitions paused; resume with POST /resume%s",
             f" or automatically in {halt.probe_after_s:.0f}s" if halt.probe_after_s else "",
+            extra=fields(reason=halt.reason),
         )
 
     def _maybe_resume(self) -> None:
@@ -712,7 +726,8 @@ class StreamRuntime:
         self._resume.clear()
         self._consumer.resume([TopicPartition(t, p) for t, p in sorted(self._assignment)])
         self.metrics.halted.labels(self.service).set(0)
-        log.warning("resumed after halt (%s)", "operator" if by_operator else "cool-down probe")
+        log.warning("resumed after halt",
+                    extra=fields(by="operator" if by_operator else "cool-down probe"))  # fmt: skip
 
     # -- lag and shutdown -----------------------------------------------------------
 
@@ -735,18 +750,18 @@ class StreamRuntime:
                         max(0, high - tp.offset)
                     )
         except KafkaException as exc:
-            log.debug("lag measurement failed: %s", exc)
+            log.debug("lag measurement failed", extra=fields(error=exc))
 
     def _shutdown(self) -> None:
         if self._consumer is not None:
             try:
                 self._consumer.close()
             except Exception as exc:
-                log.warning("closing the consumer: %s", exc)
+                log.warning("closing the consumer failed", extra=fields(error=exc))
         self._transactions.flush(5)
         if self._health is not None:
             self._health.stop()
-        log.info("stopped service=%s", self.service)
+        log.info("stopped", extra=fields(service=self.service))
 
 
 def _dead_letter_circuit(settings: RuntimeSettings) -> FailStopCircuit:

@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from streamml.deadletter import dlq_topic
 from streamml.errors import ProcessingError, StateStoreError
+from streamml.logs import fields
 from streamml.runtime.clients import make_admin, make_restore_consumer
 from streamml.runtime.executor import Polled, TopicPartitionKey
 from streamml.settings import KafkaSettings, RuntimeSettings
@@ -86,7 +87,7 @@ def ensure_topics(
     for name, future in admin.create_topics(new).items():
         try:
             future.result()
-            log.info("created topic %s", name)
+            log.info("created topic", extra=fields(topic=name))
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ProcessingError(f"cannot create topic {name}: {exc}") from exc

@@ -27,6 +27,7 @@ from tenacity import (
 )
 
 from streamml.faults import kafka_error
+from streamml.logs import fields
 from streamml.runtime.clients import make_producer
 from streamml.runtime.executor import EncodedOutput
 from streamml.settings import KafkaSettings, RuntimeSettings
@@ -229,7 +230,7 @@ class TransactionDriver:
         try:
             self._producer.flush(timeout_s)
         except KafkaException as exc:  # found by the SIGSTOP test: a fenced flush raised
-            log.info("producer not flushed at shutdown: %s", exc.args[0].str())
+            log.info("producer not flushed at shutdown", extra=fields(error=exc.args[0].str()))
 
 
 def _not_fatal(exc: BaseException) -> bool:
@@ -243,9 +244,8 @@ def _retriable(exc: BaseException) -> bool:
 def _log_retry(call: str) -> Callable[[RetryCallState], None]:
     def log_it(state: RetryCallState) -> None:
         assert state.outcome is not None
-        log.warning(
-            "%s failed (attempt %d): %s; retrying", call, state.attempt_number,
-            state.outcome.exception(),
-        )  # fmt: skip
+        log.warning("transaction call failed; retrying", extra=fields(
+            call=call, attempt=state.attempt_number, error=state.outcome.exception(),
+        ))  # fmt: skip
 
     return log_it

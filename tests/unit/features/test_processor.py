@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from services.features.circuit import CircuitState, FailStopCircuit
 from services.features.entity_state import EntityHistory
 from services.features.feature_set import FeatureSet, demo_feature_set
+from services.features.metrics import FeaturesMetrics, default_metrics
 from services.features.offline import build_matrix
 from services.features.processor import FeaturesProcessor
 from streamml.processor import Record, Result
@@ -522,3 +524,20 @@ def test_the_fast_writer_comes_back_once_the_registry_answers() -> None:
     assert len(raw) == 20 and all(r is not None for r in raw)  # written by the fast writer
     for out in result.outputs:
         assert out.raw_value == codec.encode("FeatureVector", out.value, topic="t.features")
+
+
+def test_the_core_counts_into_the_metrics_object_it_is_given() -> None:
+    """One metrics pattern: the core records into the injected metrics (here on a registry
+    of its own), not into module-level collectors of the default registry."""
+    registry = CollectorRegistry()
+    proc = _processor(metrics=FeaturesMetrics(registry))
+    state = _state(proc)
+    events = _events(20)
+    _run(proc, state, _records(events))
+    _run(proc, state, _records(events[:5], start=20))
+    _run(proc, state, _records(events[5:8], start=25, headers=(("replay.id", b"r1"),)))
+    duplicates = "streamml_features_duplicates_total"
+    assert registry.get_sample_value(duplicates, {"source": "live"}) == 5
+    assert registry.get_sample_value(duplicates, {"source": "replay"}) == 3
+    assert registry.get_sample_value("streamml_features_circuit_state") == 0
+    assert proc.metrics is not default_metrics()
