@@ -315,7 +315,7 @@ class StreamRuntime:
         if error.code() != KafkaError._ALL_BROKERS_DOWN:
             return
         if self._unreachable is None:
-            log.warning("consumer: %s", error.str())
+            log.warning("no broker reachable", extra=fields(error=error.str()))
         self._unreachable = error.str()
 
     # -- rebalance callbacks (run inside consumer.consume) ---------------------------
