@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from services.performance.alerts import SloMonitor
+from services.performance.calibrations import estimator_from_settings
+from services.performance.estimation import Estimator
 from services.performance.quality import (
     NO_TIME,
     Cumulative,
@@ -308,8 +310,10 @@ class PerformanceProcessor(Processor):
         on_report: Callable[[Mapping[str, Any]], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         on_watermark: Callable[[int, str, int], None] | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
         self.settings = settings
+        self._estimator = estimator  # CBPE estimates beside the realized metrics (or None)
         self._prediction_topics = frozenset(prediction_topics)
         self._label_topics = frozenset(label_topics)
         # Each input topic is a stream with its own watermark. An optional topic (the shadow
@@ -349,6 +353,7 @@ class PerformanceProcessor(Processor):
             min_labeled=settings.slo_min_labeled,
             canary_metrics=settings.canary_metrics,
             canary_margin=settings.canary_margin,
+            estimate_min=None if estimator is None else settings.estimate_slo_min,
         )
         self._group_cache: dict[tuple[int, tuple[int, ...]], list[Group]] = {}
         # Where dead letters found while processing go (the open batch's outputs), and the
@@ -401,6 +406,7 @@ class PerformanceProcessor(Processor):
             on_report=on_report,
             on_event=on_event,
             on_watermark=on_watermark,
+            estimator=estimator_from_settings(settings),
         )
 
     def input_schemas(self) -> dict[str, str]:
@@ -538,6 +544,8 @@ class PerformanceProcessor(Processor):
             self._metrics.put(p, _P_CUMULATIVE + _GROUP.pack(*group), view.cumulative[group].pack())
         view.dirty_buckets.clear()
         view.dirty_cumulative.clear()
+        if self._estimator is not None:
+            self._estimator.flush(view, self._metrics)
         if self._on_watermark is not None:
             for topic, mark in zip(self._topics, view.marks, strict=True):
                 if mark != NO_TIME:
@@ -668,8 +676,15 @@ class PerformanceProcessor(Processor):
         """Event time of a contribution: never at or before a boundary already reported."""
         return ts if view.boundary == NO_TIME else max(ts, view.boundary + 1)
 
-    def _count(self, view: PartitionView, ts: int, groups: Iterable[Group], column: int) -> None:
+    def _count(
+        self, view: PartitionView, ts: int, groups: Iterable[Group], column: int,
+        prediction: Prediction | None = None,
+    ) -> None:  # fmt: skip
         k = _ceil_div(self._effective(view, ts), self._interval)
+        if prediction is not None and self._estimator is not None:  # a counted prediction
+            self._estimator.observe(view, self._metrics, k, groups,
+                                    model=view.models[prediction[0]], score=prediction[1],
+                                    decision=prediction[2])  # fmt: skip
         bucket = view.buckets.get(k)
         if bucket is None:
             bucket = view.buckets[k] = {}
@@ -724,7 +739,7 @@ class PerformanceProcessor(Processor):
             # Older than the horizon: its label can no longer be joined. Count it as an
             # unlabeled prediction now, and remember it so a label for it is 'late'.
             self._event("late_prediction")
-            self._count(view, t, groups, 0)
+            self._count(view, t, groups, 0, prediction)
             self._count(view, t, groups, 1)
             deadline = t + self._horizon + self._memory
             if deadline > view.boundary:
@@ -748,14 +763,14 @@ class PerformanceProcessor(Processor):
                             self._dead_label(entry, y, a, "late", why)
                 entry = Entry(PENDING, t, labels=joined)
                 entry.predictions.append(prediction)
-                self._count(view, t, groups, 0)
+                self._count(view, t, groups, 0, prediction)
                 if joined:
                     self._join_sample(view, digest, entry, prediction)
                 self._join.put(view.partition, digest, self._pack(entry))
                 self._index(view, digest, t + self._horizon)
                 return
         if entry is None:
-            self._count(view, t, groups, 0)
+            self._count(view, t, groups, 0, prediction)
             # = _pack(Entry(PENDING, t, predictions=[prediction])), in one struct call
             packed = self._first_prediction.pack(PENDING, t, 0, 1, *prediction[:3], *segments)
             self._join.put(view.partition, digest, packed)
@@ -766,7 +781,7 @@ class PerformanceProcessor(Processor):
             self._event("duplicate_prediction")
             return
         entry.predictions.append(prediction)
-        self._count(view, t, groups, 0)
+        self._count(view, t, groups, 0, prediction)
         if entry.labels:
             self._join_sample(view, digest, entry, prediction)
         self._join.put(view.partition, digest, self._pack(entry))
@@ -1191,6 +1206,11 @@ class PerformanceProcessor(Processor):
                     target.append((ts, key[:16], s.score, s.decision, s.label, s.delay, segs))
         model_reports: list[dict[str, Any]] = []
         self._window_starts = []
+        estimates = None if self._estimator is None else self._estimator.at_boundary(
+            views, self._metrics, end, lambda v, g: (*v.models[g[0]][:3], *(
+                (None, None) if g[1] == MODEL_LEVEL
+                else (self._fields[g[1]], shown(g[1], v.segment_name(g[1], g[2])))))
+        )  # fmt: skip
         for model in sorted(names):
             groups: list[tuple[str | None, str | None]] = [(None, None)]
             groups += sorted(segment_values.get(model, set()))
@@ -1241,6 +1261,10 @@ class PerformanceProcessor(Processor):
                     model, seg_field=seg_field, seg_value=seg_value, total=total, end=end,
                     threshold=threshold,
                 )  # fmt: skip
+                if estimates is not None:
+                    window_estimate, overall_estimate = estimates((*model, seg_field, seg_value))
+                    sliding.update(window_estimate)
+                    overall.update(overall_estimate)
                 for report in (sliding, overall):
                     result.outputs.append(
                         Output(topic=self._report_topic, schema="PerformanceReport",
