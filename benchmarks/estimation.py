@@ -24,6 +24,11 @@ summing of the same code is checked by tests/unit/performance/test_estimation.py
 
 Usage: ``python -m benchmarks.estimation [--seeds 5] [--events 30000] [--window 2000]``
 (``--quick``: 2 seeds, 12,000 events). The last line of output is one JSON object.
+
+``--overhead``: instead, the cost of the estimator in the performance service's pure core:
+joins/s of ``benchmarks.performance``'s interleaved prediction/label stream through the
+processor without an estimator, with one whose models have no calibration, and with one
+whose model is calibrated; ``--rounds`` interleaved rounds, medians reported.
 """
 
 from __future__ import annotations
@@ -133,13 +138,87 @@ def _summary(rounds: list[dict[str, Any]], scenario: str, after_only: bool) -> d
     }
 
 
+def measure_overhead(joins: int, rounds: int) -> dict[str, Any]:
+    from benchmarks.performance import _settings, _streams
+    from services.performance.calibrations import estimator_from_settings
+    from services.performance.estimation import Estimator
+    from services.performance.processor import PerformanceProcessor
+    from services.scorer.calibration import fit_calibration
+    from streamml.processor import Record
+    from streamml.state import State
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(size=20_000)
+    calibration = fit_calibration(scores, (rng.uniform(size=20_000) < scores).astype(int))
+    calibration = calibration.model_copy(update={"calibrated": True})
+    preds, labels = _streams(joins)
+    records = []
+    for i, (p, lab) in enumerate(zip(preds, labels, strict=True)):
+        records.append(Record("predictions", 0, i, 0, None, p, (), "Prediction"))
+        records.append(Record("labels", 0, i, 0, None, lab, (), "Label"))
+    settings = _settings()
+    from services.performance.__main__ import tune_gc
+
+    tune_gc(settings.gc_young_threshold)  # as the service runs
+
+    def core(kind: str) -> float:
+        if kind == "none":
+            estimator = None
+        elif kind == "uncalibrated":
+            estimator = estimator_from_settings(settings)
+        else:
+            estimator = Estimator(
+                lambda name, version: calibration,
+                interval_ms=int(settings.report_interval.total_seconds() * 1000),
+                window_ms=int(settings.window_duration.total_seconds() * 1000),
+                min_predictions=settings.estimate_min_predictions,
+            )
+        kafka = settings.kafka
+        processor = PerformanceProcessor(
+            settings, prediction_topics=["predictions"], label_topics=["labels"],
+            report_topic=kafka.topic(settings.report_topic),
+            alert_topic=kafka.topic(settings.alerts_topic), clock=lambda: 0.0,
+            estimator=estimator,
+        )  # fmt: skip
+        state = State(processor.stores)
+        for store in state.stores:
+            store.assign(0)
+        started = time.perf_counter()
+        for start in range(0, len(records), 500):
+            processor.process(records[start : start + 500], state)
+            state.commit()
+        return joins / (time.perf_counter() - started)
+
+    kinds = ("none", "uncalibrated", "calibrated")
+    figures: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for r in range(rounds):
+        for kind in kinds:
+            figures[kind].append(core(kind))
+        print(f"round {r}: " + ", ".join(f"{k} {figures[k][-1]:,.0f} joins/s" for k in kinds))
+    medians = {kind: statistics.median(values) for kind, values in figures.items()}
+    return {
+        "benchmark": "estimation_overhead",
+        "joins": joins,
+        "rounds": rounds,
+        "joins_per_s_median": {k: round(v, 1) for k, v in medians.items()},
+        "calibrated_share_of_baseline": round(medians["calibrated"] / medians["none"], 3),
+        "uncalibrated_share_of_baseline": round(medians["uncalibrated"] / medians["none"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--window", type=int, default=2_000)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 12,000 events")
+    parser.add_argument("--overhead", action="store_true", help="estimator cost in the core")
+    parser.add_argument("--joins", type=int, default=20_000, help="with --overhead")
+    parser.add_argument("--rounds", type=int, default=3, help="with --overhead")
     args = parser.parse_args()
+    if args.overhead:
+        print(json.dumps(measure_overhead(args.joins, args.rounds)))
+        return
     if args.window < 100 or args.events < 2 * args.window:
         parser.error("need --window >= 100 and --events >= 2 x --window")
     seeds, events = (2, 12_000) if args.quick else (args.seeds, args.events)

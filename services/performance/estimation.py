@@ -52,7 +52,15 @@ ESTIMATE_FIELDS = (
 )
 
 _HEAD = struct.Struct("<qqqddI")  # predictions, calibrated, decided, sum p, sum p decided, bins
-_BIN = struct.Struct("<Hqd")  # bin, count, sum p
+_BINS: dict[int, struct.Struct] = {}  # n -> n bin numbers, n counts, n sums of p
+
+
+def _bins_struct(n: int) -> struct.Struct:
+    # One struct call per cell, not one per bin: a cell is re-packed at every flush.
+    layout = _BINS.get(n)
+    if layout is None:
+        layout = _BINS[n] = struct.Struct(f"<{n}H{n}q{n}d")
+    return layout
 
 
 @dataclass(slots=True)
@@ -98,20 +106,24 @@ class ScoreSums:
                 cell[1] += sum_p
 
     def pack(self) -> bytes:
-        parts = [
-            _HEAD.pack(self.predictions, self.calibrated, self.decided, self.sum_p,
-                       self.sum_p_decided, len(self.bins))
-        ]  # fmt: skip
-        parts += [_BIN.pack(b, int(c[0]), c[1]) for b, c in sorted(self.bins.items())]
-        return b"".join(parts)
+        head = _HEAD.pack(self.predictions, self.calibrated, self.decided, self.sum_p,
+                          self.sum_p_decided, len(self.bins))  # fmt: skip
+        if not self.bins:
+            return head
+        order = sorted(self.bins)
+        cells = [self.bins[b] for b in order]
+        return head + _bins_struct(len(order)).pack(
+            *order, *[int(c[0]) for c in cells], *[c[1] for c in cells]
+        )
 
     @classmethod
     def unpack(cls, raw: bytes) -> ScoreSums:
-        predictions, calibrated, decided, sum_p, sum_p_decided, count = _HEAD.unpack_from(raw)
-        bins = {}
-        for i in range(count):
-            b, c, s = _BIN.unpack_from(raw, _HEAD.size + i * _BIN.size)
-            bins[b] = [c, s]
+        predictions, calibrated, decided, sum_p, sum_p_decided, n = _HEAD.unpack_from(raw)
+        bins: dict[int, list[float]] = {}
+        if n:
+            flat = _bins_struct(n).unpack_from(raw, _HEAD.size)
+            for b, c, s in zip(flat[:n], flat[n : 2 * n], flat[2 * n :], strict=True):
+                bins[b] = [c, s]
         return cls(predictions, calibrated, decided, sum_p, sum_p_decided, bins)
 
 
@@ -254,13 +266,30 @@ class Estimator:
         ``[name, version, route, threshold]``."""
         p, score_bin = self._mapper.map(model[0], model[1], score)
         sums = self._mirror(view.partition, view, store)
-        bucket = sums.buckets.setdefault(k, {})
+        bucket = sums.buckets.get(k)
+        if bucket is None:
+            bucket = sums.buckets[k] = {}
+        dirty = sums.dirty
         for group in groups:
             cell = bucket.get(group)
             if cell is None:
                 cell = bucket[group] = ScoreSums()
-            cell.add(p, decision, score_bin)
-            sums.dirty.add((k, group))
+            dirty.add((k, group))
+            # ScoreSums.add, inlined: this runs for every prediction and segment field.
+            cell.predictions += 1
+            if p is None:
+                continue
+            cell.calibrated += 1
+            cell.sum_p += p
+            if decision:
+                cell.decided += 1
+                cell.sum_p_decided += p
+            cells = cell.bins.get(score_bin)
+            if cells is None:
+                cell.bins[score_bin] = [1, p]
+            else:
+                cells[0] += 1
+                cells[1] += p
 
     def flush(self, view: Any, store: Any) -> None:
         """Write the partition's changed sums to the store."""
