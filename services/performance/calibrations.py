@@ -27,6 +27,10 @@ class ModelDirCalibrations:
     def __init__(self, model_dir: Path | None, public_key_path: Path) -> None:
         self._model_dir = model_dir
         self._public_key_path = public_key_path
+        # Not a start-up error: the directory may be filled after the service starts (as the
+        # scorer's may); until a version is there, its estimates are 'not_calibrated'.
+        if model_dir is not None and not model_dir.is_dir():
+            log.warning("model_dir does not exist (yet)", extra={"model_dir": str(model_dir)})
 
     def __call__(self, name: str, version: str) -> Calibration | None:
         if self._model_dir is None:
