@@ -41,6 +41,7 @@ class SloMonitor:
         min_labeled: int,
         canary_metrics: Sequence[str],
         canary_margin: float,
+        estimate_min: Mapping[str, float] | None = None,
     ) -> None:
         self._slo_min = dict(slo_min)
         self._slo_max = dict(slo_max)
@@ -48,6 +49,9 @@ class SloMonitor:
         self._min_labeled = min_labeled
         self._canary_metrics = list(canary_metrics)
         self._canary_margin = canary_margin
+        # Floors on the estimates before labels (kind "estimate"): judged only on windows
+        # whose estimate_status is "calibrated", whatever their labels.
+        self._estimate_min = dict(estimate_min or {})
 
     def evaluate(
         self, reports: Sequence[Mapping[str, Any]], state: AlertState
@@ -63,6 +67,10 @@ class SloMonitor:
             for metric, threshold in sorted(self._slo_max.items()):
                 self._judge(report, metric=metric, threshold=threshold, comparison="max",
                             baseline=None, state=state, alerts=alerts)  # fmt: skip
+            for metric, threshold in sorted(self._estimate_min.items()):
+                self._judge(report, metric=metric, threshold=threshold, comparison="min",
+                            baseline=None, state=state, alerts=alerts,
+                            kind="estimate")  # fmt: skip
         for report in reports:
             if report["route"] != "canary":
                 continue
@@ -87,8 +95,9 @@ class SloMonitor:
         baseline: Mapping[str, Any] | None,
         state: AlertState,
         alerts: list[dict[str, Any]],
+        kind: str | None = None,
     ) -> None:
-        kind = "canary" if comparison == "canary" else "slo"
+        kind = kind or ("canary" if comparison == "canary" else "slo")
         key = "|".join(
             (kind, report["model_name"], report["model_version"], report["route"], metric)
         )
@@ -99,7 +108,10 @@ class SloMonitor:
                 base_value = baseline.get(metric)
             if base_value is None:
                 return  # no baseline to compare with: keep the run as it is
-        if value is None or report["labeled"] < self._min_labeled:
+        if kind == "estimate":
+            if value is None or report.get("estimate_status") != "calibrated":
+                return  # not calibrated or too few predictions: keep the run as it is
+        elif value is None or report["labeled"] < self._min_labeled:
             return  # too few labels to say anything: keep the run as it is
         if comparison == "min":
             breached = value < threshold
@@ -170,4 +182,5 @@ def _alert(
         "window_end": int(report["window_end"]),
         "baseline_model_version": None if baseline is None else baseline["model_version"],
         "baseline_value": None if base_value is None else float(base_value),
+        "predictions": int(report.get("estimated_predictions") or 0) if kind == "estimate" else 0,
     }

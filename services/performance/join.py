@@ -21,8 +21,14 @@ from typing import Any
 
 from services.performance.catalog import Catalog
 from services.performance.dead_letters import JOIN_STAGE, WaitingLabelDeadLetters
+from services.performance.estimation import Estimator
 from services.performance.metrics import PerformanceMetrics
-from services.performance.partitions import EventTimeRules, PartitionStores, PartitionView
+from services.performance.partitions import (
+    EventTimeRules,
+    PartitionStores,
+    PartitionView,
+    ceil_div,
+)
 from services.performance.quality import NO_TIME
 from services.performance.state_layout import (
     CORRECTED,
@@ -66,6 +72,7 @@ class JoinParts:
     catalog: Catalog
     dead_letters: WaitingLabelDeadLetters
     metrics: PerformanceMetrics
+    estimator: Estimator | None = None  # sees every counted prediction (CBPE estimates)
 
 
 class LabelJoin:
@@ -77,6 +84,7 @@ class LabelJoin:
         self._catalog = parts.catalog
         self._dead_letters = parts.dead_letters
         self._metrics = parts.metrics
+        self._estimator = parts.estimator
         self._stream = streams  # input topic -> index of its watermark in a view's marks
         self._horizon = parts.rules.label_horizon
         self._grace = parts.rules.early_label_grace
@@ -129,19 +137,29 @@ class LabelJoin:
                                       result.outputs)  # fmt: skip
             entry = None
         if entry is None:
-            view.count(t, self._catalog.groups(model_id, segments), PREDICTED)
+            self._count_prediction(view, t, prediction)
             packed = self._layout.pack_first_prediction(t, prediction)
             self._stores.join.put(view.partition, digest, packed)
             view.index_expiry(digest, t + self._horizon)
             return
         self._add_route(view, digest, entry, t, prediction)
 
+    def _count_prediction(self, view: PartitionView, t: int, prediction: Prediction) -> None:
+        """One more prediction in the interval of ``t``; the estimator, if any, sees its score."""
+        groups = self._catalog.groups(prediction[0], prediction[3])
+        view.count(t, groups, PREDICTED)
+        if self._estimator is not None:
+            k = ceil_div(view.effective_time(t), view.interval)
+            self._estimator.observe(view, self._stores.metrics, k, groups,
+                                    model=view.models[prediction[0]], score=prediction[1],
+                                    decision=prediction[2])  # fmt: skip
+
     def _too_old(self, view: PartitionView, digest: bytes, t: int, prediction: Prediction) -> None:
         """Older than the horizon: its label can no longer be joined. Count it as an
         unlabeled prediction now, and remember it so a label for it is 'late'."""
         self._metrics.on_event("late_prediction")
         groups = self._catalog.groups(prediction[0], prediction[3])
-        view.count(t, groups, PREDICTED)
+        self._count_prediction(view, t, prediction)
         view.count(t, groups, EXPIRED)
         deadline = t + self._horizon + self._memory
         if deadline > view.boundary:
@@ -171,7 +189,7 @@ class LabelJoin:
                                             outputs=outputs)  # fmt: skip
         pending = Entry(PENDING, t, labels=joined)
         pending.predictions.append(prediction)
-        view.count(t, self._catalog.groups(prediction[0], prediction[3]), PREDICTED)
+        self._count_prediction(view, t, prediction)
         if joined:
             self._join_sample(view, digest, pending, prediction)
         self._stores.join.put(view.partition, digest, self._layout.pack_entry(pending))
@@ -186,7 +204,7 @@ class LabelJoin:
             self._metrics.on_event("duplicate_prediction")
             return
         entry.predictions.append(prediction)
-        view.count(t, self._catalog.groups(prediction[0], prediction[3]), PREDICTED)
+        self._count_prediction(view, t, prediction)
         if entry.labels:
             self._join_sample(view, digest, entry, prediction)
         self._stores.join.put(view.partition, digest, self._layout.pack_entry(entry))

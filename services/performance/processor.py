@@ -48,22 +48,27 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from services.performance.alerts import AlertState, SloMonitor
+from services.performance.calibrations import estimator_from_settings
 from services.performance.catalog import Catalog
 from services.performance.dead_letters import WaitingLabelDeadLetters
+from services.performance.estimation import Estimator
 from services.performance.expiry import BoundaryWork, Released
 from services.performance.join import JoinParts, LabelJoin
 from services.performance.metrics import PerformanceMetrics, default_metrics
 from services.performance.partitions import EventTimeRules, PartitionStores, PartitionView
 from services.performance.quality import NO_TIME
-from services.performance.reports import ReportBuilder
+from services.performance.reports import EstimateFields, ReportBuilder, ShownName
 from services.performance.settings import PerformanceSettings
 from services.performance.state_layout import (
     ALERTS_KEY,
     JOIN_STORE,
     META_STORE,
     METRICS_STORE,
+    MODEL_LEVEL,
+    Group,
     StateLayout,
     event_digest,
 )
@@ -92,8 +97,11 @@ class PerformanceProcessor(Processor):
         alert_topic: str,
         clock: Callable[[], float] = time.time,
         metrics: PerformanceMetrics | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
         self.settings = settings
+        self._estimator = estimator  # CBPE estimates beside the realized metrics (or None)
+        self._fields = list(settings.segment_fields)
         self._prediction_topics = frozenset(prediction_topics)
         self._label_topics = frozenset(label_topics)
         # Each input topic is a stream with its own watermark. An optional topic (the shadow
@@ -115,7 +123,9 @@ class PerformanceProcessor(Processor):
             self._stores, fields, track_values=max(4 * settings.segment_max_values, 50)
         )
         dead_letters = WaitingLabelDeadLetters(clock=clock, metrics=self._metrics)
-        parts = JoinParts(layout, rules, self._stores, catalog, dead_letters, self._metrics)
+        parts = JoinParts(
+            layout, rules, self._stores, catalog, dead_letters, self._metrics, estimator
+        )
         self._join = LabelJoin(parts, streams={topic: i for i, topic in enumerate(self._topics)})
         self._boundary = BoundaryWork(parts)
         self._reports = ReportBuilder(settings, interval=rules.report_interval)
@@ -126,6 +136,7 @@ class PerformanceProcessor(Processor):
             min_labeled=settings.slo_min_labeled,
             canary_metrics=settings.canary_metrics,
             canary_margin=settings.canary_margin,
+            estimate_min=None if estimator is None else settings.estimate_slo_min,
         )
         self._views: dict[int, PartitionView] = {}
         self._owned: set[int] = set()
@@ -150,6 +161,7 @@ class PerformanceProcessor(Processor):
             alert_topic=kafka.topic(settings.alerts_topic),
             clock=clock,
             metrics=metrics,
+            estimator=estimator_from_settings(settings),
         )
 
     def input_schemas(self) -> dict[str, str]:
@@ -191,6 +203,8 @@ class PerformanceProcessor(Processor):
         self._advance(touched, result)
         for view in touched.values():
             self._stores.flush(view)
+            if self._estimator is not None:
+                self._estimator.flush(view, self._stores.metrics)
             for topic, mark in zip(self._topics, view.marks, strict=True):
                 if mark != NO_TIME:
                     self._metrics.on_watermark(view.partition, topic, mark)
@@ -274,7 +288,7 @@ class PerformanceProcessor(Processor):
     ) -> list[int]:
         """The reports and alerts of the boundary at ``end``; returns each model route's
         window start (what pruning must keep)."""
-        built = self._reports.build(views, end, released)
+        built = self._reports.build(views, end, released, self._estimates_at(views, end))
         for report in built.reports:
             key = "/".join((report["model_name"], report["model_version"], report["route"]))
             result.outputs.append(
@@ -288,6 +302,28 @@ class PerformanceProcessor(Processor):
                        key=alert["alert_id"].encode())
             )  # fmt: skip
         return built.window_starts
+
+    def _estimates_at(
+        self, views: Sequence[PartitionView], end: int
+    ) -> Callable[[ShownName], EstimateFields] | None:
+        """The estimator's fields for the boundary at ``end``, named as the reports name
+        model routes and segment values (hook: what reports besides realized metrics)."""
+        estimator = self._estimator
+        if estimator is None:
+            return None
+        fields, store = self._fields, self._stores.metrics
+
+        def at(shown: ShownName) -> EstimateFields:
+            def name(view: PartitionView, group: Group) -> tuple[Any, ...]:
+                model = view.model_route(group[0])
+                if group[1] == MODEL_LEVEL:
+                    return (*model, None, None)
+                index = group[1]
+                return (*model, fields[index], shown(index, view.segment_name(index, group[2])))
+
+            return estimator.at_boundary(views, store, end, name)
+
+        return at
 
     def _touch_into(self, partition: int, touched: dict[int, PartitionView]) -> PartitionView:
         view = touched[partition] = self._touch(partition)

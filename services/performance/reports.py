@@ -33,6 +33,11 @@ Segment = tuple[str | None, str | None]  # (field, value); (None, None): all tra
 ShownName = Callable[[int, str], str]  # (field index, value name) -> name reported
 WindowParts = dict[Segment, dict[str, Any]]
 Counts = tuple[int, int, int]  # predictions, expired, corrections
+# (model name, version, route, segment field, segment value) -> estimate fields of the
+# sliding and of the cumulative report; built from the boundary's ShownName.
+EstimateFields = Callable[[tuple[str, str, str, str | None, str | None]],
+                          tuple[dict[str, Any], dict[str, Any]]]  # fmt: skip
+EstimatesAt = Callable[[ShownName], EstimateFields]
 
 
 @dataclass
@@ -82,10 +87,16 @@ class ReportBuilder:
         self._windows.clear()
 
     def build(
-        self, views: Sequence[PartitionView], end: int, released: Released
+        self,
+        views: Sequence[PartitionView],
+        end: int,
+        released: Released,
+        estimates: EstimatesAt | None = None,
     ) -> BoundaryReports:
-        """The reports of the boundary at ``end`` (after its release)."""
+        """The reports of the boundary at ``end`` (after its release); ``estimates`` adds
+        the estimated metrics beside the realized ones."""
         totals = self._totals(views)
+        estimated = None if estimates is None else estimates(totals.shown)
         thresholds: dict[ModelRoute, float] = {}
         for v in views:
             for name, version, route, threshold in v.models:
@@ -138,6 +149,10 @@ class ReportBuilder:
                                         threshold=threshold)  # fmt: skip
                 total = totals.cumulative.get((*model, *segment)) or Cumulative()
                 overall = self._overall(model, segment, total, end=end, threshold=threshold)
+                if estimated is not None:
+                    window_estimate, overall_estimate = estimated((*model, *segment))
+                    sliding.update(window_estimate)
+                    overall.update(overall_estimate)
                 out.reports += (sliding, overall)
                 if segment == (None, None):
                     out.model_reports.append(sliding)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
@@ -13,6 +14,9 @@ from streamml.settings import ServiceSettings
 
 HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "label_coverage"})
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
+ESTIMATED = frozenset(
+    {"estimated_roc_auc", "estimated_precision", "estimated_recall", "estimated_positive_rate"}
+)
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -125,6 +129,30 @@ class PerformanceSettings(ServiceSettings):
         ge=0,
         description="A canary worse than primary by more than this (absolute) is flagged.",
     )
+    model_dir: Path | None = Field(
+        default=None,
+        description="Directory of <name>/<version>/ model versions (the scorer's model_dir), "
+        "read for each model version's calibration map, so reports carry estimates before "
+        "labels arrive (docs/estimated-performance.md). Empty: every model is reported "
+        "'not_calibrated'.",
+    )
+    public_key_path: Path = Field(
+        default=Path("keys/signing.pub"),
+        description="Ed25519 public key (PEM) a model version must be signed for before its "
+        "calibration is used (the scorer's public_key_path); read only with model_dir.",
+    )
+    estimate_min_predictions: int = Field(
+        default=1000,
+        ge=1,
+        description="Predictions a window needs before it carries estimates (fewer: "
+        "estimate_status 'too_few').",
+    )
+    estimate_slo_min: dict[str, float] = Field(
+        default_factory=lambda: {"estimated_roc_auc": 0.7},
+        description="Estimated metrics that must stay at or above a threshold (alert kind "
+        "'estimate'; judged only on calibrated windows), e.g. '{\"estimated_roc_auc\": 0.7}'; "
+        "'{}' for none.",
+    )
     gc_young_threshold: int = Field(
         default=20_000,
         ge=0,
@@ -139,6 +167,14 @@ class PerformanceSettings(ServiceSettings):
         for name in value:
             if name not in HIGHER_IS_BETTER:
                 raise ValueError(f"{name!r} is not one of {sorted(HIGHER_IS_BETTER)}")
+        return value
+
+    @field_validator("estimate_slo_min")
+    @classmethod
+    def _check_estimate_slo_min(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
+            if name not in ESTIMATED:
+                raise ValueError(f"{name!r} is not one of {sorted(ESTIMATED)}")
         return value
 
     @field_validator("slo_max")

@@ -69,6 +69,10 @@ SAMPLE_PREFIX = b"S"
 CORRECTION_PREFIX = b"C"
 INTERVAL_COUNTS_PREFIX = b"B"
 CUMULATIVE_PREFIX = b"U"
+# + interval (q) + group: the estimator's score sums of the predictions counted in it
+ESTIMATE_INTERVAL_PREFIX = b"E"
+# + group: the estimator's score sums of the predictions of every reported interval
+ESTIMATE_TOTAL_PREFIX = b"T"
 
 DIGEST_SIZE = 16
 # A sample key is the event's digest + the model route's id; a correction key adds a

@@ -28,6 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.scorer.calibration import Calibration
+
 FORMAT_VERSION = 1
 OTHER_CATEGORY = "__other__"
 """Frequency bucket of the categories that did not make the top ``max_categories``."""
@@ -119,6 +121,12 @@ class ModelMetadata(BaseModel):
     )
     reference: ReferenceDistributions | None = Field(
         default=None, description="Reference distributions for drift tests."
+    )
+    calibration: Calibration | None = Field(
+        default=None,
+        description="Score -> probability map fitted on held-out rows, with its quality "
+        "figures, for the performance service's estimates before labels (None: a version "
+        "trained before calibration existed; the estimator says 'not calibrated').",
     )
 
     @field_validator("input_names")

@@ -47,6 +47,7 @@ from sklearn.preprocessing import StandardScaler
 from services.features.feature_set import demo_feature_set
 from services.features.offline import FeatureMatrix, build_matrix
 from services.scorer.artifact import next_version, write_version
+from services.scorer.calibration import MAX_ECE, fit_calibration
 from services.scorer.metadata import (
     ModelMetadata,
     ReferenceDistributions,
@@ -211,8 +212,14 @@ def train_and_sign(
     key: Ed25519PrivateKey,
     candidate: bool = False,
     created_at: dt.datetime | None = None,
+    max_ece: float = MAX_ECE,
 ) -> list[TrainedVersion]:
-    """Train primary + fallback (+ candidate), export to ONNX, write signed versions."""
+    """Train primary + fallback (+ candidate), export to ONNX, write signed versions.
+
+    Each version carries a calibration map fitted and judged on the validation rows
+    (:func:`services.scorer.calibration.fit_calibration`); ``max_ece`` is the held-out
+    expected calibration error above which it is marked not calibrated.
+    """
     matrix = build_training_set(events, seed)
     if matrix.labels is None or len(matrix) < 100:
         raise TrainingError(f"only {len(matrix)} usable rows from {events} events; use more")
@@ -285,6 +292,8 @@ def train_and_sign(
                 "params": params,
             },
             reference=_reference(matrix, train_idx, train_scores, seed),
+            # valid_idx is in event-time order: fitted on its first half, judged on the rest.
+            calibration=fit_calibration(onnx_valid, y[valid_idx], max_ece=max_ece),
         )
         path = write_version(out, model_bytes, metadata, key)
         log.info("wrote %s (auc %.3f)", path, metadata.metrics["auc"])

@@ -716,6 +716,42 @@ class PerformanceReport(AvroValue):
     """Share of positive decisions."""
     corrections: int = 0
     """Labels that changed an earlier label for the same event."""
+    estimate_status: str = "not_estimated"
+    """
+    Estimates from the scores alone, before labels (confidence-based performance estimation,
+    docs/estimated-performance.md): calibrated (the estimated_* fields are set),
+    not_calibrated (the model version has no trusted calibration map: no estimate), too_few
+    (fewer predictions in the estimate's window than the service's minimum) or not_estimated
+    (written by a service without estimation).
+    """
+    estimated_predictions: int = 0
+    """
+    Predictions the estimate covers: in the sliding report, those of the last window_duration
+    of event time up to window_end (for a count window too), from estimate_window_start; in
+    the cumulative report, all of them.
+    """
+    estimate_window_start: int | None = None
+    """
+    Sliding report: event time the estimate's window starts at (window_end - window_duration);
+    null in the cumulative report.
+    """
+    estimated_roc_auc: float | None = None
+    """
+    Expected ROC AUC from the scores and their calibrated probabilities; null unless
+    estimate_status is calibrated (or with no expected positives or negatives).
+    """
+    estimated_precision: float | None = None
+    """
+    Expected precision at threshold: sum of calibrated probabilities over positive decisions /
+    positive decisions.
+    """
+    estimated_recall: float | None = None
+    """
+    Expected recall at threshold: sum of calibrated probabilities over positive decisions /
+    sum over all predictions.
+    """
+    estimated_positive_rate: float | None = None
+    """Share of positive decisions among the estimate's predictions (observed, not estimated)."""
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> PerformanceReport:
@@ -745,6 +781,13 @@ class PerformanceReport(AvroValue):
             ece=value["ece"],
             positive_rate=value["positive_rate"],
             corrections=value["corrections"],
+            estimate_status=value["estimate_status"],
+            estimated_predictions=value["estimated_predictions"],
+            estimate_window_start=value["estimate_window_start"],
+            estimated_roc_auc=value["estimated_roc_auc"],
+            estimated_precision=value["estimated_precision"],
+            estimated_recall=value["estimated_recall"],
+            estimated_positive_rate=value["estimated_positive_rate"],
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -774,6 +817,13 @@ class PerformanceReport(AvroValue):
             "ece": self.ece,
             "positive_rate": self.positive_rate,
             "corrections": self.corrections,
+            "estimate_status": self.estimate_status,
+            "estimated_predictions": self.estimated_predictions,
+            "estimate_window_start": self.estimate_window_start,
+            "estimated_roc_auc": self.estimated_roc_auc,
+            "estimated_precision": self.estimated_precision,
+            "estimated_recall": self.estimated_recall,
+            "estimated_positive_rate": self.estimated_positive_rate,
         }
 
 
@@ -883,8 +933,9 @@ class SloAlert(AvroValue):
     """
     kind: str
     """
-    slo (a metric crossed its threshold) or canary (a canary route is worse than the primary
-    route of the same model name).
+    slo (a metric crossed its threshold), canary (a canary route is worse than the primary
+    route of the same model name) or estimate (a metric estimated before labels, e.g.
+    estimated_roc_auc, crossed its floor; docs/estimated-performance.md).
     """
     state: str
     """open or resolved."""
@@ -920,6 +971,8 @@ class SloAlert(AvroValue):
     """For kind=canary, the primary version compared with; null otherwise."""
     baseline_value: float | None = None
     """For kind=canary, the primary's value of the metric; null otherwise."""
+    predictions: int = 0
+    """For kind=estimate, the predictions the estimate covered; 0 otherwise."""
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> SloAlert:
@@ -941,6 +994,7 @@ class SloAlert(AvroValue):
             window_end=value["window_end"],
             baseline_model_version=value["baseline_model_version"],
             baseline_value=value["baseline_value"],
+            predictions=value["predictions"],
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -962,6 +1016,7 @@ class SloAlert(AvroValue):
             "window_end": self.window_end,
             "baseline_model_version": self.baseline_model_version,
             "baseline_value": self.baseline_value,
+            "predictions": self.predictions,
         }
 
 

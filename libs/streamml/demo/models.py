@@ -45,11 +45,11 @@ def cache_root() -> Path:
 
 
 def _source_digest() -> str:
-    from services.scorer import training
+    from services.scorer import calibration, training
     from streamml import synthetic
 
     digest = hashlib.sha256()
-    for module in (training, synthetic):
+    for module in (training, calibration, synthetic):
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()
 

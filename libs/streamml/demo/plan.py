@@ -183,6 +183,9 @@ def service_env(
                 f"{prefix}SLO_MIN": '{"roc_auc": 0.9}',
                 f"{prefix}SLO_CONSECUTIVE_WINDOWS": "3",
                 f"{prefix}SLO_MIN_LABELED": "200",
+                # Calibration maps for the estimates before labels (estimated_* fields).
+                f"{prefix}MODEL_DIR": str(plan.models_dir.resolve()),
+                f"{prefix}PUBLIC_KEY_PATH": str((plan.keys_dir / "signing.pub").resolve()),
             }
         )
     for key, value in plan.extra_env.items():
