@@ -243,7 +243,7 @@ def _build() -> typer.Typer:
     _mount_optional("scorer", "services.scorer.cli", "Models: keygen, train, verify, promote.")
     _mount_optional("drift", "services.drift.cli", "Drift service operator commands.")
     _mount_optional("performance", "services.performance.cli", "Performance service commands.")
-    _mount_optional("demo", "streamml.demo.cli", "The end-to-end demo.")
+    _mount_optional("demo", "services.demo.cli", "The end-to-end demo.")
     return app
 
 

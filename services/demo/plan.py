@@ -47,7 +47,7 @@ class DemoPlan:
     partitions: int = 2
     train_events: int = 20_000
     """Synthetic events the models are trained on: fixed, whatever the duration (the
-    models are cached by it, :mod:`streamml.demo.models`); the drift reference covers
+    models are cached by it, :mod:`services.demo.models`); the drift reference covers
     the run's own length."""
     run_dir: Path = Path(".demo")
     bootstrap: str | None = None

@@ -7,7 +7,7 @@ retry would); with probability ``malformed_share`` a malformed record is sent in
 nothing extra: half undecodable bytes, half a decodable event that breaks a validation rule
 (negative amount). Labels are scheduled at ``event_time + label_delay_ms`` and sent when
 the producer's event-time clock passes that instant, so their delay is realistic in event
-time and compressed in wall time (see :mod:`streamml.demo.plan`).
+time and compressed in wall time (see :mod:`services.demo.plan`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamml.demo.plan import DemoPlan
+from services.demo.plan import DemoPlan
 from streamml.synthetic import DEFAULT_START_MS, Drift, generate_events, label_record
 
 log = logging.getLogger(__name__)

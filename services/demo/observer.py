@@ -24,8 +24,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.demo.plan import AUDIT_TOPICS, DLQ_TOPICS, RESULT_TOPICS, DemoPlan
 from streamml.deadletter import H_ERROR_CLASS
-from streamml.demo.plan import AUDIT_TOPICS, DLQ_TOPICS, RESULT_TOPICS, DemoPlan
 from streamml.errors import DecodeError
 
 log = logging.getLogger(__name__)

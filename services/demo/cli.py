@@ -66,8 +66,8 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     ] = 90.0,
 ) -> None:
     """Run the demo; exit 0 when every claim of the summary holds, 1 when one fails."""
-    from streamml.demo.orchestrator import Demo
-    from streamml.demo.plan import DemoPlan, new_prefix
+    from services.demo.orchestrator import Demo
+    from services.demo.plan import DemoPlan, new_prefix
 
     kafka_port = os.environ.get("KAFKA_PORT")
     if kafka_port is not None and not (kafka_port.isdigit() and 0 < int(kafka_port) < 65536):
@@ -116,9 +116,9 @@ def produce(  # noqa: PLR0917 (typer maps options to parameters)
     the broker and schema registry of STREAMML_KAFKA_* (the compose 'producer' profile)."""
     import signal
 
+    from services.demo.plan import DemoPlan
+    from services.demo.producer import SyntheticProducer
     from streamml.codec import AvroCodec
-    from streamml.demo.plan import DemoPlan
-    from streamml.demo.producer import SyntheticProducer
     from streamml.settings import KafkaSettings, load_settings
 
     kafka = load_settings(KafkaSettings)

@@ -28,9 +28,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.live import Live
 
-from streamml.demo import claims, report, view
-from streamml.demo.observer import MetricsScraper, TopicObserver, total
-from streamml.demo.plan import (
+from services.demo import claims, report, view
+from services.demo.observer import MetricsScraper, TopicObserver, total
+from services.demo.plan import (
     CLOCK_FEATURES,
     DLQ_TOPICS,
     SERVICES,
@@ -38,7 +38,7 @@ from streamml.demo.plan import (
     broker_port,
     service_env,
 )
-from streamml.demo.producer import SyntheticProducer
+from services.demo.producer import SyntheticProducer
 from streamml.errors import BrokerError, StreamMLError
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class Demo:
         return plan.models_dir / PRIMARY_NAME / "1"
 
     def _model_cache(self) -> Any:
-        from streamml.demo.models import ModelCache, cache_root
+        from services.demo.models import ModelCache, cache_root
 
         return ModelCache(events=self.plan.train_events, seed=self.plan.seed, root=cache_root())
 
