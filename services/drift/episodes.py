@@ -288,13 +288,19 @@ class EpisodeTracker:
         """Freshness: a partition that reported no new window while the stream's newest
         window moved ``stale_windows`` on opens a ``stale_partition`` episode (feature
         ``partition N``); its reports of three newer windows resolve it. Measured from the
-        partition's own last progress, so a partition that runs behind but moves (read
-        unevenly, catching up) is not stale, and one that never reported is not judged."""
+        partition's own last progress (or the stream's first report, for a partition not
+        heard from since), so a partition that runs behind but moves (read unevenly,
+        catching up) is not stale."""
         newest = max(int(w) for w in book["parts"].values())
         fresh: dict[str, int] = book.setdefault("fresh", {})
         part = str(report["source_partition"])
         if int(report["window_index"]) >= int(book["parts"][part]) or part not in fresh:
             fresh[part] = newest  # this partition moved: it is fresh as of the newest window
+        # A partition that has not reported since this stream's first report counts from
+        # there: one that stopped before its first window closed is stale too.
+        first = int(book.setdefault("first_window", int(report["window_index"])))
+        for index in range(int(book["expected"])):
+            fresh.setdefault(str(index), first)
         if self.params.stale_windows <= 0:
             return
         for source, since in sorted(fresh.items(), key=lambda kv: int(kv[0])):

@@ -54,8 +54,9 @@ def test_partitions_moving_at_different_paces_are_not_stale() -> None:
     records = stream_records(rng.normal(size=(24_000, 4)), NAMES, partitions=2)
     p0 = [r for r in records if r.partition == 0]
     p1 = [r for r in records if r.partition == 1]
-    # partition 1 starts four windows late, then moves with partition 0 the whole time
-    lag = 2_000
+    # partition 1 starts two windows late, then moves with partition 0 the whole time (a
+    # partition silent for stale_windows from the start is stale: see the test below)
+    lag = 1_000
     order = p0[:lag] + [r for pair in zip(p0[lag:], p1, strict=False) for r in pair]
     harness = Harness(make_processor(make_reference(), partitions=2), 2)
     harness.feed_all(order)
@@ -86,3 +87,13 @@ def test_stuck_value_can_be_switched_off_and_a_varying_stream_never_fires_it() -
     clean = Harness(make_processor(make_reference()))
     clean.feed_all(stream_records(rng.normal(size=(20_000, 4)), NAMES))
     assert not [a for a in clean.alerts if a["detector"] == "stuck_value"]
+
+
+def test_a_partition_that_stops_before_its_first_window_closes_is_stale_too() -> None:
+    rng = np.random.default_rng(36)
+    records = stream_records(rng.normal(size=(16_000, 4)), NAMES, partitions=2)
+    # partition 1 sends a few records of the first window, then nothing
+    records = [r for r in records if r.partition == 0 or r.offset < 100]
+    harness = Harness(make_processor(make_reference(), partitions=2), 2)
+    harness.feed_all(records)
+    assert freshness(harness) == [("open", "partition 1", "stale_partition")]
