@@ -285,48 +285,51 @@ class EpisodeTracker:
         report: Mapping[str, Any],
         outcome: WindowOutcome,
     ) -> None:
-        """Freshness: a partition that reported no new window while the stream's newest
-        window moved ``stale_windows`` on opens a ``stale_partition`` episode (feature
-        ``partition N``); its reports of three newer windows resolve it. Measured from the
-        partition's own last progress (or the stream's first report, for a partition not
-        heard from since), so a partition that runs behind but moves (read unevenly,
-        catching up) is not stale."""
-        newest = max(int(w) for w in book["parts"].values())
+        """Freshness: a source partition of a stream that reported no new window while the
+        newest window of any stream moved ``stale_windows`` on opens a ``stale_partition``
+        episode (feature ``partition N`` of its stream); its reports of three newer windows
+        resolve it. Measured from the partition's own last progress (or its stream's first
+        report, for a partition not heard from since), so a partition that runs behind but
+        moves (read unevenly, catching up) is not stale. Across streams, so predictions of
+        the reference's model that stop while features flow (another version promoted,
+        the scorer down) are stale too: the prediction tests would be blind."""
+        newest = max(int(w) for other in self.streams.values() for w in other["parts"].values())
         fresh: dict[str, int] = book.setdefault("fresh", {})
         part = str(report["source_partition"])
         if int(report["window_index"]) >= int(book["parts"][part]) or part not in fresh:
             fresh[part] = newest  # this partition moved: it is fresh as of the newest window
-        # A partition that has not reported since this stream's first report counts from
-        # there: one that stopped before its first window closed is stale too.
-        first = int(book.setdefault("first_window", int(report["window_index"])))
+        # A partition not heard from since its stream's first report counts from there:
+        # one that stopped before its first window closed is stale too.
+        first = int(book.setdefault("first_window", newest))
         for index in range(int(book["expected"])):
             fresh.setdefault(str(index), first)
         if self.params.stale_windows <= 0:
             return
-        for source, since in sorted(fresh.items(), key=lambda kv: int(kv[0])):
-            lag = newest - int(since)
-            outcome.partition_lag.append((stream, int(source), lag))
-            feature = f"partition {source}"
-            key = f"{stream}:{feature}"
-            if lag >= self.params.stale_windows and key not in self.episodes:
-                signals = [Signal(feature, "stale_partition", float(lag),
-                                  float(self.params.stale_windows), "alert")]  # fmt: skip
-            elif lag == 0 and key in self.episodes and source == part:
-                signals = []  # one more window of the partition caught up
-            else:
-                continue
-            merged = {
-                "window_index": int(report["window_index"]) if source == part else newest,
-                "window_start": int(report["window_start"]),
-                "window_end": int(report["window_end"]),
-                "records": 0,
-                "offsets": {},
-                "numeric": {},
-            }
-            self._advance(stream=stream, feature=feature, signals=signals, evaluated=True,
-                          current={(feature, "stale_partition"): float(lag)}, merged=merged,
-                          seen=int(report["records_seen"]), outcome=outcome,
-                          immediate=bool(signals))  # fmt: skip
+        for name, other in sorted(self.streams.items()):
+            for source, since in sorted(other.get("fresh", {}).items(), key=lambda kv: int(kv[0])):
+                lag = newest - int(since)
+                outcome.partition_lag.append((name, int(source), lag))
+                feature = f"partition {source}"
+                key = f"{name}:{feature}"
+                if lag >= self.params.stale_windows and key not in self.episodes:
+                    signals = [Signal(feature, "stale_partition", float(lag),
+                                      float(self.params.stale_windows), "alert")]  # fmt: skip
+                elif lag == 0 and key in self.episodes and (name, source) == (stream, part):
+                    signals = []  # one more window of the partition caught up
+                else:
+                    continue
+                merged = {
+                    "window_index": newest,
+                    "window_start": int(report["window_start"]),
+                    "window_end": int(report["window_end"]),
+                    "records": 0,
+                    "offsets": {},
+                    "numeric": {},
+                }
+                self._advance(stream=name, feature=feature, signals=signals, evaluated=True,
+                              current={(feature, "stale_partition"): float(lag)}, merged=merged,
+                              seen=int(report["records_seen"]), outcome=outcome,
+                              immediate=bool(signals))  # fmt: skip
 
     # -- tests ---------------------------------------------------------------------
 

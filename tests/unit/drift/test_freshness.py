@@ -97,3 +97,29 @@ def test_a_partition_that_stops_before_its_first_window_closes_is_stale_too() ->
     harness = Harness(make_processor(make_reference(), partitions=2), 2)
     harness.feed_all(records)
     assert freshness(harness) == [("open", "partition 1", "stale_partition")]
+
+
+def test_predictions_of_the_monitored_model_that_stop_while_features_flow_are_stale() -> None:
+    from streamml.processor import Record
+
+    rng = np.random.default_rng(37)
+    features = stream_records(rng.normal(size=(12_000, 4)), NAMES)
+
+    def prediction(i: int, version: str) -> Record:
+        score = float(rng.beta(1, 12))
+        return Record(
+            topic="predictions", partition=0, offset=i, timestamp_ms=i * 10, key=b"k",
+            value={"event_time": i * 10, "model_name": "synthetic", "model_version": version,
+                   "score": score, "decision": score >= 0.3, "route": "primary"},
+            headers=(), schema="Prediction",
+        )  # fmt: skip
+
+    # another version is promoted half-way: the reference's model no longer scores anything
+    interleaved = []
+    for i, record in enumerate(features):
+        interleaved += [record, prediction(i, "1" if i < 6_000 else "2")]
+    harness = Harness(make_processor(make_reference()))
+    harness.feed_all(interleaved)
+    assert freshness(harness) == [("open", "partition 0", "stale_partition")]
+    alert = next(a for a in harness.alerts if a["signal"] == "freshness")
+    assert alert["details"]["stream"] == "predictions"
