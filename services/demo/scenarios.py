@@ -365,56 +365,46 @@ def prepare_model(kind: str, models_dir: Path, keys_dir: Path, seed: int) -> tup
     ``worse``: the primary's algorithm trained on 1,500 events only, dated a year back
     (an old version someone promotes by mistake). ``collapse``: a logistic regression so
     regularised that it returns the base rate for everything (a broken training job
-    whose output still verifies). Both are signed with the run's key, so the scorer
-    accepts them: only monitoring can tell.
+    whose output still verifies). Both are signed with the run's key and carry the
+    primary's feature set, so the scorer accepts them: only monitoring can tell.
     """
     import json
 
     import numpy as np
+    from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
-    from services.scorer.artifact import (
-        MODEL_FILE,
-        load_private_key,
-        next_version,
-        write_version,
-    )
+    from services.scorer.artifact import load_private_key, next_version, write_version
     from services.scorer.metadata import ModelMetadata
     from services.scorer.training import (
         PRIMARY_NAME,
+        PRIMARY_PARAMS,
         _export,
         build_training_set,
-        train_and_sign,
     )
 
-    key = load_private_key(keys_dir / "signing.key")
+    now = dt.datetime.now(dt.UTC)
+    estimator: Any
     if kind == "worse":
-        scratch = models_dir.parent / "worse-model"
-        written = train_and_sign(
-            events=1500,
-            seed=seed + 11,
-            out=scratch,
-            key=key,
-            created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=365),
-        )
-        weak = next(v for v in written if v.metadata.model_name == PRIMARY_NAME)
-        version = next_version(models_dir, PRIMARY_NAME)
-        metadata = weak.metadata.model_copy(update={"model_version": version})
-        write_version(models_dir, (weak.path / MODEL_FILE).read_bytes(), metadata, key)
-        return PRIMARY_NAME, version
-    if kind == "collapse":
+        matrix = build_training_set(1500, seed + 11)
+        estimator = GradientBoostingClassifier(**PRIMARY_PARAMS, random_state=seed)
+        algorithm, created = "GradientBoostingClassifier (1,500 events)", now - dt.timedelta(365)
+    elif kind == "collapse":
         matrix = build_training_set(2000, seed + 13)
-        assert matrix.labels is not None
         estimator = LogisticRegression(C=1e-9, max_iter=200)
-        estimator.fit(matrix.values.astype(np.float32).astype(np.float64), matrix.labels)
-        template = json.loads((models_dir / PRIMARY_NAME / "1" / "metadata.json").read_text())
-        version = next_version(models_dir, PRIMARY_NAME)
-        template.update(
-            model_version=version,
-            algorithm="LogisticRegression(C=1e-9)",
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
-        metadata = ModelMetadata.model_validate(template)
-        write_version(models_dir, _export(estimator, len(matrix.names)), metadata, key)
-        return PRIMARY_NAME, version
-    raise ValueError(f"no model scenario {kind!r}")
+        algorithm, created = "LogisticRegression(C=1e-9)", now
+    else:
+        raise ValueError(f"no model scenario {kind!r}")
+    assert matrix.labels is not None
+    estimator.fit(matrix.values.astype(np.float32).astype(np.float64), matrix.labels)
+    template = json.loads((models_dir / PRIMARY_NAME / "1" / "metadata.json").read_text())
+    version = next_version(models_dir, PRIMARY_NAME)
+    template.update(
+        model_version=version,
+        algorithm=algorithm,
+        created_at=created.isoformat(timespec="seconds"),
+    )
+    key = load_private_key(keys_dir / "signing.key")
+    model_bytes = _export(estimator, len(matrix.names))
+    write_version(models_dir, model_bytes, ModelMetadata.model_validate(template), key)
+    return PRIMARY_NAME, version
