@@ -163,9 +163,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="Traffic seeds per scenario.")
     parser.add_argument("--scenarios", default="", help="Comma-separated (default: all).")
     parser.add_argument("--jobs", type=int, default=3, help="Runs at a time.")
-    parser.add_argument("--duration", type=float, default=40.0, help="Seconds of traffic.")
+    parser.add_argument("--duration", type=float, default=45.0, help="Seconds of traffic.")
     parser.add_argument("--rate", type=float, default=200.0, help="Events per wall second.")
-    parser.add_argument("--inject-at", type=float, default=0.4, help="Share of the duration.")
+    parser.add_argument(
+        "--inject-at",
+        type=float,
+        default=0.5,
+        help="Share of the duration (late enough for the drift service, which joins after "
+        "15 %% and needs seconds to start on a loaded machine, to be watching).",
+    )
     parser.add_argument("--model-seed", type=int, default=2026)
     parser.add_argument("--bootstrap", default=None, help="A running broker (else one is started).")
     parser.add_argument("--out", default=None, help="Run directories (default: a temp dir).")
