@@ -64,11 +64,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamml.demo import claims, report
-from streamml.demo.observer import TopicObserver, parse_metrics
-from streamml.demo.orchestrator import ServiceChild
-from streamml.demo.plan import CLOCK_FEATURES, DLQ_TOPICS, SERVICES, DemoPlan, service_env
-from streamml.demo.producer import SyntheticProducer
+from services.demo import claims, report
+from services.demo.observer import TopicObserver, parse_metrics
+from services.demo.orchestrator import ServiceChild
+from services.demo.plan import CLOCK_FEATURES, DLQ_TOPICS, SERVICES, DemoPlan, service_env
+from services.demo.producer import SyntheticProducer
 
 log = logging.getLogger("soak")
 
@@ -254,8 +254,8 @@ class Soak:
 
     def models(self) -> Path:
         """The demo's cached models (trained on the first use) and the drift reference."""
+        from services.demo.models import ModelCache, cache_root
         from services.scorer.training import PRIMARY_NAME
-        from streamml.demo.models import ModelCache, cache_root
 
         plan = self.plan
         cache = ModelCache(events=plan.train_events, seed=plan.seed, root=cache_root())

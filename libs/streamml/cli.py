@@ -17,7 +17,6 @@ Errors are one line (``error: ...``) with exit code 2 for bad arguments or setti
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -240,17 +239,6 @@ def asyncapi_command(
     sys.stdout.write(text)
 
 
-def _mount_optional(name: str, module: str, help_text: str) -> None:
-    """Mount a part's operator sub-commands when the installation provides them."""
-    try:
-        sub = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            return
-        raise
-    app.add_typer(sub.app, name=name, help=help_text)
-
-
 def _mount_commands() -> None:
     """Mount every command group registered under ``streamml.commands`` (pyproject.toml).
 
@@ -272,7 +260,6 @@ def _build() -> typer.Typer:
 
     register(app)
     _mount_commands()
-    _mount_optional("demo", "streamml.demo.cli", "The end-to-end demo.")
     return app
 
 

@@ -25,6 +25,7 @@ the idle rule had to close a window early; that case is counted as late reports)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +39,10 @@ from services.drift.reference import NumericReference, Reference
 
 Severity = Literal["warn", "alert"]
 _RANK = {"warn": 1, "alert": 2}
+# First wins among signals of one severity: a stopped input explains the others.
 _DETECTOR_ORDER = (
+    "stale_partition",
+    "stuck_value",
     "psi",
     "ks",
     "chi2",
@@ -49,6 +53,9 @@ _DETECTOR_ORDER = (
     "page_hinkley_spread",
     "kswin",
 )
+FRESHNESS_DETECTORS = frozenset({"stuck_value", "stale_partition"})
+"""Detectors of data that stopped (``signal="freshness"`` on the alert), not of data
+that changed."""
 
 
 class WindowTestParams(BaseModel):
@@ -117,6 +124,23 @@ class WindowTestParams(BaseModel):
         "this many windows ahead (the missing one is idle). Large, so that partitions "
         "catching up unevenly after downtime do not get their windows closed early.",
     )
+    stuck_std_ratio: float = Field(
+        default=1e-3,
+        ge=0,
+        description="A numeric value whose standard deviation in a tested window is at most "
+        "this share of the reference's fires stuck_value (an input that stopped changing, "
+        "e.g. a field stuck at 0), when the reference makes a window that constant "
+        "implausible (all its values in one reference bin with probability < 1e-6). "
+        "0 disables.",
+    )
+    stale_windows: int = Field(
+        default=5,
+        ge=0,
+        description="A source partition this many windows behind the newest partition "
+        "fires stale_partition (its events stopped while the others flow), long before "
+        "idle_windows closes windows without it; above the few windows partitions drift "
+        "apart when they are read unevenly. 0 disables.",
+    )
     stream_detector_severity: Severity = Field(
         default="warn", description="Severity of an ADWIN/Page-Hinkley/KSWIN detection."
     )
@@ -147,6 +171,8 @@ class WindowOutcome:
     foreign_reports: int = 0
     warming_signals: int = 0
     """Signals on history features still in their warm-up (no episode opened)."""
+    partition_lag: list[tuple[str, int, int]] = field(default_factory=list)
+    """(stream, source partition, windows behind the newest partition) per report."""
 
 
 class EpisodeTracker:
@@ -180,6 +206,7 @@ class EpisodeTracker:
             return
         book["expected"] = max(int(book["expected"]), int(report["source_partitions"]))
         book["parts"][part] = max(int(book["parts"].get(part, window)), window)
+        self._check_stale(stream, book, report, outcome)
         if book["closed"] is not None and window <= book["closed"]:
             outcome.late_reports += 1
             return
@@ -251,6 +278,59 @@ class EpisodeTracker:
                           current={}, merged=merged, seen=int(report["records_seen"]),
                           outcome=outcome, immediate=True)  # fmt: skip
 
+    def _check_stale(
+        self,
+        stream: str,
+        book: dict[str, Any],
+        report: Mapping[str, Any],
+        outcome: WindowOutcome,
+    ) -> None:
+        """Freshness: a source partition of a stream that reported no new window while the
+        newest window of any stream moved ``stale_windows`` on opens a ``stale_partition``
+        episode (feature ``partition N`` of its stream); its reports of three newer windows
+        resolve it. Measured from the partition's own last progress (or its stream's first
+        report, for a partition not heard from since), so a partition that runs behind but
+        moves (read unevenly, catching up) is not stale. Across streams, so predictions of
+        the reference's model that stop while features flow (another version promoted,
+        the scorer down) are stale too: the prediction tests would be blind."""
+        newest = max(int(w) for other in self.streams.values() for w in other["parts"].values())
+        fresh: dict[str, int] = book.setdefault("fresh", {})
+        part = str(report["source_partition"])
+        if int(report["window_index"]) >= int(book["parts"][part]) or part not in fresh:
+            fresh[part] = newest  # this partition moved: it is fresh as of the newest window
+        # A partition not heard from since its stream's first report counts from there:
+        # one that stopped before its first window closed is stale too.
+        first = int(book.setdefault("first_window", newest))
+        for index in range(int(book["expected"])):
+            fresh.setdefault(str(index), first)
+        if self.params.stale_windows <= 0:
+            return
+        for name, other in sorted(self.streams.items()):
+            for source, since in sorted(other.get("fresh", {}).items(), key=lambda kv: int(kv[0])):
+                lag = newest - int(since)
+                outcome.partition_lag.append((name, int(source), lag))
+                feature = f"partition {source}"
+                key = f"{name}:{feature}"
+                if lag >= self.params.stale_windows and key not in self.episodes:
+                    signals = [Signal(feature, "stale_partition", float(lag),
+                                      float(self.params.stale_windows), "alert")]  # fmt: skip
+                elif lag == 0 and key in self.episodes and (name, source) == (stream, part):
+                    signals = []  # one more window of the partition caught up
+                else:
+                    continue
+                merged = {
+                    "window_index": newest,
+                    "window_start": int(report["window_start"]),
+                    "window_end": int(report["window_end"]),
+                    "records": 0,
+                    "offsets": {},
+                    "numeric": {},
+                }
+                self._advance(stream=name, feature=feature, signals=signals, evaluated=True,
+                              current={(feature, "stale_partition"): float(lag)}, merged=merged,
+                              seen=int(report["records_seen"]), outcome=outcome,
+                              immediate=bool(signals))  # fmt: skip
+
     # -- tests ---------------------------------------------------------------------
 
     def _numeric_refs(self, stream: str) -> dict[str, NumericReference]:
@@ -311,6 +391,10 @@ class EpisodeTracker:
                     fire(Signal(name, "missing_rate", rate, p.missing_rate, "alert"))
             if count < p.min_window_records:
                 continue
+            stuck = _stuck(ref, sketch, p.stuck_std_ratio)
+            if stuck is not None:
+                outcome.statistics.append((name, "std_ratio", stuck))
+                fire(Signal(name, "stuck_value", stuck, p.stuck_std_ratio, "alert"))
             value = stats.psi(ref.expected, np.asarray(sketch["psi"], dtype=np.int64))
             outcome.statistics.append((name, "psi", value))
             if value >= p.psi_warn:
@@ -569,6 +653,7 @@ class EpisodeTracker:
             "model_version": self.reference.model_version,
             "records_seen": seen,
             "details": details,
+            "signal": "freshness" if signal.detector in FRESHNESS_DETECTORS else "drift",
         }
 
     # -- explicit state ------------------------------------------------------------
@@ -579,6 +664,33 @@ class EpisodeTracker:
     def load(self, state: Mapping[str, Any]) -> None:
         self.streams = dict(state["streams"])
         self.episodes = dict(state["episodes"])
+
+
+def _stuck(ref: NumericReference, sketch: Mapping[str, Any], ratio: float) -> float | None:
+    """The window's standard deviation over the reference's when the value is stuck
+    (at most ``ratio``) and the reference makes so constant a window implausible; else None.
+
+    >>> import numpy as np
+    >>> ref = NumericReference(name="x", edges=np.array([1.0, 2.0]),
+    ...     expected=np.array([0.3, 0.4, 0.3]), ks_grid=np.array([1.0]),
+    ...     ks_reference_cdf=np.array([0.5]), pit_scores=np.array([]), sample_size=1000,
+    ...     mean=1.5, std=1.0)
+    >>> _stuck(ref, {"count": 600, "sum": 0.0, "sum_squares": 0.0}, 1e-3)
+    0.0
+    >>> _stuck(ref, {"count": 600, "sum": 600.0, "sum_squares": 1200.0}, 1e-3) is None
+    True
+    """
+    count = int(sketch["count"])
+    if ratio <= 0 or count < 2 or ref.std <= 0:
+        return None
+    mean = float(sketch["sum"]) / count
+    variance = max(0.0, float(sketch["sum_squares"]) / count - mean * mean)
+    # sum of squares in float64 loses ~1e-16 relative: tolerate that much spread.
+    std = math.sqrt(variance) if variance > 1e-12 * max(1.0, mean * mean) else 0.0
+    if std > ratio * ref.std:
+        return None
+    one_bin = float(np.sum(np.asarray(ref.expected, dtype=np.float64) ** count))
+    return std / ref.std if one_bin < 1e-6 else None
 
 
 def _group(stream: str, feature: str) -> str:

@@ -27,6 +27,13 @@ class DriftMetrics:
             ["feature", "state", "severity"],
             registry=registry,
         )
+        self.partition_lag = Gauge(
+            "streamml_drift_partition_lag_windows",
+            "Windows a source partition is behind the newest partition of its stream "
+            "(freshness: stale_partition fires at tests.stale_windows).",
+            ["stream", "partition"],
+            registry=registry,
+        )
         self.open_episodes = Gauge(
             "streamml_drift_open_episodes",
             "Alert episodes currently open.",

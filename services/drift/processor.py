@@ -315,6 +315,8 @@ class DriftProcessor(Processor):
                 tracker.ingest(record.value, outcome)
             for feature, test, value in outcome.statistics:
                 self.metrics.statistic.labels(feature, test).set(value)
+            for stream, source, lag in outcome.partition_lag:
+                self.metrics.partition_lag.labels(stream, str(source)).set(lag)
             for alert in outcome.alerts:
                 self.metrics.alerts.labels(alert["feature"], alert["state"],
                                            alert["severity"]).inc()  # fmt: skip

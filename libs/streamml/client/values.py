@@ -33,7 +33,8 @@ class DriftAlert(AvroValue):
     detector: str
     """
     What fired: adwin, page_hinkley, page_hinkley_spread, kswin (streaming, at once), psi, ks,
-    chi2, missing_rate, positive_rate (window tests). See docs/runbooks/drift-alert.md.
+    chi2, missing_rate, positive_rate (window tests), stuck_value, stale_partition
+    (freshness). See docs/runbooks/drift-alert.md.
     """
     statistic: float
     """
@@ -64,6 +65,12 @@ class DriftAlert(AvroValue):
     """Records the detector has seen so far."""
     details: dict[str, str] = field(default_factory=lambda: {})
     """Extra context (e.g. reference and current means)."""
+    signal: str = "drift"
+    """
+    What kind of problem: drift (the data changed) or freshness (the data stopped: a source
+    partition behind the others, feature 'partition N', or a value stuck at one level). Added
+    in v2; readers of v1 data see drift.
+    """
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> DriftAlert:
@@ -85,6 +92,7 @@ class DriftAlert(AvroValue):
             model_version=value["model_version"],
             records_seen=value["records_seen"],
             details=dict(value["details"]),
+            signal=value["signal"],
         )
 
     def to_avro(self) -> dict[str, Any]:
@@ -106,6 +114,7 @@ class DriftAlert(AvroValue):
             "model_version": self.model_version,
             "records_seen": self.records_seen,
             "details": dict(self.details),
+            "signal": self.signal,
         }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamml.demo import claims, report
-from streamml.demo.observer import parse_metrics, total
-from streamml.demo.plan import DemoPlan, service_env
+from services.demo import claims, report
+from services.demo.observer import parse_metrics, total
+from services.demo.plan import DemoPlan, service_env
 
 DRIFT = 1_000_000
 
@@ -218,9 +218,9 @@ def test_windows_holding_only_drifted_predictions_decide_the_quality_claim() -> 
 def test_live_view_renders_every_service_figure() -> None:
     from rich.console import Console
 
-    from streamml.demo import view
-    from streamml.demo.observer import ServiceView
-    from streamml.demo.producer import ProducerStats
+    from services.demo import view
+    from services.demo.observer import ServiceView
+    from services.demo.producer import ProducerStats
 
     metrics = parse_metrics(
         'streamml_ready{service="x"} 1\n'
@@ -272,7 +272,7 @@ def test_an_alert_on_a_feature_the_drift_does_not_change_is_no_detection() -> No
 
 
 def test_report_plots_the_drifted_features_that_moved_at_the_drift() -> None:
-    from streamml.demo.orchestrator import _moved_most
+    from services.demo.orchestrator import _moved_most
 
     series = {
         "amount_bucket psi": [(1.0, 0.01), (9.0, 0.6)],

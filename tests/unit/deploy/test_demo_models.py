@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamml.demo.models import ModelCache
+from services.demo.models import ModelCache
 
 
 def _fake_train(calls: list[Path]) -> Callable[[Path, Path], None]:

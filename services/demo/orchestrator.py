@@ -28,9 +28,9 @@ from typing import IO, Any
 from rich.console import Console
 from rich.live import Live
 
-from streamml.demo import claims, report, view
-from streamml.demo.observer import MetricsScraper, TopicObserver, total
-from streamml.demo.plan import (
+from services.demo import claims, report, scenarios, view
+from services.demo.observer import MetricsScraper, TopicObserver, total
+from services.demo.plan import (
     CLOCK_FEATURES,
     DLQ_TOPICS,
     SERVICES,
@@ -38,7 +38,7 @@ from streamml.demo.plan import (
     broker_port,
     service_env,
 )
-from streamml.demo.producer import SyntheticProducer
+from services.demo.producer import SyntheticProducer
 from streamml.errors import BrokerError, StreamMLError
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,30 @@ def _moved_most(
     return sorted(candidates.items(), key=lambda kv: -moved(kv[1]))[:keep]
 
 
+def scenario_claims(scenario: scenarios.Scenario, outcome: scenarios.Outcome) -> list[claims.Claim]:
+    """A scenario run's claims: the failure was detected (control: nothing fired) and
+    nothing fired before the injection."""
+    if scenario.name == "control":
+        alarms = ", ".join(sorted({a.signal for a in outcome.false_alarms})) or "none"
+        detail = f"{len(outcome.false_alarms)} alert(s) (signals: {alarms})"
+        return [claims.Claim("control run quiet", not outcome.false_alarms, detail)]
+    first = outcome.first
+    detected = claims.Claim(
+        f"{scenario.name} detected",
+        first is not None,
+        f"first {first.signal} ({first.detail}) {outcome.first_wall_s} s wall / "
+        f"{outcome.first_event_s} s event time after the injection"
+        if first is not None
+        else f"no alert after the injection (expected: {', '.join(scenario.expected)})",
+    )
+    quiet = claims.Claim(
+        "no alert before the injection",
+        not outcome.false_alarms,
+        f"{len(outcome.false_alarms)} false alarm(s)",
+    )
+    return [detected, quiet]
+
+
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -152,6 +176,13 @@ class Demo:
         self.failure: str | None = None
         self._reference_job: threading.Thread | None = None
         self._reference_error: BaseException | None = None
+        self.scenario = scenarios.get(plan.scenario) if plan.scenario else None
+        self._to_promote: tuple[str, str] | None = None
+        self._promoted = False
+        self.scenario_alerts: list[scenarios.Alert] = []
+        """Alerts seen outside the result topics: fail-stops, stopped services."""
+        self.duplicate_samples: list[tuple[float, float, float]] = []
+        self.stopped_early = False
 
     # -- steps ------------------------------------------------------------------------
 
@@ -215,15 +246,23 @@ class Demo:
             cache.build()
             self._say(f"  trained in {time.monotonic() - started:.0f}s")
         cache.install(plan.models_dir, plan.keys_dir)
+        if self.scenario is not None and self.scenario.model is not None:
+            self._to_promote = scenarios.prepare_model(
+                self.scenario.model, plan.models_dir, plan.keys_dir, plan.seed
+            )
+            self._say(f"  scenario {self.scenario.name}: signed "
+                      f"{'/'.join(self._to_promote)}, promoted at the injection")  # fmt: skip
         for path in sorted(plan.models_dir.glob("*/*/metadata.json")):
             auc = json.loads(path.read_text())["metrics"]["auc"]
             self._say(f"  {path.parent}: AUC {auc:.3f} (validation)")
         return plan.models_dir / PRIMARY_NAME / "1"
 
     def _model_cache(self) -> Any:
-        from streamml.demo.models import ModelCache, cache_root
+        from services.demo.models import ModelCache, cache_root
 
-        return ModelCache(events=self.plan.train_events, seed=self.plan.seed, root=cache_root())
+        plan = self.plan
+        seed = plan.seed if plan.model_seed is None else plan.model_seed
+        return ModelCache(events=plan.train_events, seed=seed, root=cache_root())
 
     def _drift_reference(self, primary: Path) -> Path:
         """Where the drift service's reference is (written now, or by a background job
@@ -344,7 +383,7 @@ class Demo:
             reference = self._drift_reference(self._train())
             self._start_services(reference)
             self._feed_and_watch()
-            if not self.interrupted:
+            if not self.interrupted and not self.stopped_early:
                 self._drain()
         except KeyboardInterrupt:
             self.interrupted = True
@@ -379,14 +418,19 @@ class Demo:
             if child.process is None:
                 self.scraper.views[child.name].note = f"joins at {plan.warmup_s:.0f}s"
         self.observer = TopicObserver(plan, config, AvroCodec.from_settings(kafka))
-        self.producer = SyntheticProducer(plan, config, codec)
+        self.producer = SyntheticProducer(plan, config, codec, self.scenario)
         self.scraper.start()
         self.observer.start()
         self.producer.start()
+        injects = (
+            f"scenario {self.scenario.name} ({self.scenario.failure})"
+            if self.scenario is not None
+            else "drift"
+        )
         self._say(
             f"producing {plan.rate:.0f} events/s for {plan.duration_s:.0f}s from "
-            f"{plan.entities:,} cards; event time runs x{plan.time_compression:.0f}; drift "
-            f"after {plan.drift_index:,} events"
+            f"{plan.entities:,} cards; event time runs x{plan.time_compression:.0f}; "
+            f"{injects} after {plan.drift_index:,} events"
         )
         self._watch(lambda: self.producer is not None and self.producer.is_alive(), "producing")
 
@@ -417,7 +461,11 @@ class Demo:
                 if deadline is not None and time.monotonic() > deadline:
                     return
                 self._start_late()
+                self._scenario_step()
                 dead = [c.name for c in self.children if c.process is not None and not c.alive]
+                if dead and self.scenario is not None:
+                    self._stopped(dead)
+                    return
                 if dead:
                     tails = "; ".join(
                         f"{c.name}: {c.log_tail(2)}"
@@ -433,6 +481,94 @@ class Demo:
                 else:
                     live.update(frame())
                 time.sleep(0.5)
+
+    # -- failure-injection scenarios ----------------------------------------------------
+
+    def _since_start(self) -> float:
+        assert self.producer is not None
+        return time.monotonic() - self.producer.stats.started_wall
+
+    def _scenario_step(self) -> None:
+        """Promote the scenario's model at the injection point; sample the metrics the
+        suite reads alerts from (duplicates dropped, fail-stop halts)."""
+        if self.scenario is None or self.producer is None or self.scraper is None:
+            return
+        stats = self.producer.stats
+        if self._to_promote is not None and not self._promoted and stats.drift_wall_s is not None:
+            self._promoted = True
+            threading.Thread(target=self._promote, name="demo-promote", daemon=True).start()
+        features = self.scraper.views.get("features")
+        if features is not None and features.up:
+            at = features.scraped_at - stats.started_wall
+            if not self.duplicate_samples or self.duplicate_samples[-1][0] < at:
+                self.duplicate_samples.append((
+                    at,
+                    total(features.samples, "streamml_features_duplicates_total"),
+                    total(features.samples, "streamml_records_in_total"),
+                ))  # fmt: skip
+        for name, service in self.scraper.views.items():
+            halted = service.up and total(service.samples, "streamml_halted") > 0
+            known = any(a.signal == "fail_stop" and a.source == name for a in self.scenario_alerts)
+            if halted and not known:
+                self.scenario_alerts.append(
+                    scenarios.Alert("fail_stop", self._since_start(), name, "halted (fail-stop)")
+                )
+
+    def _stopped(self, dead: list[str]) -> None:
+        """A service stopped during a scenario: an alert (the run ends here)."""
+        for child in self.children:
+            if child.name in dead:
+                self.scenario_alerts.append(scenarios.Alert(
+                    "fail_stop", self._since_start(), child.name, f"exited: {child.log_tail(1)}"
+                ))  # fmt: skip
+        self.stopped_early = True
+        self._say(f"{', '.join(dead)} stopped: the run ends here")
+
+    def _promote(self) -> None:
+        """Promote the scenario's version to primary on the scorer's control topic, as
+        ``streamml scorer promote`` does (in-process: a CLI start costs seconds)."""
+        from services.scorer.control import TOPIC, control_record
+        from services.scorer.follower import publish_instruction
+        from streamml.codec import AvroCodec
+
+        assert self._to_promote is not None
+        name, version = self._to_promote
+        kafka = self._kafka()
+        value = control_record(
+            "primary", "promote", model_name=name, model_version=version,
+            issued_at_ms=time.time_ns() // 1_000_000, issued_by="streamml demo",
+            reason=f"scenario {self.plan.scenario}",
+        )  # fmt: skip
+        try:
+            publish_instruction(kafka, kafka.topic(TOPIC), AvroCodec.from_settings(kafka), value)
+        except StreamMLError as exc:
+            self.failure = f"promoting {name}/{version} failed: {exc}"
+
+    def _scenario_outcome(self) -> scenarios.Outcome:
+        assert self.scenario is not None and self.producer and self.observer
+        stats = self.producer.stats
+        shift = self.observer.started - stats.started_wall  # observer clock -> producer's
+
+        def moved(records: list[tuple[float, dict[str, Any]]]) -> list[tuple[float, Any]]:
+            return [(seen + shift, record) for seen, record in records]
+
+        alerts = [
+            *self.scenario_alerts,
+            *scenarios.drift_alerts(moved(self.observer.drift_alerts)),
+            *scenarios.slo_alerts(moved(self.observer.slo_alerts)),
+            *scenarios.duplicate_alerts(self.duplicate_samples),
+            *(
+                scenarios.Alert("validation", seen + shift, topic, reason)
+                for seen, topic, reason in self.observer.dead_letters
+            ),
+        ]
+        return scenarios.outcome(
+            self.scenario.name,
+            alerts,
+            injection_wall_s=stats.drift_wall_s,
+            injection_event_ms=stats.drift_event_time_ms,
+            timeline=stats.timeline,
+        )
 
     def _headless_line(self, phase: str, elapsed: float) -> None:
         assert self.producer and self.observer
@@ -526,6 +662,11 @@ class Demo:
         }
         if self.interrupted:
             summary.claims.append(claims.Claim("run completed", False, "interrupted (Ctrl-C)"))
+        if self.scenario is not None:
+            outcome = self._scenario_outcome()
+            summary.figures["scenario"] = outcome.as_json()
+            kept = [c for c in summary.claims if c.name == "run completed"]
+            summary.claims = [*scenario_claims(self.scenario, outcome), *kept]
         return summary
 
     def _training_auc(self) -> float | None:
@@ -581,6 +722,7 @@ class Demo:
             drift_wall_s=stats.drift_wall_s,
             slo_threshold=0.9,
             alerts=[a for _, a in self.observer.drift_alerts],
+            scenario=summary.figures.get("scenario"),
         )
         report.write(plan.report_path, text)
         summary.figures["report"] = str(plan.report_path)

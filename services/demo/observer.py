@@ -24,8 +24,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.demo.plan import AUDIT_TOPICS, DLQ_TOPICS, RESULT_TOPICS, DemoPlan
 from streamml.deadletter import H_ERROR_CLASS
-from streamml.demo.plan import AUDIT_TOPICS, DLQ_TOPICS, RESULT_TOPICS, DemoPlan
 from streamml.errors import DecodeError
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ class TopicObserver(threading.Thread):
         self.drift_alerts: list[tuple[float, dict[str, Any]]] = []
         self.reports: list[tuple[float, dict[str, Any]]] = []
         self.slo_alerts: list[tuple[float, dict[str, Any]]] = []
+        # (wall seconds since start, dead-letter topic, error class) of every dead letter
+        self.dead_letters: list[tuple[float, str, str]] = []
         self.last_record_at = time.monotonic()
         self._halt = threading.Event()
         self._lock = threading.Lock()
@@ -231,6 +233,9 @@ class TopicObserver(threading.Thread):
             if logical in DLQ_TOPICS:
                 reason = dict(message.headers() or []).get(H_ERROR_CLASS) or b"?"
                 self.dlq_reasons[logical][reason.decode(errors="replace")] += 1
+                self.dead_letters.append(
+                    (time.monotonic() - self.started, logical, reason.decode(errors="replace"))
+                )
                 return
             try:
                 record = self._codec.decode(value, _SCHEMA[logical], topic=message.topic())

@@ -44,6 +44,10 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     ] = 0.002,
     partitions: Annotated[int, typer.Option("--partitions", help="Partitions per topic.")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic traffic.")] = 2026,
+    model_seed: Annotated[
+        int | None,
+        typer.Option("--model-seed", help="Seed the models are trained on (default: --seed)."),
+    ] = None,
     run_dir: Annotated[
         Path, typer.Option("--dir", help="Broker data, models, logs and the report.")
     ] = Path(".demo"),
@@ -64,10 +68,21 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="Longest wait for the pipeline to catch up.")
     ] = 90.0,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            "--scenario",
+            help="Inject this failure at --drift-at instead of the drift (control: none); "
+            "no malformed records then, so every dead letter is an alert. One of: "
+            "control, units, recoded-category, stuck-field, stale-partition, "
+            "covariate-shift, concept-drift, worse-model, score-collapse, duplicate-storm, "
+            "labels-stop.",
+        ),
+    ] = None,
 ) -> None:
     """Run the demo; exit 0 when every claim of the summary holds, 1 when one fails."""
-    from streamml.demo.orchestrator import Demo
-    from streamml.demo.plan import DemoPlan, new_prefix
+    from services.demo.orchestrator import Demo
+    from services.demo.plan import DemoPlan, new_prefix
 
     kafka_port = os.environ.get("KAFKA_PORT")
     if kafka_port is not None and not (kafka_port.isdigit() and 0 < int(kafka_port) < 65536):
@@ -82,10 +97,12 @@ def run(  # noqa: PLR0917 (typer maps options to parameters)
         monitor_after_fraction=monitor_after,
         canary_share=canary,
         duplicate_share=duplicates,
-        malformed_share=malformed,
+        malformed_share=0.0 if scenario is not None else malformed,
         partitions=partitions,
         seed=seed,
+        model_seed=model_seed,
         run_dir=run_dir,
+        scenario=scenario,
         bootstrap=bootstrap,
         topic_prefix=prefix if prefix is not None else (new_prefix() if bootstrap else ""),
         drain_timeout_s=drain_timeout,
@@ -116,9 +133,9 @@ def produce(  # noqa: PLR0917 (typer maps options to parameters)
     the broker and schema registry of STREAMML_KAFKA_* (the compose 'producer' profile)."""
     import signal
 
+    from services.demo.plan import DemoPlan
+    from services.demo.producer import SyntheticProducer
     from streamml.codec import AvroCodec
-    from streamml.demo.plan import DemoPlan
-    from streamml.demo.producer import SyntheticProducer
     from streamml.settings import KafkaSettings, load_settings
 
     kafka = load_settings(KafkaSettings)

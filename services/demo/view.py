@@ -11,8 +11,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from streamml.demo.observer import ServiceView, by_label, total
-from streamml.demo.producer import ProducerStats
+from services.demo.observer import ServiceView, by_label, total
+from services.demo.producer import ProducerStats
 
 
 def _n(value: float) -> str:

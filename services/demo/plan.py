@@ -44,15 +44,21 @@ class DemoPlan:
     """Share of the cards the candidate model version serves as a canary (0: none)."""
     malformed_share: float = 0.002
     seed: int = 2026
+    model_seed: int | None = None
+    """Seed the models are trained on (None: ``seed``): a suite running several traffic
+    seeds trains and caches the models once."""
     partitions: int = 2
     train_events: int = 20_000
     """Synthetic events the models are trained on: fixed, whatever the duration (the
-    models are cached by it, :mod:`streamml.demo.models`); the drift reference covers
+    models are cached by it, :mod:`services.demo.models`); the drift reference covers
     the run's own length."""
     run_dir: Path = Path(".demo")
     bootstrap: str | None = None
     topic_prefix: str = ""
     drain_timeout_s: float = 90.0
+    scenario: str | None = None
+    """A failure-injection scenario (:mod:`services.demo.scenarios`) injected at the drift
+    point instead of the demo's drift; None: the demo as it always ran."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -128,6 +134,11 @@ class DemoPlan:
             return "--entities must be at least 10"
         if not 1 <= self.partitions <= 16:
             return "--partitions must be between 1 and 16"
+        if self.scenario is not None:
+            from services.demo.scenarios import SCENARIOS
+
+            if self.scenario not in SCENARIOS:
+                return f"--scenario must be one of {', '.join(SCENARIOS)}, not {self.scenario!r}"
         return None
 
 
@@ -172,6 +183,9 @@ def service_env(
         # Three minutes of event time per merged window: enough values (~900 at 5/s) for
         # the window tests (at least 500), about 4.5 s of wall time at the default rate.
         env[f"{prefix}WINDOW_MS"] = "180000"
+        # A partition whose events stop is stale after two windows (~6 min of event time)
+        # the other partitions moved on (the default, five, suits one-minute windows).
+        env[f"{prefix}TESTS__STALE_WINDOWS"] = "2"
         if plan.monitor_after_fraction > 0:  # joins late: monitor from the end of its inputs
             env[f"{prefix}RUNTIME__AUTO_OFFSET_RESET"] = "latest"
     elif service == "performance":

@@ -154,8 +154,10 @@ def render(
     drift_wall_s: float | None,
     slo_threshold: float | None,
     alerts: Sequence[Mapping[str, Any]],
+    scenario: Mapping[str, Any] | None = None,
 ) -> str:
-    """The whole report as one HTML string."""
+    """The whole report as one HTML string (``scenario``: a failure-injection run's
+    outcome, :meth:`services.demo.scenarios.Outcome.as_json`, shown as a timeline)."""
     claims = summary.get("claims", [])
     claim_rows = "".join(
         f'<tr><td class="{"ok" if c["ok"] else "fail"}">{"PASS" if c["ok"] else "FAIL"}</td>'
@@ -196,6 +198,7 @@ def render(
 <p class="note">Written {dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}.
 Plan: {html.escape(json.dumps(dict(plan), default=str))}</p>
 <h2>Claims</h2><table><tbody>{claim_rows}</tbody></table>
+{scenario_timeline(scenario) if scenario is not None else ""}
 <h2>Live model quality (performance service, sliding window)</h2>
 {
         line_chart(
@@ -245,6 +248,62 @@ Plan: {html.escape(json.dumps(dict(plan), default=str))}</p>
 <h2>Figures</h2><pre>{html.escape(json.dumps(figures, indent=2, default=str))}</pre>
 </body></html>
 """
+
+
+def scenario_timeline(outcome: Mapping[str, Any], width: float = 760.0) -> str:
+    """A failure-injection run as a timeline: the injection point, every alert (before it:
+    false alarms) and the first alert after it, over wall seconds since the producer
+    started, then the same alerts as a table."""
+    injected = outcome.get("injection_wall_s")
+    alerts = [*outcome.get("false_alarm_alerts", []), *outcome.get("alerts_after", [])]
+    end = max([float(a["wall_s"]) for a in alerts] + [float(injected or 0), 1.0]) * 1.05
+
+    def x(wall_s: float) -> float:
+        return _LEFT + (width - _LEFT - 20) * wall_s / end
+
+    parts = [f'<line x1="{_LEFT}" y1="40" x2="{width - 20}" y2="40" stroke="#333"/>']
+    for tick in _ticks(0, end):
+        parts.append(f'<text x="{x(tick):.1f}" y="58" font-size="11" text-anchor="middle">'
+                     f"{tick:g}</text>")  # fmt: skip
+    if injected is not None:
+        parts.append(f'<line x1="{x(injected):.1f}" y1="10" x2="{x(injected):.1f}" y2="46" '
+                     'stroke="#d62728" stroke-dasharray="4 3"/>'
+                     f'<text x="{x(injected):.1f}" y="9" font-size="11" fill="#d62728" '
+                     'text-anchor="middle">injection</text>')  # fmt: skip
+    first = outcome.get("first_alert")
+    for alert in alerts:
+        colour = "#2ca02c" if alert == first else "#ff7f0e"
+        parts.append(f'<circle cx="{x(float(alert["wall_s"])):.1f}" cy="40" r="4" '
+                     f'fill="{colour}"><title>{html.escape(alert["signal"])}: '
+                     f"{html.escape(alert['detail'])}</title></circle>")  # fmt: skip
+    if first is not None:
+        parts.append(f'<text x="{x(float(first["wall_s"])):.1f}" y="30" font-size="11" '
+                     f'fill="#2ca02c">first: {html.escape(first["signal"])}</text>')  # fmt: skip
+    svg = (f'<svg width="{width}" height="70" xmlns="http://www.w3.org/2000/svg">'
+           + "".join(parts) + "</svg>")  # fmt: skip
+    rows = [
+        (
+            "false alarm" if alert in outcome.get("false_alarm_alerts", []) else "after",
+            f"{float(alert['wall_s']):.1f}",
+            alert["signal"],
+            alert["source"],
+            alert["detail"],
+        )
+        for alert in alerts
+    ]
+    summary = (
+        f"first alert {outcome.get('first_signal')} after "
+        f"{outcome.get('time_to_alert_wall_s')} s wall, "
+        f"{outcome.get('time_to_alert_event_s')} s event time"
+        if outcome.get("detected")
+        else "no alert after the injection"
+    )
+    return (
+        f"<h2>Scenario {html.escape(str(outcome.get('scenario')))}: "
+        f"{html.escape(summary)}; {outcome.get('false_alarms', 0)} false alarm(s)</h2>"
+        f'<p class="note">wall seconds since the producer started</p>{svg}'
+        + _table(rows, ["when", "wall s", "signal", "source", "detail"])
+    )
 
 
 def write(path: Path, text: str) -> None:

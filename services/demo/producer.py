@@ -7,7 +7,7 @@ retry would); with probability ``malformed_share`` a malformed record is sent in
 nothing extra: half undecodable bytes, half a decodable event that breaks a validation rule
 (negative amount). Labels are scheduled at ``event_time + label_delay_ms`` and sent when
 the producer's event-time clock passes that instant, so their delay is realistic in event
-time and compressed in wall time (see :mod:`streamml.demo.plan`).
+time and compressed in wall time (see :mod:`services.demo.plan`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamml.demo.plan import DemoPlan
+from services.demo.plan import DemoPlan
+from services.demo.scenarios import Scenario
 from streamml.synthetic import DEFAULT_START_MS, Drift, generate_events, label_record
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,17 @@ class ProducerStats:
 class SyntheticProducer(threading.Thread):
     """Sends the plan's events, duplicates, malformed records and labels to Kafka."""
 
-    def __init__(self, plan: DemoPlan, kafka_config: dict[str, Any], codec: Any) -> None:
+    def __init__(
+        self,
+        plan: DemoPlan,
+        kafka_config: dict[str, Any],
+        codec: Any,
+        scenario: Scenario | None = None,
+    ) -> None:
         super().__init__(name="demo-producer", daemon=True)
         self.plan = plan
+        self.scenario = scenario
+        """A failure injected at the plan's drift point instead of the demo's drift."""
         self.stats = ProducerStats()
         self._codec = codec
         self._config = {
@@ -95,19 +104,36 @@ class SyntheticProducer(threading.Thread):
         stats = self.stats
         stats.started_wall = time.monotonic()
         last_sample = -1.0
+        scenario = self.scenario
+        drift = Drift() if scenario is None else scenario.drift
         generator = generate_events(
             plan.n_events,
             seed=plan.seed,
             n_entities=plan.entities,
             rate_per_s=plan.event_rate_per_s,
-            drift_at=plan.drift_index,
-            drift=Drift(),
+            drift_at=plan.drift_index if drift is not None else None,
+            drift=drift,
         )
+        duplicate_share = plan.duplicate_share
+        labels_flow = True
         try:
-            for index, (event, label) in enumerate(generator):
+            for index, (generated, label) in enumerate(generator):
                 if self._halt.is_set():
                     break
                 self._pace(index)
+                event: dict[str, Any] | None = generated
+                if index >= plan.drift_index:
+                    with self._lock:
+                        if stats.drift_event_time_ms is None:
+                            stats.drift_event_time_ms = int(generated["event_time"])
+                            stats.drift_wall_s = time.monotonic() - stats.started_wall
+                    if scenario is not None:
+                        event = scenario.apply(generated, plan.partitions)
+                        duplicate_share = scenario.duplicate_share or plan.duplicate_share
+                        labels_flow = not scenario.labels_stop
+                if event is None:  # the scenario dropped it (it never happened upstream)
+                    stats.event_time_ms = int(generated["event_time"])
+                    continue
                 key = event["entity_id"].encode()
                 value = self._codec.encode("Event", event, topic=events_topic)
                 producer.produce(events_topic, value, key, on_delivery=self._on_delivery)
@@ -116,18 +142,15 @@ class SyntheticProducer(threading.Thread):
                     stats.valid_sent += 1
                     stats.event_time_ms = int(event["event_time"])
                     if index >= plan.drift_index:
-                        if stats.drift_event_time_ms is None:
-                            stats.drift_event_time_ms = int(event["event_time"])
-                            stats.drift_wall_s = time.monotonic() - stats.started_wall
                         stats.post_drift_times.append(int(event["event_time"]))
-                if rng.random() < plan.duplicate_share:
+                if rng.random() < duplicate_share:
                     producer.produce(events_topic, value, key, on_delivery=self._on_delivery)
                     stats.duplicates_sent += 1
                 if rng.random() < plan.malformed_share:
                     self._send_malformed(producer, events_topic, event, rng)
                 record = label_record(event, label, label_rng)
                 heapq.heappush(pending, (record["labeled_at"], index, record))
-                while pending and pending[0][0] <= stats.event_time_ms:
+                while labels_flow and pending and pending[0][0] <= stats.event_time_ms:
                     _, _, due = heapq.heappop(pending)
                     producer.produce(
                         labels_topic,

@@ -1,0 +1,410 @@
+"""Failure-injection scenarios: the clean demo plus one silent failure injected part-way.
+
+``streamml demo run --scenario NAME`` runs the real pipeline (four service processes on a
+real broker) with the clean synthetic traffic, injects one failure at ``--drift-at`` (a
+share of the duration: the *injection point*) and records every alert the system raises,
+read generically from where alerts live:
+
+========== ===================================================================
+signal     where it is read
+========== ===================================================================
+validation a record on a dead-letter topic (``*.dlq``)
+fail_stop  a service that stopped (its fail-stop circuit) during the run
+drift      an alert-severity episode on ``drift.alerts`` (window tests, detectors)
+freshness  a ``drift.alerts`` episode of signal ``freshness`` (stale partition, stuck value)
+slo        an open ``performance.alerts`` record on a realized (label-based) metric
+estimated  an open ``performance.alerts`` record whose kind names an estimate
+duplicates the features service's dropped duplicates over a few seconds above
+           :data:`DUPLICATE_ALERT_SHARE` of its input (metrics)
+========== ===================================================================
+
+The time to the first alert is given in wall seconds after the injection and in event
+time: how far the stream's event-time clock (the producer's) had moved past the injection
+when the alert was seen. Every alert of a ``control`` run, and every alert of any run seen
+before its injection, is a false alarm.
+
+Pure, except :func:`prepare_model`, which trains and signs a model version.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from streamml.synthetic import Drift
+
+SIGNALS = ("validation", "fail_stop", "drift", "freshness", "slo", "estimated", "duplicates")
+
+DUPLICATE_ALERT_SHARE = 0.15
+"""Share of the features service's input dropped as duplicates (over ~5 s of scrapes) that
+counts as a duplicate storm: 5x the demo's ordinary 3 % of producer retries."""
+
+DUPLICATE_WINDOW_S = 5.0
+
+FRESHNESS_DETECTORS = frozenset({"stale_partition", "stuck_value"})
+
+EventChange = Callable[[dict[str, Any], int], dict[str, Any] | None]
+
+
+def _amounts_in_cents(event: dict[str, Any], _partitions: int) -> dict[str, Any]:
+    payload = {**event["payload"], "amount": round(event["payload"]["amount"] * 100, 2)}
+    return {**event, "payload": payload}
+
+
+RECODED_COUNTRIES = {"DE": "DEU", "FR": "FRA", "NL": "NLD", "ES": "ESP", "IT": "ITA"}
+"""An upstream switch from ISO alpha-2 to alpha-3 codes for the biggest home countries."""
+
+
+def _countries_recoded(event: dict[str, Any], _partitions: int) -> dict[str, Any]:
+    country = event["payload"]["country"]
+    payload = {**event["payload"], "country": RECODED_COUNTRIES.get(country, country)}
+    return {**event, "payload": payload}
+
+
+def _device_age_stuck(event: dict[str, Any], _partitions: int) -> dict[str, Any]:
+    if event["payload"]["device_age_days"] is None:
+        return event  # only a value that is sent gets stuck
+    return {**event, "payload": {**event["payload"], "device_age_days": 0}}
+
+
+STALE_PARTITION = 0
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (``consistent_random``: CRC-32 of
+    the key) sends a keyed record to.
+
+    >>> partition_of(b"card-000001", 2) in (0, 1)
+    True
+    """
+    return zlib.crc32(key) % partitions
+
+
+def _partition_stopped(event: dict[str, Any], partitions: int) -> dict[str, Any] | None:
+    if partitions > 1 and partition_of(event["entity_id"].encode(), partitions) == STALE_PARTITION:
+        return None  # this partition's upstream stopped: its events never come
+    return event
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One failure and how it is injected (from the injection point on)."""
+
+    name: str
+    failure: str
+    expected: tuple[str, ...]
+    """Signals that should catch it (the first one to fire is reported)."""
+    change: EventChange | None = None
+    """Rewrites (or, returning None, drops) each event after the injection point."""
+    drift: Drift | None = None
+    """The synthetic generator's drift from the injection point on."""
+    duplicate_share: float | None = None
+    labels_stop: bool = False
+    model: str | None = None
+    """``worse`` or ``collapse``: a correctly signed version promoted to primary at the
+    injection point through the scorer's control topic (:func:`prepare_model`)."""
+    before_labels: bool = True
+    """Whether it can be seen before any label arrives (False: label-based signals only)."""
+
+    def apply(self, event: dict[str, Any], partitions: int) -> dict[str, Any] | None:
+        return event if self.change is None else self.change(event, partitions)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("control", "none: the clean pipeline (every alert is a false alarm)", ()),
+        Scenario(
+            "units",
+            "amounts sent in cents instead of euros",
+            ("validation", "drift"),
+            change=_amounts_in_cents,
+        ),
+        Scenario(
+            "recoded-category",
+            "country codes re-coded (DE -> DEU, FR -> FRA, ...)",
+            ("validation", "drift"),
+            change=_countries_recoded,
+        ),
+        Scenario(
+            "stuck-field",
+            "device age stuck at 0 where it is sent",
+            ("freshness", "drift"),
+            change=_device_age_stuck,
+        ),
+        Scenario(
+            "stale-partition",
+            f"partition {STALE_PARTITION}'s events stop, the others flow",
+            ("freshness",),
+            change=_partition_stopped,
+        ),
+        Scenario(
+            "covariate-shift",
+            "amounts x2.2 and more travel abroad, fraud unchanged",
+            ("drift", "estimated"),
+            drift=Drift(fraud_camouflage=0.0),
+        ),
+        Scenario(
+            "concept-drift",
+            "fraud copies the card's habits (inputs as before; labels reveal it)",
+            ("slo",),
+            drift=Drift(amount_factor=1.0, foreign_share=0.07, fraud_camouflage=0.6),
+            before_labels=False,
+        ),
+        Scenario(
+            "worse-model",
+            "an older, weaker, correctly signed version promoted to primary",
+            ("drift", "slo", "estimated"),
+            model="worse",
+        ),
+        Scenario(
+            "score-collapse",
+            "a correctly signed degenerate version (nearly constant scores) promoted",
+            ("freshness", "drift", "slo"),
+            model="collapse",
+        ),
+        Scenario(
+            "duplicate-storm", "30 % of events sent twice", ("duplicates",), duplicate_share=0.3
+        ),
+        Scenario(
+            "labels-stop",
+            "labels stop arriving",
+            ("freshness", "slo"),
+            labels_stop=True,
+            before_labels=False,
+        ),
+    )
+}
+
+
+def get(name: str) -> Scenario:
+    """The scenario called ``name``; ValueError naming the choices otherwise."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ValueError(
+            f"--scenario must be one of {', '.join(SCENARIOS)}, not {name!r}"
+        ) from None
+
+
+# -- alerts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert as the suite saw it (``wall_s``: seconds since the producer started)."""
+
+    signal: str
+    wall_s: float
+    source: str
+    detail: str
+
+
+def drift_alerts(records: Iterable[tuple[float, Mapping[str, Any]]]) -> list[Alert]:
+    """Alert-severity episodes (opened, or raised to alert) on ``drift.alerts``."""
+    out = []
+    for wall_s, alert in records:
+        if alert.get("severity") != "alert" or alert.get("state") not in ("open", "updated"):
+            continue
+        detector = str(alert.get("detector"))
+        fresh = alert.get("signal") == "freshness" or detector in FRESHNESS_DETECTORS
+        out.append(
+            Alert(
+                "freshness" if fresh else "drift",
+                wall_s,
+                "drift.alerts",
+                f"{alert.get('feature')} {detector} {float(alert.get('statistic', 0)):.3g}",
+            )
+        )
+    return out
+
+
+def slo_alerts(records: Iterable[tuple[float, Mapping[str, Any]]]) -> list[Alert]:
+    """Opened alerts on ``performance.alerts``: estimated or realized by their kind."""
+    out = []
+    for wall_s, alert in records:
+        if alert.get("state") != "open":
+            continue
+        kind = str(alert.get("kind", ""))
+        signal = (
+            "estimated" if "estimat" in kind or "estimat" in str(alert.get("metric")) else "slo"
+        )
+        detail = f"{alert.get('metric')} {float(alert.get('value', 0)):.3f} ({kind})"
+        out.append(Alert(signal, wall_s, "performance.alerts", detail))
+    return out
+
+
+def duplicate_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Alert]:
+    """``(wall_s, duplicates dropped, records in)`` scrapes of the features service -> an
+    alert at each scrape where the share dropped over the last :data:`DUPLICATE_WINDOW_S`
+    passes :data:`DUPLICATE_ALERT_SHARE`.
+
+    >>> duplicate_alerts([(0, 0, 0), (5, 30, 1000), (10, 330, 2000)])[0].wall_s
+    10
+    """
+    out = []
+    start = 0
+    for wall_s, dropped, records in samples:
+        while start < len(samples) and samples[start][0] < wall_s - DUPLICATE_WINDOW_S:
+            start += 1
+        _, dropped0, records0 = samples[start]
+        if records - records0 > 0:
+            share = (dropped - dropped0) / (records - records0)
+            if share > DUPLICATE_ALERT_SHARE:
+                out.append(Alert("duplicates", wall_s, "metrics", f"{share:.0%} dropped"))
+    return out
+
+
+def event_time_at(timeline: Sequence[tuple[float, int]], wall_s: float) -> int | None:
+    """The producer's event-time clock at ``wall_s`` (linear between its samples).
+
+    >>> event_time_at([(0.0, 0), (1.0, 40_000)], 0.5)
+    20000
+    """
+    if not timeline:
+        return None
+    walls = [w for w, _ in timeline]
+    i = bisect.bisect_right(walls, wall_s)
+    if i == 0:
+        return timeline[0][1]
+    if i == len(timeline):
+        return timeline[-1][1]
+    (w0, e0), (w1, e1) = timeline[i - 1], timeline[i]
+    return int(e0 + (e1 - e0) * (wall_s - w0) / max(w1 - w0, 1e-9))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one scenario run showed."""
+
+    scenario: str
+    injection_wall_s: float | None
+    injection_event_ms: int | None
+    first: Alert | None
+    first_wall_s: float | None
+    """Wall seconds from the injection to the first alert after it."""
+    first_event_s: float | None
+    """Event-time seconds from the injection to the first alert after it."""
+    false_alarms: list[Alert]
+    after: list[Alert]
+
+    @property
+    def detected(self) -> bool:
+        return self.first is not None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "detected": self.detected,
+            "first_signal": self.first.signal if self.first else None,
+            "first_alert": asdict(self.first) if self.first else None,
+            "time_to_alert_wall_s": self.first_wall_s,
+            "time_to_alert_event_s": self.first_event_s,
+            "injection_wall_s": self.injection_wall_s,
+            "injection_event_ms": self.injection_event_ms,
+            "false_alarms": len(self.false_alarms),
+            "false_alarm_alerts": [asdict(a) for a in self.false_alarms[:20]],
+            "signals_after": sorted({a.signal for a in self.after}),
+            "alerts_after": [asdict(a) for a in self.after[:50]],
+        }
+
+
+def outcome(
+    scenario: str,
+    alerts: Iterable[Alert],
+    *,
+    injection_wall_s: float | None,
+    injection_event_ms: int | None,
+    timeline: Sequence[tuple[float, int]],
+) -> Outcome:
+    """Split the alerts at the injection point: before it (and all of a control run) they
+    are false alarms; the first after it is the detection.
+
+    >>> a = [Alert("drift", 12.0, "drift.alerts", "x"), Alert("slo", 3.0, "p", "y")]
+    >>> o = outcome("units", a, injection_wall_s=10.0, injection_event_ms=400_000,
+    ...             timeline=[(0.0, 0), (20.0, 800_000)])
+    >>> (o.first.signal, o.first_wall_s, o.first_event_s, len(o.false_alarms))
+    ('drift', 2.0, 80.0, 1)
+    """
+    ordered = sorted(alerts, key=lambda a: a.wall_s)
+    if scenario == "control" or injection_wall_s is None:
+        before, after = ordered, []
+    else:
+        before = [a for a in ordered if a.wall_s < injection_wall_s]
+        after = [a for a in ordered if a.wall_s >= injection_wall_s]
+    first = after[0] if after else None
+    first_wall = first_event = None
+    if first is not None and injection_wall_s is not None:
+        first_wall = round(first.wall_s - injection_wall_s, 2)
+        at = event_time_at(timeline, first.wall_s)
+        if at is not None and injection_event_ms is not None:
+            first_event = round((at - injection_event_ms) / 1000, 1)
+    return Outcome(
+        scenario,
+        injection_wall_s,
+        injection_event_ms,
+        first,
+        first_wall,
+        first_event,
+        before,
+        after,
+    )
+
+
+# -- faulty model versions ----------------------------------------------------------
+
+
+def prepare_model(kind: str, models_dir: Path, keys_dir: Path, seed: int) -> tuple[str, str]:
+    """Train and sign the version a model scenario promotes; returns (name, version).
+
+    ``worse``: the primary's algorithm trained on 1,500 events only, dated a year back
+    (an old version someone promotes by mistake). ``collapse``: a logistic regression so
+    regularised that it returns the base rate for everything (a broken training job
+    whose output still verifies). Both are signed with the run's key and carry the
+    primary's feature set, so the scorer accepts them: only monitoring can tell.
+    """
+    import json
+
+    import numpy as np
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from services.scorer.artifact import load_private_key, next_version, write_version
+    from services.scorer.metadata import ModelMetadata
+    from services.scorer.training import (
+        PRIMARY_NAME,
+        PRIMARY_PARAMS,
+        _export,
+        build_training_set,
+    )
+
+    now = dt.datetime.now(dt.UTC)
+    estimator: Any
+    if kind == "worse":
+        matrix = build_training_set(1500, seed + 11)
+        estimator = GradientBoostingClassifier(**PRIMARY_PARAMS, random_state=seed)
+        algorithm, created = "GradientBoostingClassifier (1,500 events)", now - dt.timedelta(365)
+    elif kind == "collapse":
+        matrix = build_training_set(2000, seed + 13)
+        estimator = LogisticRegression(C=1e-9, max_iter=200)
+        algorithm, created = "LogisticRegression(C=1e-9)", now
+    else:
+        raise ValueError(f"no model scenario {kind!r}")
+    assert matrix.labels is not None
+    estimator.fit(matrix.values.astype(np.float32).astype(np.float64), matrix.labels)
+    template = json.loads((models_dir / PRIMARY_NAME / "1" / "metadata.json").read_text())
+    version = next_version(models_dir, PRIMARY_NAME)
+    template.update(
+        model_version=version,
+        algorithm=algorithm,
+        created_at=created.isoformat(timespec="seconds"),
+    )
+    key = load_private_key(keys_dir / "signing.key")
+    model_bytes = _export(estimator, len(matrix.names))
+    write_version(models_dir, model_bytes, ModelMetadata.model_validate(template), key)
+    return PRIMARY_NAME, version
