@@ -12,13 +12,14 @@ Labels are low-cardinality: service, topic, partition, reason, outcome.
 touches a module-level Prometheus collector. Its service's ``metrics.py`` defines one class
 (``FeaturesMetrics``, ``ScorerMetrics``, ``DriftMetrics``, ...) whose ``__init__(registry=
 REGISTRY)`` creates every collector of the core on that registry, as attributes named for
-what they count (``duplicates``, ``predictions``), plus ``default_metrics()``, the one
-instance on the default registry, created once per process. The core's constructor takes
-``metrics: <Service>Metrics | None = None`` and keeps ``metrics or default_metrics()``: the
-service wiring injects it (or lets it default), a test passes
-``<Service>Metrics(CollectorRegistry())`` and reads that registry. The exported names, help
-texts and labels are the contract (dashboards and alerts read them): moving a collector into
-the class never renames it. The runtime's own metrics are :class:`RuntimeMetrics` below.
+what they count (``duplicates``, ``predictions``), plus ``default_metrics =
+process_default(<Service>Metrics)``, the one instance on the default registry, created once
+per process. The core's constructor takes ``metrics: <Service>Metrics | None = None`` and
+keeps ``metrics or default_metrics()``: the service wiring injects it (or lets it default),
+a test passes ``<Service>Metrics(CollectorRegistry())`` and reads that registry. The
+exported names, help texts and labels are the contract (dashboards and alerts read them):
+moving a collector into the class never renames it. The runtime's own metrics are
+:class:`RuntimeMetrics` below.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from prometheus_client import (
@@ -46,6 +47,28 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
+
+
+_M = TypeVar("_M")
+
+
+def process_default(factory: Callable[[], _M]) -> Callable[[], _M]:
+    """A function returning the one ``factory()`` of this process, made on the first call.
+
+    A service's metrics class registers its collectors on the default registry, which takes
+    each name once: ``default_metrics = process_default(FeaturesMetrics)``.
+    """
+    lock = threading.Lock()
+    made: list[_M] = []
+
+    def default() -> _M:
+        with lock:
+            if not made:
+                made.append(factory())
+            return made[0]
+
+    return default
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from streamml.metrics import process_default
 
 
 class DriftMetrics:
@@ -83,14 +83,5 @@ class DriftMetrics:
         )
 
 
-_lock = threading.Lock()
-_default: DriftMetrics | None = None
-
-
-def default_metrics() -> DriftMetrics:
-    """The process-wide metrics on the default registry (created once)."""
-    global _default  # noqa: PLW0603 - one set of collectors per registry
-    with _lock:
-        if _default is None:
-            _default = DriftMetrics()
-        return _default
+# The process-wide metrics on the default registry (created once).
+default_metrics = process_default(DriftMetrics)

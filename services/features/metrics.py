@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from streamml.metrics import BulkHistogram
+from streamml.metrics import BulkHistogram, process_default
 
 
 class LastEventAge(Collector):
@@ -114,14 +114,5 @@ class FeaturesMetrics:
         registry.register(self.last_event)
 
 
-_lock = threading.Lock()
-_default: FeaturesMetrics | None = None
-
-
-def default_metrics() -> FeaturesMetrics:
-    """The process-wide metrics on the default registry (created once)."""
-    global _default  # noqa: PLW0603 - one set of collectors per registry
-    with _lock:
-        if _default is None:
-            _default = FeaturesMetrics()
-        return _default
+# The process-wide metrics on the default registry (created once).
+default_metrics = process_default(FeaturesMetrics)

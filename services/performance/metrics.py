@@ -7,13 +7,13 @@ version, a segment value that left the top-K) are removed at the next boundary.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from services.performance.quality import METRIC_NAMES
+from streamml.metrics import process_default
 
 _REPORTED = (*METRIC_NAMES, "label_coverage", "label_delay_p50_ms", "label_delay_p90_ms")
 _COUNTS = ("predictions", "labeled", "corrections")
@@ -114,14 +114,5 @@ class PerformanceMetrics:
         self._previous, self._current = self._current, set()
 
 
-_lock = threading.Lock()
-_default: PerformanceMetrics | None = None
-
-
-def default_metrics() -> PerformanceMetrics:
-    """The process-wide metrics on the default registry (created once)."""
-    global _default  # noqa: PLW0603 - one set of collectors per registry
-    with _lock:
-        if _default is None:
-            _default = PerformanceMetrics()
-        return _default
+# The process-wide metrics on the default registry (created once).
+default_metrics = process_default(PerformanceMetrics)

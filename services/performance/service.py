@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from services.performance.metrics import PerformanceMetrics
+from services.performance.metrics import default_metrics
 from services.performance.processor import PerformanceProcessor
 from services.performance.settings import PerformanceSettings
 from streamml.runtime import StreamRuntime
@@ -16,7 +16,7 @@ log = logging.getLogger("services.performance")
 def build(settings: PerformanceSettings) -> StreamRuntime:
     """The runtime of one performance instance, from its settings."""
     tune_gc(settings.gc_young_threshold)
-    metrics = PerformanceMetrics()
+    metrics = default_metrics()
     processor = PerformanceProcessor.from_settings(settings, metrics=metrics)
     log.info(
         "label_horizon=%s early_label_grace=%s report_interval=%s window=%s",

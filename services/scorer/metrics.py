@@ -10,11 +10,10 @@ pattern of :mod:`streamml.metrics`); the model-control path (:mod:`services.scor
 
 from __future__ import annotations
 
-import threading
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.scorer.breaker import BreakerState
+from streamml.metrics import process_default
 
 _MODEL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -104,14 +103,5 @@ class ScorerMetrics:
         self.breaker_transitions.labels(name, new.value).inc()
 
 
-_lock = threading.Lock()
-_default: ScorerMetrics | None = None
-
-
-def default_metrics() -> ScorerMetrics:
-    """The process-wide metrics on the default registry (created once)."""
-    global _default  # noqa: PLW0603 - one set of collectors per registry
-    with _lock:
-        if _default is None:
-            _default = ScorerMetrics()
-        return _default
+# The process-wide metrics on the default registry (created once).
+default_metrics = process_default(ScorerMetrics)
