@@ -15,6 +15,7 @@ from services.drift.processor import DriftProcessor
 from services.drift.reference import Reference, load_reference
 from services.drift.settings import DEV_STATE_KEY, DriftSettings
 from streamml.errors import ConfigError
+from streamml.logs import fields
 from streamml.runtime import StreamRuntime
 from streamml.runtime.clients import make_admin
 from streamml.settings import KafkaSettings
@@ -94,9 +95,9 @@ def build(settings: DriftSettings) -> StreamRuntime:
         settings=settings.runtime,
         http=settings.http,
     )
-    log.info(
-        "reference %s model=%s/%s features=%d categorical=%d window_ms=%d partitions=%d",
-        reference.fingerprint, reference.model_name, reference.model_version,
-        len(reference.feature_names), len(reference.categorical), settings.window_ms, partitions,
-    )  # fmt: skip
+    log.info("reference loaded", extra=fields(
+        reference=reference.fingerprint, model=f"{reference.model_name}/{reference.model_version}",
+        features=len(reference.feature_names), categorical=len(reference.categorical),
+        window_ms=settings.window_ms, partitions=partitions,
+    ))  # fmt: skip
     return runtime

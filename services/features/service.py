@@ -6,6 +6,7 @@ import logging
 
 from services.features.processor import FeaturesProcessor
 from services.features.settings import FeaturesSettings
+from streamml.logs import fields
 from streamml.runtime import StreamRuntime
 from streamml.service import tune_gc
 
@@ -17,10 +18,10 @@ def build(settings: FeaturesSettings) -> StreamRuntime:
     tune_gc(settings.gc_young_threshold)
     processor = FeaturesProcessor.from_settings(settings)
     fs = processor.feature_set
-    log.info(
-        "feature set %s v%s hash=%s features=%d lateness_ms=%d",
-        fs.name, fs.version, fs.content_hash, len(fs.names), fs.allowed_lateness_ms,
-    )  # fmt: skip
+    log.info("feature set", extra=fields(
+        name=fs.name, version=fs.version, hash=fs.content_hash, features=len(fs.names),
+        lateness_ms=fs.allowed_lateness_ms,
+    ))  # fmt: skip
     kafka = settings.kafka
     return StreamRuntime(
         service="features",

@@ -7,6 +7,7 @@ import logging
 from services.performance.metrics import default_metrics
 from services.performance.processor import PerformanceProcessor
 from services.performance.settings import PerformanceSettings
+from streamml.logs import fields
 from streamml.runtime import StreamRuntime
 from streamml.service import tune_gc
 
@@ -18,11 +19,12 @@ def build(settings: PerformanceSettings) -> StreamRuntime:
     tune_gc(settings.gc_young_threshold)
     metrics = default_metrics()
     processor = PerformanceProcessor.from_settings(settings, metrics=metrics)
-    log.info(
-        "label_horizon=%s early_label_grace=%s report_interval=%s window=%s",
-        settings.label_horizon, settings.early_label_grace, settings.report_interval,
-        settings.window_kind,
-    )  # fmt: skip
+    log.info("join and reports", extra=fields(
+        label_horizon=str(settings.label_horizon),
+        early_label_grace=str(settings.early_label_grace),
+        report_interval=str(settings.report_interval),
+        window=settings.window_kind,
+    ))  # fmt: skip
     return StreamRuntime(
         service="performance",
         processor=processor,
