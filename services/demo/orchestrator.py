@@ -182,6 +182,7 @@ class Demo:
         self.scenario_alerts: list[scenarios.Alert] = []
         """Alerts seen outside the result topics: fail-stops, stopped services."""
         self.duplicate_samples: list[tuple[float, float, float]] = []
+        self.stream_time_samples: list[tuple[float, float, float]] = []
         self.stopped_early = False
 
     # -- steps ------------------------------------------------------------------------
@@ -506,6 +507,7 @@ class Demo:
                     total(features.samples, "streamml_features_duplicates_total"),
                     total(features.samples, "streamml_records_in_total"),
                 ))  # fmt: skip
+        self._sample_stream_times(stats.started_wall)
         for name, service in self.scraper.views.items():
             halted = service.up and total(service.samples, "streamml_halted") > 0
             known = any(a.signal == "fail_stop" and a.source == name for a in self.scenario_alerts)
@@ -513,6 +515,26 @@ class Demo:
                 self.scenario_alerts.append(
                     scenarios.Alert("fail_stop", self._since_start(), name, "halted (fail-stop)")
                 )
+
+    def _sample_stream_times(self, started_wall: float) -> None:
+        """The performance service's furthest event time per input stream (predictions,
+        labels), once per scrape: what :func:`scenarios.label_stall_alerts` judges."""
+        performance = self.scraper.views.get("performance") if self.scraper else None
+        if performance is None or not performance.up:
+            return
+        at = performance.scraped_at - started_wall
+        if self.stream_time_samples and self.stream_time_samples[-1][0] >= at:
+            return
+        marks = {"predictions": 0.0, "labels": 0.0}
+        for (name, labels), value in performance.samples.items():
+            if name != "streamml_performance_stream_event_time_seconds":
+                continue
+            topic = dict(labels).get("topic", "")
+            for stream, mark in marks.items():
+                if topic == self.plan.topic(stream):
+                    marks[stream] = max(mark, value)
+        if marks["predictions"] > 0 and marks["labels"] > 0:
+            self.stream_time_samples.append((at, marks["predictions"], marks["labels"]))
 
     def _stopped(self, dead: list[str]) -> None:
         """A service stopped during a scenario: an alert (the run ends here)."""
@@ -557,6 +579,7 @@ class Demo:
             *scenarios.drift_alerts(moved(self.observer.drift_alerts)),
             *scenarios.slo_alerts(moved(self.observer.slo_alerts)),
             *scenarios.duplicate_alerts(self.duplicate_samples),
+            *scenarios.label_stall_alerts(self.stream_time_samples),
             *(
                 scenarios.Alert("validation", seen + shift, topic, reason)
                 for seen, topic, reason in self.observer.dead_letters

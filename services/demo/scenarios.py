@@ -11,7 +11,9 @@ signal     where it is read
 validation a record on a dead-letter topic (``*.dlq``)
 fail_stop  a service that stopped (its fail-stop circuit) during the run
 drift      an alert-severity episode on ``drift.alerts`` (window tests, detectors)
-freshness  a ``drift.alerts`` episode of signal ``freshness`` (stale partition, stuck value)
+freshness  a ``drift.alerts`` episode of signal ``freshness`` (stale partition, stuck value),
+           or the labels stream stalled behind the predictions in the performance
+           service's per-stream event time (metrics; :func:`label_stall_alerts`)
 slo        an open ``performance.alerts`` record on a realized (label-based) metric
 estimated  an open ``performance.alerts`` record whose kind names an estimate
 duplicates the features service's dropped duplicates over a few seconds above
@@ -47,6 +49,16 @@ counts as a duplicate storm: 5x the demo's ordinary 3 % of producer retries."""
 DUPLICATE_WINDOW_S = 5.0
 
 FRESHNESS_DETECTORS = frozenset({"stale_partition", "stuck_value"})
+
+LABEL_STALL_EVENT_S = 180.0
+"""Event-time seconds the labels stream may fall behind the predictions stream (the
+performance service's ``streamml_performance_stream_event_time_seconds``) before it counts
+as labels that stopped. Labels are sent as the producer's clock reaches their labeled_at,
+so normally the labels stream is level with the predictions or ahead of them."""
+
+LABEL_STALL_FOR_S = 2.0
+"""Wall seconds the lag must stay over the limit (a Prometheus ``for:``), so one scrape
+taken while the service read a backlog of one topic before the other is not an alert."""
 
 EventChange = Callable[[dict[str, Any], int], dict[str, Any] | None]
 
@@ -257,6 +269,37 @@ def duplicate_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Aler
             share = (dropped - dropped0) / (records - records0)
             if share > DUPLICATE_ALERT_SHARE:
                 out.append(Alert("duplicates", wall_s, "metrics", f"{share:.0%} dropped"))
+    return out
+
+
+def label_stall_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Alert]:
+    """``(wall_s, predictions event time s, labels event time s)`` scrapes of the
+    performance service -> an alert once the labels stream has stayed more than
+    :data:`LABEL_STALL_EVENT_S` behind the predictions for :data:`LABEL_STALL_FOR_S`.
+
+    The same rule as ``StreamMLLabelsStalled`` in k8s/monitoring/alerts.yml, at the
+    demo's compressed time scale.
+
+    >>> level = [(t, 1000.0 + 40 * t, 1000.0 + 40 * t) for t in range(10)]
+    >>> label_stall_alerts(level)
+    []
+    >>> stopped = [(t, 1000.0 + 40 * t, 1000.0) for t in range(10)]  # over 180 s at t=5
+    >>> [alert.wall_s for alert in label_stall_alerts(stopped)]
+    [7]
+    """
+    out: list[Alert] = []
+    since: float | None = None
+    for wall_s, predictions_s, labels_s in samples:
+        behind = predictions_s - labels_s
+        if behind <= LABEL_STALL_EVENT_S:
+            since = None
+            continue
+        if since is None:
+            since = wall_s
+        if wall_s - since >= LABEL_STALL_FOR_S:
+            detail = f"labels {behind:.0f} s of event time behind the predictions"
+            out.append(Alert("freshness", wall_s, "metrics", detail))
+            break
     return out
 
 

@@ -36,7 +36,7 @@ def test_alert_rules_cover_the_operational_signals() -> None:
     names = {rule["alert"] for rule in _rules()}
     assert {"StreamMLDriftAlertOpen", "StreamMLModelQualitySLOBreach",
             "StreamMLDeadLetterRateHigh", "StreamMLConsumerLagHigh", "StreamMLFailStopTripped",
-            "StreamMLFallbackShareHigh"} <= names  # fmt: skip
+            "StreamMLFallbackShareHigh", "StreamMLLabelsStalled"} <= names  # fmt: skip
     for rule in _rules():
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]

@@ -10,6 +10,7 @@ from services.drift.episodes import WindowTestParams
 from tests.unit.drift.harness import Harness, make_processor, make_reference, stream_records
 
 NAMES = ["f0", "f1", "f2", "f3"]
+STALE_ON = WindowTestParams(stale_windows=5)  # stale_partition is off by default
 
 
 def freshness(harness: Harness) -> list[tuple[str, str, str]]:
@@ -25,7 +26,7 @@ def test_a_partition_that_stops_while_the_other_flows_opens_a_stale_partition_al
     records = stream_records(rng.normal(size=(24_000, 4)), NAMES, partitions=2)
     # partition 1's events stop a third of the way in; partition 0 carries on, unchanged
     records = [r for r in records if r.partition == 0 or r.offset < 4_000]
-    harness = Harness(make_processor(make_reference(), partitions=2), 2)
+    harness = Harness(make_processor(make_reference(), partitions=2, tests=STALE_ON), 2)
     harness.feed_all(records)
     assert freshness(harness) == [("open", "partition 1", "stale_partition")]
     alert = next(a for a in harness.alerts if a["signal"] == "freshness")
@@ -43,7 +44,7 @@ def test_a_partition_that_resumes_resolves_its_alert() -> None:
     order = [r for pair in zip(p0[:3000], p1[:3000], strict=True) for r in pair]
     order += p0[3000:7000] + p1[3000:7000]
     order += [r for pair in zip(p0[7000:], p1[7000:], strict=False) for r in pair]
-    harness = Harness(make_processor(make_reference(), partitions=2), 2)
+    harness = Harness(make_processor(make_reference(), partitions=2, tests=STALE_ON), 2)
     harness.feed_all(order)
     states = [s for s, feature, _ in freshness(harness) if feature == "partition 1"]
     assert states == ["open", "resolved"]
@@ -58,7 +59,7 @@ def test_partitions_moving_at_different_paces_are_not_stale() -> None:
     # partition silent for stale_windows from the start is stale: see the test below)
     lag = 1_000
     order = p0[:lag] + [r for pair in zip(p0[lag:], p1, strict=False) for r in pair]
-    harness = Harness(make_processor(make_reference(), partitions=2), 2)
+    harness = Harness(make_processor(make_reference(), partitions=2, tests=STALE_ON), 2)
     harness.feed_all(order)
     assert freshness(harness) == []
 
@@ -94,7 +95,7 @@ def test_a_partition_that_stops_before_its_first_window_closes_is_stale_too() ->
     records = stream_records(rng.normal(size=(16_000, 4)), NAMES, partitions=2)
     # partition 1 sends a few records of the first window, then nothing
     records = [r for r in records if r.partition == 0 or r.offset < 100]
-    harness = Harness(make_processor(make_reference(), partitions=2), 2)
+    harness = Harness(make_processor(make_reference(), partitions=2, tests=STALE_ON), 2)
     harness.feed_all(records)
     assert freshness(harness) == [("open", "partition 1", "stale_partition")]
 
@@ -118,8 +119,22 @@ def test_predictions_of_the_monitored_model_that_stop_while_features_flow_are_st
     interleaved = []
     for i, record in enumerate(features):
         interleaved += [record, prediction(i, "1" if i < 6_000 else "2")]
-    harness = Harness(make_processor(make_reference()))
+    harness = Harness(make_processor(make_reference(), tests=STALE_ON))
     harness.feed_all(interleaved)
     assert freshness(harness) == [("open", "partition 0", "stale_partition")]
     alert = next(a for a in harness.alerts if a["signal"] == "freshness")
     assert alert["details"]["stream"] == "predictions"
+
+
+def test_stale_partition_is_off_by_default_so_a_backlog_read_unevenly_is_no_alert() -> None:
+    rng = np.random.default_rng(34)
+    records = stream_records(rng.normal(size=(24_000, 4)), NAMES, partitions=2)
+    # a first start on a backlog: partition 0's whole backlog is read before partition 1's
+    order = [r for r in records if r.partition == 0] + [r for r in records if r.partition == 1]
+    default = Harness(make_processor(make_reference(), partitions=2), 2)
+    default.feed_all(order)
+    assert freshness(default) == []
+    # the same input with the detector on: the unread partition looks stale
+    on = Harness(make_processor(make_reference(), partitions=2, tests=STALE_ON), 2)
+    on.feed_all(order)
+    assert ("open", "partition 1", "stale_partition") in freshness(on)

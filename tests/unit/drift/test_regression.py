@@ -213,7 +213,7 @@ def test_an_idle_partition_does_not_block_alerts_forever() -> None:
     records = stream_records(values, NAMES, partitions=2)
     # partition 1 goes silent a third of the way in; partition 0 carries on drifting
     records = [r for r in records if r.partition == 0 or r.offset < 3_000]
-    tests = WindowTestParams(idle_windows=4, min_window_records=200)
+    tests = WindowTestParams(idle_windows=4, min_window_records=200, stale_windows=5)
     harness = Harness(make_processor(make_reference(), partitions=2, tests=tests), 2)
     harness.feed_all(records)
     opened = [a for a in harness.opened() if a["signal"] == "drift"]
