@@ -32,6 +32,7 @@ def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: 
     # A broker of its own: this test stops it, which must not disturb other tests.
     broker = LocalBroker(run_dir=tmp_path / "kafka", port=0)
     broker.start()
+    proc: ServiceProcess | None = None
     try:
         bootstrap = broker.bootstrap
         create_topics(bootstrap, topic_prefix, partitions=2, names=[f"{topic_prefix}example.out"])
@@ -76,4 +77,6 @@ def test_broker_restart_mid_stream(tmp_path: Path, topic_prefix: str, logs_dir: 
         assert "Traceback" not in log
         assert [line for line in log.splitlines() if "level=error" in line] == []
     finally:
+        if proc is not None:
+            proc.stop()  # a failed assertion must not leave the processor running
         broker.stop()
