@@ -94,10 +94,12 @@ def build_partial(
     *,
     partitions: int,
     interval: int,
+    count_window: int | None = None,
 ) -> dict[str, Any]:
     """Partition ``view``'s contribution to boundary ``k`` (after its expiry and release);
     ``changed``: the groups whose cumulative counters the release touched (all of them in
-    a partition's first partial, so state from before partials existed is carried over)."""
+    a partition's first partial, so state from before partials existed is carried over);
+    ``count_window``: the window size of count windows (None: time windows)."""
     bucket = view.buckets.get(k, {})
     groups = []
     for group in sorted(set(bucket) | changed | set(estimates)):
@@ -115,7 +117,14 @@ def build_partial(
         })  # fmt: skip
     samples = []
     for fresh in released.samples.values():
-        for _, key, s in fresh:
+        sent = fresh
+        if count_window is not None and len(fresh) > count_window:
+            # A count window holds the last `window_size` samples of the union; samples
+            # of one partition older than its own last `window_size` can never be in it.
+            order = sorted(range(len(fresh)), key=lambda i: (fresh[i][2].ts, fresh[i][1]))
+            newest = set(order[-count_window:])
+            sent = [item for i, item in enumerate(fresh) if i in newest]
+        for _, key, s in sent:
             samples.append({
                 "model": model_id_of(key), "digest": key[SAMPLE_DIGEST], "ts": s.ts,
                 "score": s.score, "decision": s.decision, "label": s.label, "delay": s.delay,

@@ -297,6 +297,7 @@ class PerformanceProcessor(Processor):
         it, which is when the minimum watermark passes it)."""
         interval = self._rules.report_interval
         partitions = self._source_partitions or len(self._owned)
+        count_window = self._rules.window_size if self._rules.count_window else None
         partials: list[dict[str, Any]] = []
         for p in sorted(touched):
             v = touched[p]
@@ -328,7 +329,8 @@ class PerformanceProcessor(Processor):
                 if self._estimator is not None:
                     estimates = self._estimator.take_interval(v, self._stores.metrics, k)
                 partial = build_partial(v, k, released, estimates, changed,
-                                        partitions=partitions, interval=interval)  # fmt: skip
+                                        partitions=partitions, interval=interval,
+                                        count_window=count_window)  # fmt: skip
                 partials.append(partial)
                 self._boundary.forget_sent(v, end)
         return partials

@@ -10,6 +10,7 @@ carry it); the instances are processors with their own state, as separate proces
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -156,19 +157,29 @@ class Cluster:
             self.read = upto
 
 
-def test_partitions_split_over_instances_report_what_one_instance_reports() -> None:
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"window_size": 20, "report_interval": timedelta(minutes=15)}],
+    ids=["window-100", "window-20"],  # 20: more samples released than a window holds
+)
+def test_partitions_split_over_instances_report_what_one_instance_reports(
+    config: dict[str, Any],
+) -> None:
     per_stream = streams(seed=21, events=200, partitions=PARTITIONS)
     batches = interleave(per_stream, seed=3)
-    want = single(batches)
-    assert len([t for t, _ in want if t == REPORTS]) > 150
+    want = single(batches, **config)
+    assert len([t for t, _ in want if t == REPORTS]) > 50
     assert any(t == ALERTS for t, _ in want)
     assert any(v.get("corrections") for t, v in want if t == REPORTS)
     for owners in ({0: "a", 1: "a", 2: "b", 3: "c"}, {0: "a", 1: "b", 2: "c", 3: "d"}):
-        cluster = Cluster(owners, seed=4)
+        cluster = Cluster(owners, seed=4, **config)
         for batch in batches:
             cluster.step(batch)
         cluster.drain()
         assert cluster.out == want, owners
+        if config:  # a partial carries only the newest `window_size` per model route
+            sent = Counter((r.offset, s["model"]) for r in cluster.log for s in r.value["samples"])
+            assert max(sent.values()) == config["window_size"]
 
 
 def test_instances_added_and_killed_mid_stream_report_what_one_instance_reports() -> None:
