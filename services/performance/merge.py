@@ -244,6 +244,7 @@ class MergeStage:
         self._seq = -1  # the stored sequence number the mirrors below were built at
         self._views: dict[int, PartitionView] = {}
         self._pending: dict[int, dict[int, dict[str, Any]]] = {}
+        self._unsaved: set[tuple[int, int]] = set()  # pending partials of this batch
         self._last = NO_TIME
 
     def forget(self) -> None:
@@ -267,6 +268,9 @@ class MergeStage:
                 break
             self._report(k, sources, result)
             reported = True
+        for p, k in sorted(self._unsaved):  # still waiting for other partitions: keep them
+            store.put(HOME, _PENDING + _SOURCE.pack(p) + _K.pack(k), _encode(self._pending[p][k]))
+        self._unsaved.clear()
         if reported:
             for view in self._views.values():
                 self._stores.flush(view)
@@ -292,7 +296,7 @@ class MergeStage:
             self._metrics.on_event("partial_duplicate")  # a replay: it changes nothing
             return
         pending[k] = dict(partial)
-        store.put(HOME, _PENDING + _SOURCE.pack(p) + _K.pack(k), _encode(partial))
+        self._unsaved.add((p, k))  # stored at the end of the batch unless reported by then
 
     def _progress(self, p: int) -> int | None:
         """The last boundary index partition ``p`` has passed, as far as its partials say:
@@ -331,7 +335,10 @@ class MergeStage:
         for p in sorted(sources):
             pending = self._pending.get(p, {})
             for due in sorted(x for x in pending if x <= k):
-                self._store_of().delete(HOME, _PENDING + _SOURCE.pack(p) + _K.pack(due))
+                if (p, due) in self._unsaved:
+                    self._unsaved.discard((p, due))
+                else:
+                    self._store_of().delete(HOME, _PENDING + _SOURCE.pack(p) + _K.pack(due))
                 self._apply(self._view(p), pending.pop(due), released)
         views = [self._views[p] for p in sorted(self._views)]
         for view in views:
@@ -470,7 +477,7 @@ class MergeStage:
         self._stores.use(KeyValueStore("unused"), SourceStore(store, _METRICS),
                          SourceStore(store, _META))  # fmt: skip
         self._reports.forget()
-        self._views, self._pending = {}, {}
+        self._views, self._pending, self._unsaved = {}, {}, set()
         raw = store.get(HOME, _LAST)
         self._last = _K.unpack(raw)[0] if raw is not None else NO_TIME
         for key, value in store.items(HOME):
