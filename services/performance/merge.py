@@ -258,6 +258,16 @@ class MergeStage:
         result: Result,
     ) -> None:  # fmt: skip
         """Keep ``partials``; report each boundary that every partition of ``sources`` passed."""
+        try:
+            self._ingest(partials, sources, state, result)
+        except Exception:
+            self.forget()  # the mirrors may be half-changed: rebuild them from the store
+            raise
+
+    def _ingest(
+        self, partials: Iterable[Mapping[str, Any]], sources: Sequence[int], state: State,
+        result: Result,
+    ) -> None:  # fmt: skip
         store = self._bind(state)
         for partial in partials:
             self._keep(store, partial)

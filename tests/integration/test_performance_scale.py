@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
-from streamml.partitioner import partition_for
+from streamml.partitioner import PARTITIONER, partition_for
 from tests.integration.test_performance_service import (
     CODEC,
     ENV,
@@ -51,14 +52,15 @@ class Feeder(threading.Thread):
 
     def run(self) -> None:
         try:
+            producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
+                                 "linger.ms": 5, "partitioner": PARTITIONER})  # fmt: skip
             size = max(1, len(self.records) // self.chunks)
             for start in range(0, len(self.records), size):
                 chunk = self.records[start : start + size]
-                for topic in ("predictions", "predictions.shadow", "labels"):
-                    encoded = [(v["entity_id"].encode(), CODEC.encode(schema, v), [])
-                               for t, schema, v in chunk if t == topic]  # fmt: skip
-                    if encoded:
-                        produce(self.bootstrap, self.prefix + topic, encoded)
+                for topic, schema, v in chunk:
+                    producer.produce(self.prefix + topic, CODEC.encode(schema, v),
+                                     v["entity_id"].encode())  # fmt: skip
+                assert producer.flush(30) == 0, "records not delivered"
                 self.sent += len(chunk)
                 time.sleep(0.3)  # pacing, not waiting: input keeps arriving during the changes
             for p in range(PARTITIONS):  # end markers push every stream past each horizon
