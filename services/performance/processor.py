@@ -16,18 +16,22 @@ by event_id, in either order:
   late replays the first label and each correction at their own event times.
 
 Time is event time only. Each partition keeps a watermark per input stream (max event time
-seen); the service watermark is the smallest of them minus ``allowed_lateness``. Every
+seen); the partition's watermark is the smallest of them minus ``allowed_lateness``. Every
 contribution to a metric carries an event time and is applied only when the watermark
-passes the report boundary after it, and reports are emitted at multiples of
-``report_interval``: so the report sequence is a function of the input streams, not of how
-the consumer interleaved them, and a killed and restarted instance emits the same reports.
+passes the report boundary after it; what a partition applied at a boundary is its
+partial, and the merge stage (:mod:`~services.performance.merge`) reports a boundary, at
+multiples of ``report_interval``, once every partition passed it: so the report sequence
+is a function of the input streams, not of how the consumer interleaved them or how many
+instances share the partitions, and a killed and restarted instance emits the same
+reports.
 
-State (three stores, all bytes with explicit ``struct`` layouts, committed with offsets):
+State (four stores, all bytes with explicit ``struct`` layouts, committed with offsets):
 ``join`` holds one packed entry per event_id (key: 16-byte BLAKE2b digest); ``metrics``
 holds the joined samples of the sliding window, pending corrections, per-interval counters
-and cumulative counters; ``meta`` holds watermarks, the model and segment-value tables and
-the alert state. An in-memory expiry index (time bucket -> digests) is derived from
-``join`` and rebuilt whenever the store and the index disagree (restore, aborted batch).
+and cumulative counters; ``meta`` holds watermarks and the model and segment-value tables;
+``merge`` the merge stage's state (:mod:`~services.performance.merge`). An in-memory
+expiry index (time bucket -> digests) is derived from ``join`` and rebuilt whenever the
+store and the index disagree (restore, aborted batch).
 Why each rule is what it is: docs/decisions/performance-*.md.
 
 Where each part lives: the byte layouts in :mod:`~services.performance.state_layout`, a
@@ -36,10 +40,12 @@ segment ids in :mod:`~services.performance.catalog`, the join in
 :mod:`~services.performance.join` (its dead letters in
 :mod:`~services.performance.dead_letters`), expiry and release at a boundary in
 :mod:`~services.performance.expiry`, the reports in :mod:`~services.performance.reports`
-(sliding windows in :mod:`~services.performance.window`).
+(sliding windows in :mod:`~services.performance.window`), the partials and their merge in
+:mod:`~services.performance.merge`.
 This module composes them: records go to the join (:meth:`PerformanceProcessor._add_prediction`,
-:meth:`PerformanceProcessor._add_label`), and each boundary the watermark passes is expired,
-released and reported (:meth:`PerformanceProcessor._emit_reports`).
+:meth:`PerformanceProcessor._add_label`), each boundary a partition's watermark passes is
+expired and released into a partial (:meth:`PerformanceProcessor._advance`), and partials
+go to the partials topic or, in one process, straight to the merge stage.
 """
 
 from __future__ import annotations
