@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from streamml.broker import free_port
+from streamml.partitioner import PARTITIONER
 from streamml.topics import load_topic_specs, provision
 
 __all__ = [
@@ -59,7 +60,12 @@ def produce(
 ) -> int:
     """Produce (key, value, headers) records idempotently; wait until all are acknowledged."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": PARTITIONER,
+        }
     )
     failures: list[str] = []
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from services.demo.plan import DemoPlan
 from services.demo.scenarios import Scenario
+from streamml.partitioner import PARTITIONER
 from streamml.synthetic import DEFAULT_START_MS, Drift, generate_events, label_record
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class SyntheticProducer(threading.Thread):
             "enable.idempotence": True,
             "linger.ms": 20,
             "compression.type": "lz4",
+            "partitioner": PARTITIONER,  # as the services': labels meet their predictions
         }
         self._halt = threading.Event()
         self._lock = threading.Lock()

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from streamml.partitioner import partition_for
 from streamml.synthetic import Drift
 
 SIGNALS = ("validation", "fail_stop", "drift", "freshness", "slo", "estimated", "duplicates")
@@ -88,13 +88,13 @@ STALE_PARTITION = 0
 
 
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition librdkafka's default partitioner (``consistent_random``: CRC-32 of
-    the key) sends a keyed record to.
+    """The partition the demo producer (the project's partitioner, murmur2 as Kafka's
+    default: :mod:`streamml.partitioner`) sends a keyed record to.
 
     >>> partition_of(b"card-000001", 2) in (0, 1)
     True
     """
-    return zlib.crc32(key) % partitions
+    return partition_for(key, partitions)
 
 
 def _partition_stopped(event: dict[str, Any], partitions: int) -> dict[str, Any] | None:

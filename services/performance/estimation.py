@@ -246,6 +246,12 @@ class Estimator:
         self._min = min_predictions
         self._mirrors: dict[int, PartitionSums] = {}
 
+    def merging(self) -> Estimator:
+        """An estimator for the merge stage: the same windows, fed the partitions' interval
+        sums (:meth:`put_interval`) instead of predictions."""
+        return Estimator(lambda _name, _version: None, interval_ms=self._interval,
+                         window_ms=self._window, min_predictions=self._min)  # fmt: skip
+
     def _mirror(self, partition: int, owner: object, store: Any) -> PartitionSums:
         sums = self._mirrors.get(partition)
         if sums is None or sums.owner is not owner:
@@ -307,6 +313,25 @@ class Estimator:
             else:
                 store.put(p, key, cell.pack())
         sums.dirty.clear()
+
+    def take_interval(self, view: Any, store: Any, k: int) -> dict[Group, ScoreSums]:
+        """Stage 1 of the merge: the sums of interval ``k`` (final once its boundary is
+        passed), removed from the partition's state with every earlier interval."""
+        sums = self._mirror(view.partition, view, store)
+        taken: dict[Group, ScoreSums] = {}
+        for done in sorted(b for b in sums.buckets if b <= k):
+            for group in (bucket := sums.buckets.pop(done)):
+                sums.dirty.add((done, group))
+            if done == k:
+                taken = bucket
+        return taken
+
+    def put_interval(self, view: Any, store: Any, k: int, group: Group, cell: ScoreSums) -> None:
+        """Stage 2 of the merge: one source partition's sums of interval ``k`` for ``group``
+        (``view`` is the merge stage's mirror of that partition)."""
+        sums = self._mirror(view.partition, view, store)
+        sums.buckets.setdefault(k, {})[group] = cell
+        sums.dirty.add((k, group))
 
     def at_boundary(
         self, views: Iterable[Any], store: Any, end: int, name: Callable[[Any, Group], Named]

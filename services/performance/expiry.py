@@ -48,6 +48,8 @@ class Released:
     changed: set[ModelRoute] = field(default_factory=set)
     # Model routes with a label corrected: their cached window must be rebuilt.
     relabelled: set[ModelRoute] = field(default_factory=set)
+    # Corrections applied, in order: (sample key, new label), for the merge stage.
+    corrections: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 class BoundaryWork:
@@ -183,6 +185,7 @@ class BoundaryWork:
             model = view.model_route(model_id)
             released.changed.add(model)
             released.relabelled.add(model)
+            released.corrections.append((key, fix.new))
             sample = view.samples.get(key)
             # A correction is never earlier than its sample, so the sample is counted already;
             # when it has left the window, ``old`` is what cumulative holds for it.
@@ -207,23 +210,37 @@ class BoundaryWork:
             cutoff = min(window_starts, default=end)
         else:
             cutoff = end - self._rules.window_duration
-        size = self._rules.window_size
         for v in views:
-            p = v.partition
-            # The oldest released samples of each model route, beyond the window's size
-            # (count) or at or before its start (time).
-            doomed = []
-            for queue in v.released.values():
-                if count_window:
-                    while len(queue) > size:
-                        doomed.append(queue.popleft()[1])
-                else:
-                    while queue and queue[0][0] <= cutoff:
-                        doomed.append(queue.popleft()[1])
-            for key in doomed:
-                del v.samples[key]
-                self._stores.metrics.delete(p, SAMPLE_PREFIX + key)
-            last_k = cutoff // self._interval
-            for k in [k for k in v.buckets if k < last_k]:
-                for group in v.buckets.pop(k):
-                    v.dirty_buckets.add((k, group))
+            self._prune_samples(v, end)
+            self._prune_buckets(v, cutoff // self._interval)
+
+    def forget_sent(self, view: PartitionView, end: int) -> None:
+        """Stage 1 of the merge: after the partial of the boundary at ``end`` was built,
+        keep the samples a later correction may relabel; the interval counters up to it
+        are in the partials."""
+        self._prune_samples(view, end)
+        self._prune_buckets(view, end // self._interval + 1)
+
+    def _prune_samples(self, v: PartitionView, end: int) -> None:
+        # The oldest released samples of each model route, beyond the window's size
+        # (count) or at or before its start (time).
+        count_window = self._rules.count_window
+        cutoff = end - self._rules.window_duration
+        size = self._rules.window_size
+        doomed = []
+        for queue in v.released.values():
+            if count_window:
+                while len(queue) > size:
+                    doomed.append(queue.popleft()[1])
+            else:
+                while queue and queue[0][0] <= cutoff:
+                    doomed.append(queue.popleft()[1])
+        for key in doomed:
+            del v.samples[key]
+            self._stores.metrics.delete(v.partition, SAMPLE_PREFIX + key)
+
+    @staticmethod
+    def _prune_buckets(v: PartitionView, before_k: int) -> None:
+        for k in [k for k in v.buckets if k < before_k]:
+            for group in v.buckets.pop(k):
+                v.dirty_buckets.add((k, group))

@@ -216,6 +216,11 @@ class PartitionStores:
         self.meta = state.store(META_STORE)
         return True
 
+    def use(self, join: KeyValueStore, metrics: KeyValueStore, meta: KeyValueStore) -> None:
+        """Use these stores (the merge stage's mirrors of source partitions)."""
+        self._state = None
+        self.join, self.metrics, self.meta = join, metrics, meta
+
     def stored_seq(self, partition: int) -> int:
         raw = self.meta.get(partition, PROGRESS_KEY)
         return PROGRESS_HEAD.unpack_from(raw)[0] if raw is not None else 0

@@ -16,18 +16,22 @@ by event_id, in either order:
   late replays the first label and each correction at their own event times.
 
 Time is event time only. Each partition keeps a watermark per input stream (max event time
-seen); the service watermark is the smallest of them minus ``allowed_lateness``. Every
+seen); the partition's watermark is the smallest of them minus ``allowed_lateness``. Every
 contribution to a metric carries an event time and is applied only when the watermark
-passes the report boundary after it, and reports are emitted at multiples of
-``report_interval``: so the report sequence is a function of the input streams, not of how
-the consumer interleaved them, and a killed and restarted instance emits the same reports.
+passes the report boundary after it; what a partition applied at a boundary is its
+partial, and the merge stage (:mod:`~services.performance.merge`) reports a boundary, at
+multiples of ``report_interval``, once every partition passed it: so the report sequence
+is a function of the input streams, not of how the consumer interleaved them or how many
+instances share the partitions, and a killed and restarted instance emits the same
+reports.
 
-State (three stores, all bytes with explicit ``struct`` layouts, committed with offsets):
+State (four stores, all bytes with explicit ``struct`` layouts, committed with offsets):
 ``join`` holds one packed entry per event_id (key: 16-byte BLAKE2b digest); ``metrics``
 holds the joined samples of the sliding window, pending corrections, per-interval counters
-and cumulative counters; ``meta`` holds watermarks, the model and segment-value tables and
-the alert state. An in-memory expiry index (time bucket -> digests) is derived from
-``join`` and rebuilt whenever the store and the index disagree (restore, aborted batch).
+and cumulative counters; ``meta`` holds watermarks and the model and segment-value tables;
+``merge`` the merge stage's state (:mod:`~services.performance.merge`). An in-memory
+expiry index (time bucket -> digests) is derived from ``join`` and rebuilt whenever the
+store and the index disagree (restore, aborted batch).
 Why each rule is what it is: docs/decisions/performance-*.md.
 
 Where each part lives: the byte layouts in :mod:`~services.performance.state_layout`, a
@@ -36,39 +40,39 @@ segment ids in :mod:`~services.performance.catalog`, the join in
 :mod:`~services.performance.join` (its dead letters in
 :mod:`~services.performance.dead_letters`), expiry and release at a boundary in
 :mod:`~services.performance.expiry`, the reports in :mod:`~services.performance.reports`
-(sliding windows in :mod:`~services.performance.window`).
+(sliding windows in :mod:`~services.performance.window`), the partials and their merge in
+:mod:`~services.performance.merge`.
 This module composes them: records go to the join (:meth:`PerformanceProcessor._add_prediction`,
-:meth:`PerformanceProcessor._add_label`), and each boundary the watermark passes is expired,
-released and reported (:meth:`PerformanceProcessor._emit_reports`).
+:meth:`PerformanceProcessor._add_label`), each boundary a partition's watermark passes is
+expired and released into a partial (:meth:`PerformanceProcessor._advance`), and partials
+go to the partials topic or, in one process, straight to the merge stage.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from services.performance.alerts import AlertState, SloMonitor
+from services.performance.alerts import SloMonitor
 from services.performance.calibrations import estimator_from_settings
 from services.performance.catalog import Catalog
 from services.performance.dead_letters import WaitingLabelDeadLetters
 from services.performance.estimation import Estimator
 from services.performance.expiry import BoundaryWork, Released
 from services.performance.join import JoinParts, LabelJoin
+from services.performance.merge import MERGE_STORE, PARTIAL_SCHEMA, MergeStage, build_partial
 from services.performance.metrics import PerformanceMetrics, default_metrics
 from services.performance.partitions import EventTimeRules, PartitionStores, PartitionView
 from services.performance.quality import NO_TIME
-from services.performance.reports import EstimateFields, ReportBuilder, ShownName
+from services.performance.reports import ReportBuilder
 from services.performance.settings import PerformanceSettings
 from services.performance.state_layout import (
-    ALERTS_KEY,
     JOIN_STORE,
     META_STORE,
     METRICS_STORE,
-    MODEL_LEVEL,
-    Group,
+    PARTIALS_KEY,
     StateLayout,
     event_digest,
 )
@@ -76,7 +80,14 @@ from streamml.errors import StreamMLError
 from streamml.processor import Output, Processor, Record, Result
 from streamml.state import State
 
-__all__ = ["JOIN_STORE", "META_STORE", "METRICS_STORE", "PerformanceProcessor", "event_digest"]
+__all__ = [
+    "JOIN_STORE",
+    "MERGE_STORE",
+    "META_STORE",
+    "METRICS_STORE",
+    "PerformanceProcessor",
+    "event_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +95,7 @@ log = logging.getLogger(__name__)
 class PerformanceProcessor(Processor):
     """Joins labels to predictions and emits PerformanceReport and SloAlert records."""
 
-    stores = (JOIN_STORE, METRICS_STORE, META_STORE)
+    stores = (JOIN_STORE, METRICS_STORE, META_STORE, MERGE_STORE)
 
     def __init__(
         self,
@@ -98,8 +109,17 @@ class PerformanceProcessor(Processor):
         clock: Callable[[], float] = time.time,
         metrics: PerformanceMetrics | None = None,
         estimator: Estimator | None = None,
+        partials_topic: str | None = None,
+        source_partitions: int = 0,
     ) -> None:
+        """``partials_topic`` None: one process, the merge stage runs on the partials of
+        the partitions it owns in the same batch (tests, ``recompute``); otherwise partials
+        go to that topic and the merge stage waits for ``source_partitions`` partitions."""
+        if partials_topic is not None and source_partitions < 1:
+            raise StreamMLError("performance: source_partitions must be >= 1 with a partials topic")
         self.settings = settings
+        self._partials_topic = partials_topic
+        self._source_partitions = source_partitions
         self._estimator = estimator  # CBPE estimates beside the realized metrics (or None)
         self._fields = list(settings.segment_fields)
         self._prediction_topics = frozenset(prediction_topics)
@@ -128,8 +148,7 @@ class PerformanceProcessor(Processor):
         )
         self._join = LabelJoin(parts, streams={topic: i for i, topic in enumerate(self._topics)})
         self._boundary = BoundaryWork(parts)
-        self._reports = ReportBuilder(settings, interval=rules.report_interval)
-        self._monitor = SloMonitor(
+        monitor = SloMonitor(
             slo_min=settings.slo_min,
             slo_max=settings.slo_max,
             consecutive=settings.slo_consecutive_windows,
@@ -137,6 +156,17 @@ class PerformanceProcessor(Processor):
             canary_metrics=settings.canary_metrics,
             canary_margin=settings.canary_margin,
             estimate_min=None if estimator is None else settings.estimate_slo_min,
+        )
+        self._merge = MergeStage(
+            fields=fields,
+            rules=rules,
+            reports=ReportBuilder(settings, interval=rules.report_interval),
+            monitor=monitor,
+            metrics=self._metrics,
+            report_topic=report_topic,
+            alert_topic=alert_topic,
+            estimator=None if estimator is None else estimator.merging(),
+            dead_letters=dead_letters,
         )
         self._views: dict[int, PartitionView] = {}
         self._owned: set[int] = set()
@@ -148,8 +178,10 @@ class PerformanceProcessor(Processor):
         *,
         clock: Callable[[], float] = time.time,
         metrics: PerformanceMetrics | None = None,
+        source_partitions: int | None = None,
     ) -> PerformanceProcessor:
-        """The processor with the physical topic names the settings give."""
+        """The processor with the physical topic names the settings give; with
+        ``source_partitions`` (the service), partials go through the partials topic."""
         kafka = settings.kafka
         shadow = [kafka.topic(settings.shadow_topic)] if settings.shadow_topic else []
         return cls(
@@ -162,34 +194,48 @@ class PerformanceProcessor(Processor):
             clock=clock,
             metrics=metrics,
             estimator=estimator_from_settings(settings),
+            partials_topic=(
+                None if source_partitions is None else kafka.topic(settings.partials_topic)
+            ),
+            source_partitions=source_partitions or 0,
         )
 
     def input_schemas(self) -> dict[str, str]:
         """Physical input topic -> reader schema, for the runtime."""
         inputs = dict.fromkeys(self._prediction_topics, "Prediction")
         inputs.update(dict.fromkeys(self._label_topics, "Label"))
+        if self._partials_topic is not None:
+            inputs[self._partials_topic] = PARTIAL_SCHEMA
         return inputs
 
     # -- the runtime's hooks --------------------------------------------------------
 
     def on_assigned(self, partitions: Sequence[tuple[str, int]], state: State) -> None:
         self._bind(state)
-        for _, number in partitions:
+        for topic, number in partitions:
+            if topic == self._partials_topic:
+                continue
             self._owned.add(number)
             self._views.pop(number, None)  # restored from the changelog: rebuild on first use
-        self._reports.forget()
+        self._merge.forget()
 
     def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
-        for _, number in partitions:
+        for topic, number in partitions:
+            if topic == self._partials_topic:
+                continue
             self._owned.discard(number)
             self._views.pop(number, None)
-        self._reports.forget()
+        self._merge.forget()
 
     def process(self, records: Sequence[Record], state: State) -> Result:
         self._bind(state)
         result = Result()
         touched: dict[int, PartitionView] = {}
+        partials: list[Any] = []
         for record in records:
+            if record.topic == self._partials_topic:
+                partials.append(record.value)
+                continue
             view = touched.get(record.partition)
             if view is None:
                 self._owned.add(record.partition)
@@ -200,7 +246,19 @@ class PerformanceProcessor(Processor):
                 self._add_prediction(view, record, result)
             else:
                 raise StreamMLError(f"performance: unexpected input topic {record.topic!r}")
-        self._advance(touched, result)
+        made = self._advance(touched, result)
+        if self._partials_topic is None:
+            partials += made  # one process: merged at once, over the partitions it owns
+            sources: Sequence[int] = sorted(self._owned)
+        else:
+            sources = range(self._source_partitions)
+            for partial in made:
+                result.outputs.append(
+                    Output(topic=self._partials_topic, schema=PARTIAL_SCHEMA, value=partial,
+                           key=str(partial["source_partition"]).encode(), partition=0)
+                )  # fmt: skip
+        if partials:
+            self._merge.ingest(partials, sources, state, result)
         for view in touched.values():
             self._stores.flush(view)
             if self._estimator is not None:
@@ -224,7 +282,6 @@ class PerformanceProcessor(Processor):
     def _bind(self, state: State) -> None:
         if self._stores.bind(state):
             self._views.clear()
-            self._reports.forget()
 
     def _touch(self, partition: int) -> PartitionView:
         """The partition's view, in step with its stores; its sequence number moves on."""
@@ -234,105 +291,52 @@ class PerformanceProcessor(Processor):
             if view is not None:
                 log.info("partition %d: state moved back (aborted batch); rebuilding", partition)
             view = self._views[partition] = self._stores.load(partition)
-            self._reports.forget()
         view.seq += 1
         return view
 
     # -- event time moves on ----------------------------------------------------------
 
-    def _advance(self, touched: dict[int, PartitionView], result: Result) -> None:
-        """Expire, release and report every boundary the watermark passed."""
-        views = [touched.get(p) or self._touch_into(p, touched) for p in sorted(self._owned)]
-        marks = [v.watermark(self._required, self._rules.allowed_lateness) for v in views]
-        if not views or NO_TIME in marks:
-            return  # some stream of some partition has not started: no event-time progress
-        watermark = min(marks)
+    def _advance(self, touched: dict[int, PartitionView], result: Result) -> list[dict[str, Any]]:
+        """Per partition: expire and release every boundary its own watermark passed; the
+        partials of those boundaries, for the merge stage (docs/decisions/
+        performance-scale-out.md: the merge reports a boundary once every partition passed
+        it, which is when the minimum watermark passes it)."""
         interval = self._rules.report_interval
-        boundaries = [v.boundary for v in views if v.boundary != NO_TIME]
-        if boundaries:
-            boundary = max(boundaries)
-        else:
-            first = min(v.min_ts for v in views if v.min_ts != NO_TIME)
-            boundary = ((first - 1) // interval) * interval
-        for v in views:
-            v.boundary = boundary
-        last_k = boundary // interval
-        # A boundary is passed only once the watermark is strictly beyond it: then every
-        # record at or before it has been read on every stream (streams are in time order
-        # within allowed_lateness), whatever batches the consumer happened to form.
-        to_k = (watermark - 1) // interval
-        if to_k <= last_k:
-            return
-        alert_state = self._load_alerts(views)
-        window_starts: list[int] = []
-        for k in range(last_k + 1, to_k + 1):
-            end = k * interval
-            released = Released()
-            for v in views:
+        partitions = self._source_partitions or len(self._owned)
+        count_window = self._rules.window_size if self._rules.count_window else None
+        partials: list[dict[str, Any]] = []
+        for p in sorted(touched):
+            v = touched[p]
+            watermark = v.watermark(self._required, self._rules.allowed_lateness)
+            if watermark == NO_TIME:
+                continue  # some stream of the partition has not started: no progress
+            if v.boundary == NO_TIME:
+                if v.min_ts == NO_TIME:
+                    continue
+                v.boundary = ((v.min_ts - 1) // interval) * interval
+            last_k = v.boundary // interval
+            # A boundary is passed only once the watermark is strictly beyond it: then every
+            # record at or before it has been read on every stream (streams are in time
+            # order within allowed_lateness), whatever batches the consumer happened to form.
+            to_k = (watermark - 1) // interval
+            for k in range(last_k + 1, to_k + 1):
+                end = k * interval
+                released = Released()
+                dirty, v.dirty_cumulative = v.dirty_cumulative, set()
                 self._boundary.expire(v, k, end, result.outputs)
                 self._boundary.release(v, end, released)
                 v.boundary = end
-            window_starts = self._emit_reports(views, end, released, alert_state, result)
-        self._boundary.prune(views, to_k * interval, window_starts)
-        encoded = json.dumps(alert_state, sort_keys=True).encode()
-        for v in views:
-            self._stores.meta.put(v.partition, ALERTS_KEY, encoded)
-
-    def _emit_reports(
-        self,
-        views: Sequence[PartitionView],
-        end: int,
-        released: Released,
-        alert_state: AlertState,
-        result: Result,
-    ) -> list[int]:
-        """The reports and alerts of the boundary at ``end``; returns each model route's
-        window start (what pruning must keep)."""
-        built = self._reports.build(views, end, released, self._estimates_at(views, end))
-        for report in built.reports:
-            key = "/".join((report["model_name"], report["model_version"], report["route"]))
-            result.outputs.append(
-                Output(topic=self._report_topic, schema="PerformanceReport", value=report,
-                       key=key.encode())
-            )  # fmt: skip
-            self._metrics.observe(report)
-        for alert in self._monitor.evaluate(built.model_reports, alert_state):
-            result.outputs.append(
-                Output(topic=self._alert_topic, schema="SloAlert", value=alert,
-                       key=alert["alert_id"].encode())
-            )  # fmt: skip
-        return built.window_starts
-
-    def _estimates_at(
-        self, views: Sequence[PartitionView], end: int
-    ) -> Callable[[ShownName], EstimateFields] | None:
-        """The estimator's fields for the boundary at ``end``, named as the reports name
-        model routes and segment values (hook: what reports besides realized metrics)."""
-        estimator = self._estimator
-        if estimator is None:
-            return None
-        fields, store = self._fields, self._stores.metrics
-
-        def at(shown: ShownName) -> EstimateFields:
-            def name(view: PartitionView, group: Group) -> tuple[Any, ...]:
-                model = view.model_route(group[0])
-                if group[1] == MODEL_LEVEL:
-                    return (*model, None, None)
-                index = group[1]
-                return (*model, fields[index], shown(index, view.segment_name(index, group[2])))
-
-            return estimator.at_boundary(views, store, end, name)
-
-        return at
-
-    def _touch_into(self, partition: int, touched: dict[int, PartitionView]) -> PartitionView:
-        view = touched[partition] = self._touch(partition)
-        return view
-
-    def _load_alerts(self, views: Sequence[PartitionView]) -> AlertState:
-        for v in views:
-            raw = self._stores.meta.get(v.partition, ALERTS_KEY)
-            if raw is not None:
-                state: AlertState = json.loads(raw)
-                return state
-        return {}
+                changed = v.dirty_cumulative
+                if self._stores.meta.get(p, PARTIALS_KEY) is None:
+                    changed = set(v.cumulative)  # the first partial: everything so far
+                    self._stores.meta.put(p, PARTIALS_KEY, b"1")
+                v.dirty_cumulative |= dirty
+                estimates = {}
+                if self._estimator is not None:
+                    estimates = self._estimator.take_interval(v, self._stores.metrics, k)
+                partial = build_partial(v, k, released, estimates, changed,
+                                        partitions=partitions, interval=interval,
+                                        count_window=count_window)  # fmt: skip
+                partials.append(partial)
+                self._boundary.forget_sent(v, end)
+        return partials

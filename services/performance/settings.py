@@ -57,6 +57,17 @@ class PerformanceSettings(ServiceSettings):
     labels_topic: str = Field(default="labels", description="Ground-truth labels.")
     report_topic: str = Field(default="performance", description="PerformanceReport output.")
     alerts_topic: str = Field(default="performance.alerts", description="SloAlert output.")
+    partials_topic: str = Field(
+        default="performance.partials",
+        description="Internal 1-partition topic: each input partition's contribution to a "
+        "report boundary, merged by the instance that owns its partition 0.",
+    )
+    source_partitions: int = Field(
+        default=0,
+        ge=0,
+        description="Partitions of the predictions topic; 0 = read from the broker at start. "
+        "A boundary is reported once every partition has sent its contribution.",
+    )
 
     label_horizon: Duration = Field(
         default=timedelta(days=7),

@@ -14,8 +14,9 @@ key), corrections waiting for the watermark (``C`` + sample key + sequence byte)
 interval counters (``B`` + interval + group) and cumulative counters (``U`` + group).
 
 ``meta`` holds the partition's progress (``W``: sequence, boundary, oldest time and one
-watermark per input topic), the model routes (``M`` + id), the segment values (``V`` +
-field index + id) and the alert state (``A``).
+watermark per input topic), whether it has sent a partial (``P``), the model routes
+(``M`` + id), the segment values (``V`` + field index + id) and, from before the merge
+stage, the alert state (``A``; the merge stage keeps its own).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ SEGMENT_ID = struct.Struct("<BH")  # field index, value id
 
 # meta keys and key prefixes
 PROGRESS_KEY = b"W"
+PARTIALS_KEY = b"P"  # present once the partition sent a partial (the merge stage has it all)
 ALERTS_KEY = b"A"
 MODEL_PREFIX = b"M"
 SEGMENT_PREFIX = b"V"

@@ -123,9 +123,12 @@ def generate(events: int = 1500, seed: int = 5) -> tuple[list[Any], list[Any], l
 
 
 def provision(
-    bootstrap: str, prefix: str, data: tuple[list[Any], list[Any], list[Any], int]
+    bootstrap: str,
+    prefix: str,
+    data: tuple[list[Any], list[Any], list[Any], int],
+    partitions: int = PARTITIONS,
 ) -> None:
-    create_topics(bootstrap, prefix, partitions=PARTITIONS)
+    create_topics(bootstrap, prefix, partitions=partitions)
     preds, shadow, labels, end = data
     for topic, schema, values in (
         ("predictions", "Prediction", preds),
@@ -135,7 +138,7 @@ def provision(
         encoded = [(v["entity_id"].encode(), CODEC.encode(schema, v), []) for v in values]
         produce(bootstrap, prefix + topic, encoded)
     # End markers on every stream of every partition push the watermark past each horizon.
-    for p in range(PARTITIONS):
+    for p in range(partitions):
         entity = f"end-{p}"
         marks = [
             ("predictions", "Prediction",
@@ -167,16 +170,18 @@ def service(bootstrap: str, prefix: str, logs: Path, name: str) -> ServiceProces
     )
 
 
-def reference(bootstrap: str, prefix: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def reference(
+    bootstrap: str, prefix: str, partitions: int = PARTITIONS
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The pure core over the records as the broker stored them (one stream after another:
     the order of streams must not matter, only the order within each)."""
     settings = PerformanceSettings(kafka=KafkaSettings(topic_prefix=prefix), **SETTINGS)
     proc = PerformanceProcessor.from_settings(settings, clock=lambda: 0.0)
     state = State(proc.stores)
     for store in state.stores:
-        for p in range(PARTITIONS):
+        for p in range(partitions):
             store.assign(p)
-    proc.on_assigned([(prefix + "labels", p) for p in range(PARTITIONS)], state)
+    proc.on_assigned([(prefix + "labels", p) for p in range(partitions)], state)
     records = []
     for topic, schema in proc.input_schemas().items():
         for m in consume_all(bootstrap, topic, idle_s=2.0, timeout_s=60):

@@ -95,7 +95,7 @@ def _validate(path: Path) -> subprocess.CompletedProcess[str]:
 def test_document_is_valid_asyncapi() -> None:
     done = _validate(DOC)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "valid: 18 channels" in done.stdout
+    assert "valid: 19 channels" in done.stdout
 
 
 def _broken(document: dict[str, Any], tmp_path: Path, name: str) -> Path:

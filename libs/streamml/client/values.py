@@ -668,6 +668,252 @@ class ModelControl(AvroValue):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PartialModelRoute(AvroValue):
+    """One model route seen on the partition."""
+
+    SCHEMA: ClassVar[str] = "PartialModelRoute"
+
+    model_name: str
+    """Model name."""
+    model_version: str
+    """Model version."""
+    route: str
+    """Route (primary, canary, shadow, fallback, rules)."""
+    threshold: float
+    """The latest decision threshold seen for it."""
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> PartialModelRoute:
+        """The typed value of a decoded record (the codec's dict)."""
+        return cls(
+            model_name=value["model_name"],
+            model_version=value["model_version"],
+            route=value["route"],
+            threshold=value["threshold"],
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec encodes it (plain dicts and lists)."""
+        return {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "route": self.route,
+            "threshold": self.threshold,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartialGroup(AvroValue):
+    """One group's contribution."""
+
+    SCHEMA: ClassVar[str] = "PartialGroup"
+
+    model: int
+    """Index into models."""
+    segment_field: int
+    """Index into the service's segment_fields; 255 for all traffic of the model route."""
+    segment_value: str
+    """Segment value name ('other' past the tracked values); '' for all traffic."""
+    predictions: int = 0
+    """Predictions counted in the interval."""
+    expired: int = 0
+    """Predictions that expired unlabeled in the interval."""
+    corrections: int = 0
+    """Label corrections counted in the interval."""
+    cumulative: bytes | None = None
+    """
+    The partition's cumulative counters of the group after this boundary (the fixed little-
+    endian block of services/performance/quality.py Cumulative.pack); null when unchanged
+    since the partition's previous partial. Replaces, never adds: a replayed partial changes
+    nothing.
+    """
+    estimate: bytes | None = None
+    """
+    The CBPE score sums of the predictions counted in the interval
+    (services/performance/estimation.py ScoreSums.pack); null when the estimator is off or saw
+    none.
+    """
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> PartialGroup:
+        """The typed value of a decoded record (the codec's dict)."""
+        return cls(
+            model=value["model"],
+            segment_field=value["segment_field"],
+            segment_value=value["segment_value"],
+            predictions=value["predictions"],
+            expired=value["expired"],
+            corrections=value["corrections"],
+            cumulative=value["cumulative"],
+            estimate=value["estimate"],
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec encodes it (plain dicts and lists)."""
+        return {
+            "model": self.model,
+            "segment_field": self.segment_field,
+            "segment_value": self.segment_value,
+            "predictions": self.predictions,
+            "expired": self.expired,
+            "corrections": self.corrections,
+            "cumulative": self.cumulative,
+            "estimate": self.estimate,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartialSample(AvroValue):
+    """One joined prediction."""
+
+    SCHEMA: ClassVar[str] = "PartialSample"
+
+    model: int
+    """Index into models."""
+    digest: bytes
+    """BLAKE2b-128 of the event_id (the window's tie-break order)."""
+    ts: int
+    """Event time of the sample (ms)."""
+    score: float
+    """The prediction's score."""
+    decision: bool
+    """The prediction's decision."""
+    label: int
+    """The label at release (later corrections come in later partials)."""
+    delay: int
+    """Label delay in ms (labeled_at - event_time)."""
+    segments: list[str]
+    """Segment value name per segment field."""
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> PartialSample:
+        """The typed value of a decoded record (the codec's dict)."""
+        return cls(
+            model=value["model"],
+            digest=value["digest"],
+            ts=value["ts"],
+            score=value["score"],
+            decision=value["decision"],
+            label=value["label"],
+            delay=value["delay"],
+            segments=list(value["segments"]),
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec encodes it (plain dicts and lists)."""
+        return {
+            "model": self.model,
+            "digest": self.digest,
+            "ts": self.ts,
+            "score": self.score,
+            "decision": self.decision,
+            "label": self.label,
+            "delay": self.delay,
+            "segments": list(self.segments),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartialCorrection(AvroValue):
+    """A joined prediction whose label changed."""
+
+    SCHEMA: ClassVar[str] = "PartialCorrection"
+
+    model: int
+    """Index into models."""
+    digest: bytes
+    """The sample's digest."""
+    label: int
+    """The new label."""
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> PartialCorrection:
+        """The typed value of a decoded record (the codec's dict)."""
+        return cls(
+            model=value["model"],
+            digest=value["digest"],
+            label=value["label"],
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec encodes it (plain dicts and lists)."""
+        return {
+            "model": self.model,
+            "digest": self.digest,
+            "label": self.label,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PerformancePartial(AvroValue):
+    """
+    Internal to the performance service, on the 1-partition `performance.partials` topic: what
+    one input partition contributes to one report boundary (its expiry, release and counters
+    at that boundary, as a single instance computes them). The service's merge stage reports a
+    boundary once every source partition has sent its partial for it, over the union of their
+    contributions (docs/decisions/performance-scale-out.md). Key: '<source_partition>'.
+    """
+
+    SCHEMA: ClassVar[str] = "streamml.PerformancePartial"
+
+    source_partition: int
+    """Input partition (of predictions and labels) the contribution was computed on."""
+    source_partitions: int
+    """
+    Partitions of the input topics; the merge stage waits for all of them before reporting a
+    boundary.
+    """
+    boundary: int
+    """
+    The report boundary, in milliseconds of event time (a multiple of report_interval_ms):
+    everything at or before it on this partition is in this partial or an earlier one.
+    """
+    report_interval_ms: int
+    """report_interval of the sending instance; partials of another interval are not merged."""
+    models: list[PartialModelRoute]
+    """
+    The partition's model routes, in its id order (groups and samples name them by index
+    here).
+    """
+    groups: list[PartialGroup]
+    """
+    Per group (model route, all traffic or one segment value): the counters of the interval
+    ending at the boundary, and the cumulative counters when they changed.
+    """
+    samples: list[PartialSample]
+    """Joined predictions released at this boundary, in release order (digest order)."""
+    corrections: list[PartialCorrection]
+    """Label corrections applied at this boundary, in order."""
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> PerformancePartial:
+        """The typed value of a decoded record (the codec's dict)."""
+        return cls(
+            source_partition=value["source_partition"],
+            source_partitions=value["source_partitions"],
+            boundary=value["boundary"],
+            report_interval_ms=value["report_interval_ms"],
+            models=[PartialModelRoute.from_avro(x0) for x0 in value["models"]],
+            groups=[PartialGroup.from_avro(x0) for x0 in value["groups"]],
+            samples=[PartialSample.from_avro(x0) for x0 in value["samples"]],
+            corrections=[PartialCorrection.from_avro(x0) for x0 in value["corrections"]],
+        )
+
+    def to_avro(self) -> dict[str, Any]:
+        """The record as the codec encodes it (plain dicts and lists)."""
+        return {
+            "source_partition": self.source_partition,
+            "source_partitions": self.source_partitions,
+            "boundary": self.boundary,
+            "report_interval_ms": self.report_interval_ms,
+            "models": [x0.to_avro() for x0 in self.models],
+            "groups": [x0.to_avro() for x0 in self.groups],
+            "samples": [x0.to_avro() for x0 in self.samples],
+            "corrections": [x0.to_avro() for x0 in self.corrections],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PerformanceReport(AvroValue):
     """
     Live quality of one model version on one route (and optionally one segment), on
@@ -1037,6 +1283,7 @@ VALUE_TYPES: dict[str, type[AvroValue]] = {
     "FeatureVector": FeatureVector,
     "Label": Label,
     "ModelControl": ModelControl,
+    "PerformancePartial": PerformancePartial,
     "PerformanceReport": PerformanceReport,
     "Prediction": Prediction,
     "SloAlert": SloAlert,

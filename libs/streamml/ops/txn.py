@@ -17,6 +17,7 @@ from confluent_kafka import KafkaException, Producer
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from streamml.errors import BrokerError
+from streamml.partitioner import PARTITIONER
 from streamml.settings import KafkaSettings
 
 TXN_TIMEOUT_S = 30.0
@@ -51,6 +52,7 @@ class TransactionalWriter:
             "acks": "all",
             "linger.ms": 20,
             "transaction.timeout.ms": 60_000,
+            "partitioner": PARTITIONER,
         }
         self._producer = Producer(config)
         try:

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
+from streamml.partitioner import PARTITIONER
 from streamml.settings import KafkaSettings, RuntimeSettings
 
 
@@ -46,6 +47,7 @@ def make_producer(
         "queue.buffering.max.messages": settings.producer_queue_max_messages,
         "compression.type": "lz4",
         "client.id": client_id,
+        "partitioner": PARTITIONER,
     }
     return Producer(config)
 
@@ -118,4 +120,5 @@ def make_reader(kafka: KafkaSettings, *, group_id: str | None = None, **extra: A
 
 def make_acked_producer(kafka: KafkaSettings) -> Producer:
     """A plain (not transactional) idempotent producer whose writes all replicas ack."""
-    return Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    return Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all",
+                     "partitioner": PARTITIONER})  # fmt: skip

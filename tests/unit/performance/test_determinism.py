@@ -21,11 +21,13 @@ from .support import ALERTS, HOUR, LABELS, MIN, REPORTS, T0, label, new_state, p
 PARTITIONS = (0, 1)
 
 
-def streams(seed: int = 11, events: int = 300) -> dict[tuple[str, int], list[Record]]:
+def streams(
+    seed: int = 11, events: int = 300, partitions: tuple[int, ...] = PARTITIONS
+) -> dict[tuple[str, int], list[Record]]:
     """Per (stream, partition): time-ordered records with every join path in them."""
     rng = random.Random(seed)
     out: dict[tuple[str, int], list[Record]] = {}
-    for p in PARTITIONS:
+    for p in partitions:
         preds: list[tuple[int, Record]] = []
         shadow: list[tuple[int, Record]] = []
         labels: list[tuple[int, Record]] = []
