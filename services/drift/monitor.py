@@ -286,6 +286,10 @@ class StreamMonitor:
             "detections": [dict(hit)],
         }
 
+    def report(self, source_partitions: int, reference: str) -> dict[str, Any]:
+        """The open window's counts as a window report (what closing it sends)."""
+        return self._report(source_partitions, reference)
+
     def _report(self, source_partitions: int, reference: str) -> dict[str, Any]:
         assert self.window is not None
         return {

@@ -146,20 +146,6 @@ def test_episode_resolves_after_clean_windows() -> None:
     assert len(harness.opened()) == 1
 
 
-def test_replayed_records_do_not_trigger_alerts() -> None:
-    rng = np.random.default_rng(808)
-    values = rng.normal(size=(20_000, 4))
-    values[10_000:, 0] += 3.0  # what an operator replays: drifted-looking records
-    replay = {i: (("replay.id", b"r1"),) for i in range(10_000, 20_000)}
-    harness = Harness(make_processor(make_reference()))
-    harness.feed_all(stream_records(values, NAMES, headers=replay))
-    assert harness.alerts == []
-
-    counting = Harness(make_processor(make_reference(), include_replayed=True))
-    counting.feed_all(stream_records(values, NAMES, headers=replay))
-    assert [a["feature"] for a in counting.opened()] == ["f0"]
-
-
 def test_missing_values_raise_the_missing_rate_test() -> None:
     rng = np.random.default_rng(909)
     values = rng.normal(size=(20_000, 4))
