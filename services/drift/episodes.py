@@ -61,6 +61,7 @@ _DETECTOR_ORDER = (
     "page_hinkley",
     "page_hinkley_spread",
     "kswin",
+    "chi2_sliding",
 )
 FRESHNESS_DETECTORS = frozenset({"stuck_value", "stale_partition"})
 """Detectors of data that stopped (``signal="freshness"`` on the alert), not of data

@@ -37,7 +37,7 @@ NAMES = ["f0", "f1", "f2", "f3"]
 CHANNELS = {"pos": 0.5, "ecommerce": 0.35, "atm": 0.1, "moto": 0.05}
 STEP_MS = 10  # event time between records; windows of 5 s hold 500 records
 T0 = 1_790_000_000_000
-STREAMING = {"adwin", "page_hinkley", "page_hinkley_spread", "kswin"}
+STREAMING = {"adwin", "page_hinkley", "page_hinkley_spread", "kswin", "chi2_sliding"}
 
 
 def _reference(path: Path) -> Path:
