@@ -246,6 +246,7 @@ class EpisodeTracker:
         key = str(window)
         book["pending"][key] = _merge(book["pending"].get(key), report)
         self._close_ready(stream, book, outcome)
+        self._close_replays(stream, book, outcome)
 
     def _close_ready(self, stream: str, book: dict[str, Any], outcome: WindowOutcome) -> None:
         while book["pending"]:
@@ -257,7 +258,6 @@ class EpisodeTracker:
                 return
             merged = book["pending"].pop(str(window))
             book["closed"] = window
-            self._close_replays(stream, window, outcome)
             carried = book.get("carry")
             if carried is not None:
                 merged = _combine(carried, merged)
@@ -277,30 +277,45 @@ class EpisodeTracker:
 
     def _replayed(self, stream: str, report: Mapping[str, Any], outcome: WindowOutcome) -> None:
         """A partition's window of replayed records: merged with the other partitions'
-        reports of that window until the live stream settled past it."""
+        reports of that window until every partition's part has arrived."""
         rbook = self.replays.setdefault(
-            stream, {"pending": {}, "since": {}, "carry": None, "counted": 0}
+            stream, {"pending": {}, "since": {}, "carry": None, "counted": 0, "last": -1}
         )
-        live = self.streams.get(stream, {}).get("closed")
+        # The live window of the reporting partition: a replay copies a range to every
+        # partition at about the same time, so the other partitions' copies sit at about
+        # the same live position in their logs.
+        parts = self.streams.get(stream, {}).get("parts", {})
+        live = int(parts.get(str(report["source_partition"]), -1))
         key = str(int(report["window_index"]))
         rbook["pending"][key] = _merge(rbook["pending"].get(key), report)
-        rbook["since"][key] = rbook["last"] = -1 if live is None else int(live)
+        rbook["since"][key] = max(int(rbook["since"].get(key, -1)), live)
+        rbook["last"] = max(int(rbook["last"]), live)
         while len(rbook["pending"]) > self.params.max_replay_windows:
             oldest = min(rbook["pending"], key=int)
             self._test_replay(stream, rbook, oldest, outcome)
 
-    def _close_replays(self, stream: str, closed: int, outcome: WindowOutcome) -> None:
-        """Test the replay windows the live stream settled past; once none is pending,
-        the replay episodes of the stream resolve (the replayed period was tested)."""
+    def _close_replays(self, stream: str, book: Mapping[str, Any], outcome: WindowOutcome) -> None:
+        """Test the replay windows whose parts all arrived: from each partition either its
+        report of the window or, past it, ``replay_settle_windows`` live windows (stage 1
+        sends a partition's replay windows at the latest 2 live windows after its last
+        replayed record). Once none is pending and every partition settled past the last
+        replay report, the replay episodes of the stream resolve (the period was tested)."""
         rbook = self.replays.get(stream)
         if rbook is None:
             return
         settle = self.params.replay_settle_windows
-        ready = sorted((w for w, since in rbook["since"].items() if closed >= since + settle),
-                       key=int)  # fmt: skip
+        progress = [int(book["parts"].get(str(p), -1)) for p in range(int(book["expected"]))]
+        slowest = min(progress) if progress else -1
+        ready = []
+        for key in sorted(rbook["pending"], key=int):
+            reported = rbook["pending"][key]["offsets"]
+            since = int(rbook["since"][key])
+            if not all(str(p) in reported or at >= since + settle for p, at in enumerate(progress)):
+                break  # in window order: the first replayed window is tested first
+            ready.append(key)
         for key in ready:
             self._test_replay(stream, rbook, key, outcome)
-        if rbook["pending"] or closed < int(rbook.get("last", -1)) + settle:
+        if rbook["pending"] or slowest < int(rbook["last"]) + settle:
             return  # the replay goes on (or its last windows are still to come)
         for name, episode in sorted(self.episodes.items()):
             if episode["stream"] != stream or not episode.get("replay"):
