@@ -80,9 +80,16 @@ def test_categorical_change_is_detected_by_the_categorical_test() -> None:
     harness.feed_all(stream_records(values, NAMES, channels=channels))
 
     opened = harness.opened()
-    assert [(a["feature"], a["detector"]) for a in opened] == [("channel", "psi")]
-    assert opened[0]["statistic"] >= 0.1
-    assert opened[0]["p_value"] is not None and opened[0]["p_value"] < 1e-6
+    # the sliding chi-square opens it (a share moved by more than its floor), at once...
+    assert [(a["feature"], a["detector"]) for a in opened] == [("channel", "chi2_sliding")]
+    assert opened[0]["statistic"] >= opened[0]["threshold"] == 0.06
+    position = harness.alert_positions[harness.alerts.index(opened[0])]
+    assert 10_000 < position <= 11_500
+    # ...and the window's test confirms it (severity alert)
+    updated = [a for a in harness.alerts if a["state"] == "updated"]
+    assert [(a["feature"], a["detector"]) for a in updated] == [("channel", "psi")]
+    assert updated[0]["statistic"] >= 0.1
+    assert updated[0]["p_value"] is not None and updated[0]["p_value"] < 1e-6
 
 
 def test_one_drift_across_four_partitions_gives_one_alert() -> None:
