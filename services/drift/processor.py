@@ -263,6 +263,11 @@ class DriftProcessor(Processor):
             if len(replayed) or sent:
                 self.metrics.replay_windows_sent.inc(len(sent))
                 self._save_replay(stream, partition, windows, state)
+            else:  # unchanged: keep it decoded for the next batch
+                key = f"{stream}/replay".encode()
+                raw = state.store(MONITOR_STORE).get(partition, key)
+                if raw is not None:
+                    self._cache[(key, partition)] = (raw, windows)
         for report in reports:
             if report["kind"] == WINDOW:  # a detection report's firing is in its window's too
                 for hit in report["detections"]:
