@@ -61,6 +61,8 @@ CHANNELS = {"pos": 0.5, "ecommerce": 0.35, "atm": 0.1, "moto": 0.05}
 WINDOW_MS = 60_000
 T0 = 1_790_000_000_000
 DRIFTED = "x07"
+STATIONARY = ((1_000, 1), (1_000, 4), (5_000, 1), (60_000, 1), (60_000, 4))
+"""(records per window, partitions) of the stationary runs: 1,000 to 60,000, 1 and 4."""
 
 
 def make_reference(seed: int = 7, rows: int = 20_000) -> Reference:
@@ -355,8 +357,10 @@ def main() -> None:
               f"({time.perf_counter() - t:.0f} s)", flush=True)  # fmt: skip
     if not args.only or "stationary" in args.only:
         records = 100_000 if args.quick else args.stationary_records
-        for per_window, partitions in ((1_000, 1), (1_000, 4), (60_000, 4)):
+        for per_window, partitions in STATIONARY:
             name = f"stationary/{per_window}/p{partitions}"
+            if args.only and args.only not in name:
+                continue
             t = time.perf_counter()
             results[name] = stationary(records, per_window, partitions, reference, seed=99)
             print(name, json.dumps(results[name]), f"({time.perf_counter() - t:.0f} s)",

@@ -97,6 +97,33 @@ class DetectorParams(BaseModel):
     kswin_window: int = Field(default=300, ge=20, description="KSWIN sliding window size.")
     kswin_stat_size: int = Field(default=100, ge=10, description="KSWIN recent-sample size.")
 
+    category_window: int = Field(
+        default=1_000,
+        ge=0,
+        description="Sliding chi-square of each categorical attribute: the last this many "
+        "records of a partition against the reference, every category_step records, so a "
+        "category change opens an episode without waiting for the event-time window. "
+        "0 disables.",
+    )
+    category_step: int = Field(
+        default=250, ge=1, description="Records between two sliding chi-square tests."
+    )
+    category_alpha: float = Field(
+        default=1e-5,
+        gt=0,
+        lt=1,
+        description="Level of one sliding chi-square test (Bonferroni across attributes): "
+        "1e-5 at a test every 250 records is 0.04 expected false firings per 1M records.",
+    )
+    category_min_delta: float = Field(
+        default=0.06,
+        ge=0,
+        le=1,
+        description="...and the largest change of one category's share in the sliding "
+        "window must be at least this (effect-size floor, above the 0.05 of the window "
+        "test: 1,000 records are noisier than a window).",
+    )
+
     def fingerprint(self) -> str:
         """Changes when a parameter changes: detectors are rebuilt, not reloaded."""
         return self.model_dump_json()

@@ -17,6 +17,14 @@ escalates; ``resolve_after_windows`` evaluated windows in a row
 without a signal resolve it (``resolved``). A window with fewer than
 ``min_window_records`` records is carried into the next one and tested with it.
 
+Replayed records come as ``replay`` reports (windows of their own event time, see
+:mod:`services.drift.replay`): merged per window apart from the live windows, and tested
+once the live stream closed ``replay_settle_windows`` windows without a new report of
+that window (every partition's part has arrived by then). Their signals open *replay
+episodes* (alert id ``<stream>.<feature>.replay.<window>``, ``details.replayed=true``),
+separate from the live ones, resolved once every pending replay window was tested (the
+replayed period is history: the alert says what it held).
+
 The closing order is the window order and every window decision is a function of merged
 counts, so those alerts do not depend on how the partitions' reports interleave (an
 immediate open comes from whichever partition fires first; unless
@@ -36,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.drift import stats
 from services.drift.monitor import DETECTION, FEATURES, PREDICTIONS
 from services.drift.reference import NumericReference, Reference
+from services.drift.replay import REPLAY
 
 Severity = Literal["warn", "alert"]
 _RANK = {"warn": 1, "alert": 2}
@@ -52,6 +61,7 @@ _DETECTOR_ORDER = (
     "page_hinkley",
     "page_hinkley_spread",
     "kswin",
+    "chi2_sliding",
 )
 FRESHNESS_DETECTORS = frozenset({"stuck_value", "stale_partition"})
 """Detectors of data that stopped (``signal="freshness"`` on the alert), not of data
@@ -144,6 +154,20 @@ class WindowTestParams(BaseModel):
         "backlog read before another's), so it suits a service that keeps up; the demo "
         "sets 2.",
     )
+    replay_settle_windows: int = Field(
+        default=3,
+        ge=1,
+        description="A window of replayed records is tested once the live stream closed this "
+        "many windows since its last report arrived (the other partitions' parts of it have "
+        "arrived by then: stage 1 sends a replay window at the latest 2 live windows after "
+        "the replay's last record).",
+    )
+    max_replay_windows: int = Field(
+        default=1_000,
+        ge=1,
+        description="Pending windows of replayed records kept at most (the oldest is tested "
+        "early beyond that): bounds the state of a replay of a long period.",
+    )
     stream_detector_severity: Severity = Field(
         default="warn", description="Severity of an ADWIN/Page-Hinkley/KSWIN detection."
     )
@@ -176,6 +200,8 @@ class WindowOutcome:
     """Signals on history features still in their warm-up (no episode opened)."""
     partition_lag: list[tuple[str, int, int]] = field(default_factory=list)
     """(stream, source partition, windows behind the newest partition) per report."""
+    replay_windows: int = 0
+    """Merged windows of replayed records tested."""
 
 
 class EpisodeTracker:
@@ -186,6 +212,7 @@ class EpisodeTracker:
         self.params = params
         self.streams: dict[str, dict[str, Any]] = {}
         self.episodes: dict[str, dict[str, Any]] = {}
+        self.replays: dict[str, dict[str, Any]] = {}
 
     # -- input ---------------------------------------------------------------------
 
@@ -195,6 +222,9 @@ class EpisodeTracker:
             outcome.foreign_reports += 1
             return
         stream = report["stream"]
+        if report.get("kind") == REPLAY:
+            self._replayed(stream, report, outcome)
+            return
         book = self.streams.setdefault(
             stream, {"parts": {}, "counted": 0, "pending": {}, "closed": None, "expected": 1}
         )
@@ -216,6 +246,7 @@ class EpisodeTracker:
         key = str(window)
         book["pending"][key] = _merge(book["pending"].get(key), report)
         self._close_ready(stream, book, outcome)
+        self._close_replays(stream, book, outcome)
 
     def _close_ready(self, stream: str, book: dict[str, Any], outcome: WindowOutcome) -> None:
         while book["pending"]:
@@ -241,6 +272,80 @@ class EpisodeTracker:
             # order the partitions' reports arrived in.
             book["counted"] = int(book["counted"]) + int(merged["records"])
             self._evaluate(stream, merged, int(book["counted"]), outcome)
+
+    # -- replayed records ------------------------------------------------------------
+
+    def _replayed(self, stream: str, report: Mapping[str, Any], outcome: WindowOutcome) -> None:
+        """A partition's window of replayed records: merged with the other partitions'
+        reports of that window until every partition's part has arrived."""
+        rbook = self.replays.setdefault(
+            stream, {"pending": {}, "since": {}, "carry": None, "counted": 0, "last": -1}
+        )
+        # The live window of the reporting partition: a replay copies a range to every
+        # partition at about the same time, so the other partitions' copies sit at about
+        # the same live position in their logs.
+        parts = self.streams.get(stream, {}).get("parts", {})
+        live = int(parts.get(str(report["source_partition"]), -1))
+        key = str(int(report["window_index"]))
+        rbook["pending"][key] = _merge(rbook["pending"].get(key), report)
+        rbook["since"][key] = max(int(rbook["since"].get(key, -1)), live)
+        rbook["last"] = max(int(rbook["last"]), live)
+        while len(rbook["pending"]) > self.params.max_replay_windows:
+            oldest = min(rbook["pending"], key=int)
+            self._test_replay(stream, rbook, oldest, outcome)
+
+    def _close_replays(self, stream: str, book: Mapping[str, Any], outcome: WindowOutcome) -> None:
+        """Test the replay windows whose parts all arrived: from each partition either its
+        report of the window or, past it, ``replay_settle_windows`` live windows (stage 1
+        sends a partition's replay windows at the latest 2 live windows after its last
+        replayed record). Once none is pending and every partition settled past the last
+        replay report, the replay episodes of the stream resolve (the period was tested)."""
+        rbook = self.replays.get(stream)
+        if rbook is None:
+            return
+        settle = self.params.replay_settle_windows
+        progress = [int(book["parts"].get(str(p), -1)) for p in range(int(book["expected"]))]
+        slowest = min(progress) if progress else -1
+        ready = []
+        for key in sorted(rbook["pending"], key=int):
+            reported = rbook["pending"][key]["offsets"]
+            since = int(rbook["since"][key])
+            if not all(str(p) in reported or at >= since + settle for p, at in enumerate(progress)):
+                break  # in window order: the first replayed window is tested first
+            ready.append(key)
+        for key in ready:
+            self._test_replay(stream, rbook, key, outcome)
+        if rbook["pending"] or slowest < int(rbook["last"]) + settle:
+            return  # the replay goes on (or its last windows are still to come)
+        for name, episode in sorted(self.episodes.items()):
+            if episode["stream"] != stream or not episode.get("replay"):
+                continue
+            del self.episodes[name]
+            detector = episode["detectors"][0]
+            feature = episode["feature"]
+            last = Signal("decision" if detector == "positive_rate" else feature, detector,
+                          float(episode["peak"].get(detector, 0.0)), self._threshold(detector),
+                          episode["severity"])  # fmt: skip
+            merged = episode["last"]
+            outcome.alerts.append(self._alert(episode=episode, signal=last, state="resolved",
+                                              merged=merged, seen=int(rbook["counted"]),
+                                              signals=[]))  # fmt: skip
+
+    def _test_replay(
+        self, stream: str, rbook: dict[str, Any], key: str, outcome: WindowOutcome
+    ) -> None:
+        merged = rbook["pending"].pop(key)
+        del rbook["since"][key]
+        if rbook["carry"] is not None:
+            merged = _combine(rbook["carry"], merged)
+            rbook["carry"] = None
+        if int(merged["records"]) < self.params.min_window_records:
+            rbook["carry"] = merged  # tested with the next replay window
+            outcome.carried_windows.append((f"{stream}/replay", int(key), int(merged["records"])))
+            return
+        outcome.replay_windows += 1
+        rbook["counted"] = int(rbook["counted"]) + int(merged["records"])
+        self._evaluate(stream, merged, int(rbook["counted"]), outcome, replay=True)
 
     def _detected(
         self,
@@ -342,7 +447,13 @@ class EpisodeTracker:
         return dict(self.reference.numeric)
 
     def _evaluate(
-        self, stream: str, merged: dict[str, Any], seen: int, outcome: WindowOutcome
+        self,
+        stream: str,
+        merged: dict[str, Any],
+        seen: int,
+        outcome: WindowOutcome,
+        *,
+        replay: bool = False,
     ) -> None:
         signals: dict[str, list[Signal]] = {}
         evaluated: set[str] = set()
@@ -361,12 +472,14 @@ class EpisodeTracker:
 
         current = {(f, t): v for f, t, v in outcome.statistics}
         features = set(signals) | {
-            ep["feature"] for ep in self.episodes.values() if ep["stream"] == stream
+            ep["feature"]
+            for ep in self.episodes.values()
+            if ep["stream"] == stream and bool(ep.get("replay")) == replay
         }
         for feature in sorted(features):
             self._advance(stream=stream, feature=feature, signals=signals.get(feature, []),
                           evaluated=feature in evaluated, current=current, merged=merged, seen=seen,
-                          outcome=outcome)  # fmt: skip
+                          outcome=outcome, replay=replay)  # fmt: skip
 
     def _numeric_tests(
         self,
@@ -512,13 +625,16 @@ class EpisodeTracker:
         seen: int,
         outcome: WindowOutcome,
         immediate: bool = False,
+        replay: bool = False,
     ) -> None:
         """One episode group's signals in a closed window (or, ``immediate``, a streaming
         detector's firing before its window closed: it opens or feeds the episode but is
         not a window, so it neither counts as a fired window nor resolves)."""
-        key = f"{stream}:{feature}"
+        key = f"{stream}:{feature}" + (":replay" if replay else "")
         episode = self.episodes.get(key)
-        if signals and episode is None and self._warming(stream, feature, merged):
+        if replay and episode is not None and signals:
+            episode["last"] = _window_only(merged)
+        if signals and episode is None and not replay and self._warming(stream, feature, merged):
             outcome.warming_signals += len(signals)
             return
         if signals:
@@ -527,8 +643,9 @@ class EpisodeTracker:
             )
             detectors = sorted({s.detector for s in signals}, key=_DETECTOR_ORDER.index)
             if episode is None:
+                kind = "replay." if replay else ""
                 episode = {
-                    "alert_id": f"{stream}.{feature}.{merged['window_index']}",
+                    "alert_id": f"{stream}.{feature}.{kind}{merged['window_index']}",
                     "stream": stream,
                     "feature": feature,
                     "severity": top.severity,
@@ -539,6 +656,9 @@ class EpisodeTracker:
                     "clean": 0,
                     "peak": {s.detector: s.statistic for s in signals},
                 }
+                if replay:  # history: resolved once the replayed period was tested
+                    episode["replay"] = True
+                    episode["last"] = _window_only(merged)
                 self.episodes[key] = episode
                 outcome.alerts.append(
                     self._alert(
@@ -632,6 +752,8 @@ class EpisodeTracker:
             "windows_fired": str(episode["windows_fired"]),
             "signals": ",".join(f"{s.detector}={s.statistic:.4g}" for s in signals),
         }  # fmt: skip
+        if episode.get("replay"):
+            details["replayed"] = "true"
         if state == "resolved":
             details["peak"] = ",".join(f"{k}={v:.4g}" for k, v in sorted(episode["peak"].items()))
         sketch = merged["numeric"].get(signal.feature)
@@ -662,11 +784,12 @@ class EpisodeTracker:
     # -- explicit state ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"streams": self.streams, "episodes": self.episodes}
+        return {"streams": self.streams, "episodes": self.episodes, "replays": self.replays}
 
     def load(self, state: Mapping[str, Any]) -> None:
         self.streams = dict(state["streams"])
         self.episodes = dict(state["episodes"])
+        self.replays = dict(state.get("replays", {}))
 
 
 def _stuck(ref: NumericReference, sketch: Mapping[str, Any], ratio: float) -> float | None:
@@ -694,6 +817,18 @@ def _stuck(ref: NumericReference, sketch: Mapping[str, Any], ratio: float) -> fl
         return None
     one_bin = float(np.sum(np.asarray(ref.expected, dtype=np.float64) ** count))
     return std / ref.std if one_bin < 1e-6 else None
+
+
+def _window_only(merged: Mapping[str, Any]) -> dict[str, Any]:
+    """What a resolved alert needs of the last window an episode fired in (not its counts)."""
+    return {
+        "window_index": merged["window_index"],
+        "window_start": merged["window_start"],
+        "window_end": merged["window_end"],
+        "records": merged["records"],
+        "offsets": merged["offsets"],
+        "numeric": {},
+    }
 
 
 def _group(stream: str, feature: str) -> str:

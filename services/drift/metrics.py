@@ -47,7 +47,9 @@ class DriftMetrics:
         )
         self.records = Counter(
             "streamml_drift_records_total",
-            "Input records by stream and outcome (monitored, replay_skipped, other_model).",
+            "Input records by stream and outcome (monitored; replayed: counted in windows of "
+            "their own event time; replay_duplicate: a replayed original already counted; "
+            "replay_skipped; other_model).",
             ["stream", "outcome"],
             registry=registry,
         )
@@ -55,6 +57,17 @@ class DriftMetrics:
             "streamml_drift_windows_closed_total",
             "Merged windows tested against the reference (a carried window is tested with "
             "the window it was carried into).",
+            registry=registry,
+        )
+        self.replay_windows_sent = Counter(
+            "streamml_drift_replay_windows_sent_total",
+            "Windows of replayed records (counted apart from the live windows, in windows of "
+            "their own event time) sent to the episode stage, per partition.",
+            registry=registry,
+        )
+        self.replay_windows_tested = Counter(
+            "streamml_drift_replay_windows_tested_total",
+            "Merged windows of replayed records tested against the reference.",
             registry=registry,
         )
         self.windows_carried = Counter(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.drift import stats
 from services.drift.detectors import DetectorParams, StreamDetectors
 from services.drift.reference import CategoricalReference, NumericReference
 
@@ -41,6 +42,7 @@ _THRESHOLD: dict[str, Callable[[DetectorParams], float]] = {
     "page_hinkley_spread": lambda p: p.spread_threshold,
     "kswin": lambda p: p.kswin_alpha,
 }
+CHI2_SLIDING = "chi2_sliding"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,17 @@ class StreamMonitor:
         ]
         self.max_window_jump = max_window_jump
         self.jump_confirm = max(1, jump_confirm)
+        # Sliding chi-square of the categorical attributes: blocks of `category_step`
+        # records, the last `category_window // category_step` of them tested together.
+        self._cat_params = default_params
+        self._cat_blocks = (
+            default_params.category_window // default_params.category_step
+            if run_detectors and self.categorical and default_params.category_window
+            else 0
+        )
+        self.cat_fill = 0
+        self.cat_block = np.zeros((len(self.categorical), _width(self.categorical)), np.int64)
+        self.cat_ring: list[IntArray] = []
         self.seen = 0
         self.far_streak = 0
         self.window: int | None = None
@@ -229,10 +242,56 @@ class StreamMonitor:
             present = codes[codes >= 0]
             self.cat_missing[k] += n - len(present)
             self.cat_counts[k] += np.bincount(present, minlength=len(self.cat_counts[k]))
+        if self._cat_blocks:
+            self._slide(rows, times)
         if rows.decisions is not None:
             self.decisions += n
             self.positives += int(rows.decisions.sum())
         self.seen += n
+
+    def _slide(self, rows: Rows, times: IntArray) -> None:
+        """Add the rows to the sliding chi-square blocks; test at each full block."""
+        p = self._cat_params
+        width = self.cat_block.shape[1]
+        i, n = 0, len(rows)
+        while i < n:
+            take = min(p.category_step - self.cat_fill, n - i)
+            for k in range(len(self.categorical)):
+                codes = rows.categories[i : i + take, k]
+                present = codes[codes >= 0]
+                self.cat_block[k] += np.bincount(present, minlength=width)[:width]
+            self.cat_fill += take
+            i += take
+            if self.cat_fill < p.category_step:
+                break
+            self.cat_ring.append(self.cat_block)
+            self.cat_block = np.zeros_like(self.cat_block)
+            self.cat_fill = 0
+            if len(self.cat_ring) > self._cat_blocks:
+                del self.cat_ring[0]
+            if len(self.cat_ring) == self._cat_blocks and self._slide_test(
+                rows, times, i - 1, self.seen + i
+            ):
+                self.cat_ring = []  # fired: the next test needs a whole new window
+
+    def _slide_test(self, rows: Rows, times: IntArray, row: int, seen: int) -> bool:
+        p = self._cat_params
+        total = np.sum(self.cat_ring, axis=0)
+        fired = False
+        for k, ref in enumerate(self.categorical):
+            counts = total[k, : len(ref.categories)]
+            if counts.sum() < p.category_step:
+                continue
+            _, p_value = stats.chi_square_two_sample(ref.expected, counts, ref.sample_size)
+            if p_value * len(self.categorical) >= p.category_alpha:
+                continue
+            delta = stats.largest_share_change(ref.expected, counts)
+            if delta >= p.category_min_delta:
+                self._detected(feature=ref.name, detector=CHI2_SLIDING, estimate=delta,
+                               threshold=p.category_min_delta, event_time=times[row],
+                               offset=rows.offset[row], seen=seen)  # fmt: skip
+                fired = True
+        return fired
 
     def _detected(
         self,
@@ -285,6 +344,10 @@ class StreamMonitor:
             "positives": 0,
             "detections": [dict(hit)],
         }
+
+    def report(self, source_partitions: int, reference: str) -> dict[str, Any]:
+        """The open window's counts as a window report (what closing it sends)."""
+        return self._report(source_partitions, reference)
 
     def _report(self, source_partitions: int, reference: str) -> dict[str, Any]:
         assert self.window is not None
@@ -355,6 +418,9 @@ class StreamMonitor:
             "positives": self.positives,
             "detections": list(self.detections.values()),
             "detectors": [None if d is None else d.to_dict() for d in self.detectors],
+            "cat_fill": self.cat_fill,
+            "cat_block": self.cat_block.tolist(),
+            "cat_ring": [b.tolist() for b in self.cat_ring],
         }
 
     def load(self, state: Mapping[str, Any], *, detectors: bool = True) -> None:
@@ -385,12 +451,25 @@ class StreamMonitor:
         self.detections = {(d["feature"], d["detector"]): dict(d) for d in state["detections"]}
         if not detectors:
             return
+        if "cat_ring" in state and self._cat_blocks:
+            self.cat_fill = int(state["cat_fill"])
+            self.cat_block = np.asarray(state["cat_block"], dtype=np.int64).reshape(
+                self.cat_block.shape
+            )
+            self.cat_ring = [
+                np.asarray(b, dtype=np.int64).reshape(self.cat_block.shape)
+                for b in state["cat_ring"]
+            ]
         self.detectors = [
             None if doc is None or current is None else StreamDetectors.from_dict(params, doc)
             for doc, current, params in zip(
                 state["detectors"], self.detectors, self._params, strict=True
             )
         ]
+
+
+def _width(categorical: Sequence[CategoricalReference]) -> int:
+    return max((len(ref.categories) for ref in categorical), default=0)
 
 
 def _two_valued(ref: NumericReference) -> bool:

@@ -17,7 +17,9 @@ Two stages in one processor (see docs/decisions/drift-aggregation.md):
 State (store ``monitor`` per input partition, store ``episodes`` on partition 0) is
 written once per micro-batch per touched partition as signed JSON, so it commits with
 the offsets and a restart continues exactly where the last committed batch ended.
-Replayed records (``replay.*``/``redrive.*`` headers) are skipped unless configured.
+Replayed records (``replay.*``/``redrive.*`` headers) are counted in windows of their own
+event time, apart from the live windows, each original once (:mod:`services.drift.replay`);
+``replayed="skip"`` skips them, ``"current_window"`` counts them like live records.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,7 +36,9 @@ from services.drift.episodes import EpisodeTracker, WindowOutcome, WindowTestPar
 from services.drift.metrics import DriftMetrics, default_metrics
 from services.drift.monitor import FEATURES, PREDICTIONS, WINDOW, Rows, StreamMonitor
 from services.drift.reference import Reference
+from services.drift.replay import ReplayWindows
 from services.drift.statecodec import StateCodec, StateIntegrityError
+from streamml.deadletter import replay_origin
 from streamml.logs import fields
 from streamml.processor import Output, Processor, Record, Rejection, Result
 from streamml.state import State
@@ -45,6 +49,9 @@ MONITOR_STORE = "monitor"
 EPISODE_STORE = "episodes"
 _TRACKER_KEY = b"tracker"
 _LAYOUT = 1
+
+ReplayMode = Literal["own_windows", "skip", "current_window"]
+REPLAY_MODES: tuple[ReplayMode, ...] = ("own_windows", "skip", "current_window")
 
 WINDOW_REPORT_SCHEMA = "DriftWindowReport"
 ALERT_SCHEMA = "DriftAlert"
@@ -69,9 +76,10 @@ class DriftProcessor(Processor):
         detectors: DetectorParams | None = None,
         feature_detectors: Mapping[str, DetectorParams] | None = None,
         tests: WindowTestParams | None = None,
-        include_replayed: bool = False,
+        replayed: ReplayMode = "own_windows",
         max_window_jump: int = 60,
         jump_confirm_records: int = 20,
+        max_replay_windows: int = 120,
         metrics: DriftMetrics | None = None,
     ) -> None:
         if source_partitions < 1:
@@ -86,8 +94,11 @@ class DriftProcessor(Processor):
         self.detectors = detectors or DetectorParams()
         self.feature_detectors = dict(feature_detectors or {})
         self.tests = tests or WindowTestParams()
-        self.include_replayed = include_replayed
+        if replayed not in REPLAY_MODES:
+            raise ValueError(f"replayed must be one of {', '.join(REPLAY_MODES)}")
+        self.replayed = replayed
         self.max_window_jump = max_window_jump
+        self.max_replay_windows = max_replay_windows
         self.jump_confirm_records = jump_confirm_records
         self.metrics = metrics or default_metrics()
         self._codec = StateCodec(state_key)
@@ -142,10 +153,9 @@ class DriftProcessor(Processor):
         rows: list[list[float]] = []
         cats: list[list[int]] = []
         cat_refs = list(ref.categorical.values())
-        skipped = 0
+        replay = _ReplaySplit(self, FEATURES, partition, state)
         for record in group:
-            if record.is_replay and not self.include_replayed:
-                skipped += 1
+            if not replay.admit(record):
                 continue
             value = record.value
             values = value["values"]
@@ -174,18 +184,14 @@ class DriftProcessor(Processor):
             cats.append([_bucket(c, categories.get(c.name)) for c in cat_refs])
             times.append(int(value["event_time"]))
             offsets.append(record.offset)
-        if skipped:
-            self.metrics.records.labels(FEATURES, "replay_skipped").inc(skipped)
-        if not rows:
-            return
-        self.metrics.records.labels(FEATURES, "monitored").inc(len(rows))
+            replay.keep(record)
         batch = Rows(
             event_time=np.asarray(times, dtype=np.int64),
             offset=np.asarray(offsets, dtype=np.int64),
             values=np.asarray(rows, dtype=np.float64).reshape(len(rows), width),
             categories=np.asarray(cats, dtype=np.int64).reshape(len(rows), len(cat_refs)),
         )
-        self._observe(FEATURES, partition, batch, state, result)
+        self._observe(FEATURES, partition, batch, replay, state=state, result=result)
 
     def _monitor_predictions(
         self, partition: int, group: list[Record], state: State, result: Result
@@ -195,10 +201,10 @@ class DriftProcessor(Processor):
         offsets: list[int] = []
         scores: list[float] = []
         decisions: list[int] = []
-        skipped = other = 0
+        other = 0
+        replay = _ReplaySplit(self, PREDICTIONS, partition, state)
         for record in group:
-            if record.is_replay and not self.include_replayed:
-                skipped += 1
+            if not replay.admit(record):
                 continue
             value = record.value
             if ref.model_name is not None and (
@@ -212,13 +218,9 @@ class DriftProcessor(Processor):
             decisions.append(1 if value["decision"] else 0)
             times.append(int(value["event_time"]))
             offsets.append(record.offset)
-        if skipped:
-            self.metrics.records.labels(PREDICTIONS, "replay_skipped").inc(skipped)
+            replay.keep(record)
         if other:
             self.metrics.records.labels(PREDICTIONS, "other_model").inc(other)
-        if not scores:
-            return
-        self.metrics.records.labels(PREDICTIONS, "monitored").inc(len(scores))
         batch = Rows(
             event_time=np.asarray(times, dtype=np.int64),
             offset=np.asarray(offsets, dtype=np.int64),
@@ -226,13 +228,47 @@ class DriftProcessor(Processor):
             categories=np.zeros((len(scores), 0), dtype=np.int64),
             decisions=np.asarray(decisions, dtype=np.int64),
         )
-        self._observe(PREDICTIONS, partition, batch, state, result)
+        self._observe(PREDICTIONS, partition, batch, replay, state=state, result=result)
 
     def _observe(
-        self, stream: str, partition: int, rows: Rows, state: State, result: Result
+        self,
+        stream: str,
+        partition: int,
+        batch: Rows,
+        replay: _ReplaySplit,
+        *,
+        state: State,
+        result: Result,
     ) -> None:
+        live, replayed = replay.split(batch)
+        if replay.skipped:
+            self.metrics.records.labels(stream, "replay_skipped").inc(replay.skipped)
+        if replay.duplicates:
+            self.metrics.records.labels(stream, "replay_duplicate").inc(replay.duplicates)
+        if len(replayed):
+            self.metrics.records.labels(stream, "replayed").inc(len(replayed))
+        if not len(live) and replay.windows is None:
+            return
         monitor = self._load_monitor(stream, partition, state)
-        for report in monitor.observe(rows, self.source_partitions, self.reference.fingerprint):
+        reports: list[dict[str, Any]] = []
+        fingerprint = self.reference.fingerprint
+        if len(live):
+            self.metrics.records.labels(stream, "monitored").inc(len(live))
+            reports = monitor.observe(live, self.source_partitions, fingerprint)
+        windows = replay.windows
+        if windows is not None:
+            sent = windows.observe(replayed, monitor.window, self.source_partitions, fingerprint)
+            sent += windows.tick(monitor.window, self.source_partitions, fingerprint)
+            reports += sent
+            if len(replayed) or sent:
+                self.metrics.replay_windows_sent.inc(len(sent))
+                self._save_replay(stream, partition, windows, state)
+            else:  # unchanged: keep it decoded for the next batch
+                key = f"{stream}/replay".encode()
+                raw = state.store(MONITOR_STORE).get(partition, key)
+                if raw is not None:
+                    self._cache[(key, partition)] = (raw, windows)
+        for report in reports:
             if report["kind"] == WINDOW:  # a detection report's firing is in its window's too
                 for hit in report["detections"]:
                     self.metrics.detections.labels(hit["feature"], hit["detector"]).inc(
@@ -241,6 +277,12 @@ class DriftProcessor(Processor):
             result.outputs.append(Output(
                 topic=self.windows_topic, schema=WINDOW_REPORT_SCHEMA, value=report,
                 key=f"{stream}/{partition}", partition=0))  # fmt: skip
+        store = state.store(MONITOR_STORE)
+        if not len(live):  # unchanged: keep the decoded monitor for the next batch
+            raw = store.get(partition, stream.encode())
+            if raw is not None:
+                self._cache[(stream.encode(), partition)] = (raw, monitor)
+            return
         document = {
             "layout": _LAYOUT,
             "reference": self.reference.fingerprint,
@@ -248,7 +290,47 @@ class DriftProcessor(Processor):
             "params": self._params_fingerprint,
             "monitor": monitor.to_dict(),
         }
-        self._save(state.store(MONITOR_STORE), stream.encode(), partition, document, monitor)
+        self._save(store, stream.encode(), partition, document, monitor)
+
+    def _new_replay(self, stream: str, partition: int) -> ReplayWindows:
+        monitor = self._new_monitor(stream, partition)
+        return ReplayWindows(stream=stream, partition=partition, window_ms=self.window_ms,
+                             numeric=monitor.numeric, categorical=monitor.categorical,
+                             max_windows=self.max_replay_windows)  # fmt: skip
+
+    def _load_replay(self, stream: str, partition: int, state: State) -> ReplayWindows:
+        key = f"{stream}/replay".encode()
+        raw = state.store(MONITOR_STORE).get(partition, key)
+        cached = self._cache.pop((key, partition), None)
+        if cached is not None and raw is not None and (cached[0] is raw or cached[0] == raw):
+            windows: ReplayWindows = cached[1]
+            return windows
+        windows = self._new_replay(stream, partition)
+        if raw is None:
+            return windows
+        document = self._decode(raw, f"replay {stream}/{partition}")
+        if document is None:
+            return windows
+        if document.get("layout") != _LAYOUT or document.get("reference") != (
+            self.reference.fingerprint
+        ):
+            log.warning("replay window state was for another reference; starting afresh",
+                        extra=fields(stream=stream, partition=partition))  # fmt: skip
+            self.metrics.state_resets.labels("reference").inc()
+            return windows
+        windows.load(document["replay"])
+        return windows
+
+    def _save_replay(
+        self, stream: str, partition: int, windows: ReplayWindows, state: State
+    ) -> None:
+        document = {
+            "layout": _LAYOUT,
+            "reference": self.reference.fingerprint,
+            "replay": windows.to_dict(),
+        }
+        key = f"{stream}/replay".encode()
+        self._save(state.store(MONITOR_STORE), key, partition, document, windows)
 
     def _new_monitor(self, stream: str, partition: int) -> StreamMonitor:
         ref = self.reference
@@ -328,6 +410,7 @@ class DriftProcessor(Processor):
                                              value=alert, key=alert["alert_id"]))  # fmt: skip
             self.metrics.open_episodes.set(len(tracker.episodes))
             self.metrics.windows_closed.inc(outcome.closed_windows)
+            self.metrics.replay_windows_tested.inc(outcome.replay_windows)
             for stream, window, records in outcome.carried_windows:
                 self.metrics.windows_carried.labels(stream).inc()
                 log.info("drift window not tested alone: too few records, carried into the next",
@@ -399,3 +482,66 @@ def _fingerprint(default: DetectorParams, overrides: Mapping[str, DetectorParams
         f"{k}={v.fingerprint()}" for k, v in sorted(overrides.items())
     ]
     return "|".join(parts)
+
+
+class _ReplaySplit:
+    """Which records of one partition's batch are live and which are replayed (and counted
+    in windows of their own event time), by the processor's ``replayed`` mode."""
+
+    def __init__(self, processor: DriftProcessor, stream: str, partition: int, state: State):
+        self.processor = processor
+        self.stream = stream
+        self.partition = partition
+        self.state = state
+        self.skipped = 0
+        self.duplicates = 0
+        self.windows: ReplayWindows | None = None
+        self.flags: list[bool] = []
+        self.origins: list[tuple[str, int, int] | None] = []
+
+    def admit(self, record: Record) -> bool:
+        """False for a replayed record that is not counted (skip mode, or a copy of a
+        record of this very topic, which the service monitored when it read it)."""
+        if not record.is_replay or self.processor.replayed == "current_window":
+            return True
+        if self.processor.replayed == "skip":
+            self.skipped += 1
+            return False
+        origin = replay_origin(record.headers)
+        if origin is not None and origin[0] == record.topic:
+            self.duplicates += 1
+            return False
+        return True
+
+    def keep(self, record: Record) -> None:
+        """``record`` became the next row of the batch."""
+        replayed = record.is_replay and self.processor.replayed == "own_windows"
+        self.flags.append(replayed)
+        self.origins.append(replay_origin(record.headers) if replayed else None)
+
+    def split(self, batch: Rows) -> tuple[Rows, Rows]:
+        """(live rows, replayed rows counted for the first time)."""
+        if self.windows is None:
+            stored = self.state.store(MONITOR_STORE).get(
+                self.partition, f"{self.stream}/replay".encode()
+            )
+            if stored is not None or any(self.flags):
+                self.windows = self.processor._load_replay(self.stream, self.partition,
+                                                           self.state)  # fmt: skip
+        if not any(self.flags):
+            return batch, _take(batch, np.zeros(0, dtype=np.int64))
+        assert self.windows is not None
+        flags = np.asarray(self.flags, dtype=bool)
+        first = np.zeros(len(flags), dtype=bool)
+        for i in np.flatnonzero(flags).tolist():
+            if self.windows.first_time(self.origins[i]):
+                first[i] = True
+            else:
+                self.duplicates += 1
+        return _take(batch, np.flatnonzero(~flags)), _take(batch, np.flatnonzero(first))
+
+
+def _take(rows: Rows, index: Any) -> Rows:
+    return Rows(rows.event_time[index], rows.offset[index], rows.values[index],
+                rows.categories[index],
+                None if rows.decisions is None else rows.decisions[index])  # fmt: skip

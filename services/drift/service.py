@@ -54,7 +54,7 @@ def build_processor(
         detectors=settings.detectors,
         feature_detectors=settings.feature_detectors,
         tests=settings.tests,
-        include_replayed=settings.include_replayed,
+        replayed=settings.replayed,
         max_window_jump=settings.max_window_jump,
         jump_confirm_records=settings.jump_confirm_records,
     )

@@ -8,6 +8,7 @@ Example: ``STREAMML_DRIFT_REFERENCE_PATH=models/fraud/3``,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -62,10 +63,13 @@ class DriftSettings(ServiceSettings):
         description="Partitions of the features topic; 0 = read from the broker at start. "
         "A merged window is tested once every partition has reported it.",
     )
-    include_replayed: bool = Field(
-        default=False,
-        description="Count records carrying replay.*/redrive.* headers (an operator replay "
-        "would otherwise look like drift, or count twice).",
+    replayed: Literal["own_windows", "skip", "current_window"] = Field(
+        default="own_windows",
+        description="Records carrying replay.*/redrive.* headers (an operator replay or a "
+        "redrive): 'own_windows' counts them in windows of their own event time, apart from "
+        "the live windows, each original (replay.source) once, and their alerts say "
+        "replayed; 'skip' does not monitor them; 'current_window' counts them like live "
+        "records in the open window (the behaviour before own windows).",
     )
     detectors: DetectorParams = Field(
         default_factory=DetectorParams, description="Streaming detector defaults."

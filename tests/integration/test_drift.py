@@ -19,6 +19,7 @@ from services.drift.episodes import WindowTestParams
 from services.drift.reference import reference_from_mapping, synthetic_reference
 from streamml.codec import AvroCodec
 from streamml.processor import Record
+from tests.integration.test_ops_support import ops_cli
 from tests.kafkatest import (
     ServiceProcess,
     consume_all,
@@ -37,7 +38,7 @@ NAMES = ["f0", "f1", "f2", "f3"]
 CHANNELS = {"pos": 0.5, "ecommerce": 0.35, "atm": 0.1, "moto": 0.05}
 STEP_MS = 10  # event time between records; windows of 5 s hold 500 records
 T0 = 1_790_000_000_000
-STREAMING = {"adwin", "page_hinkley", "page_hinkley_spread", "kswin"}
+STREAMING = {"adwin", "page_hinkley", "page_hinkley_spread", "kswin", "chi2_sliding"}
 
 
 def _reference(path: Path) -> Path:
@@ -275,51 +276,90 @@ class _Feeder(threading.Thread):
 
 
 @pytest.mark.replay
-def test_replayed_records_do_not_trigger_alerts(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, logs_dir: Path
-) -> None:
-    reference = _reference(tmp_path / "reference.json")
-    create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
-    topic = f"{topic_prefix}features"
-    normal = _vectors(8_000, seed=21)
-    _produce(kafka_bootstrap, topic, normal[:4_000])
-    # An operator replays records that look drifted (e.g. a backfill of another period).
-    replayed = _vectors(4_000, seed=22, drift=(0, 4_000), start=4_000)
-    _produce(kafka_bootstrap, topic, replayed, headers=[("replay.id", b"r-1")])
-    _produce(kafka_bootstrap, topic, [(p, dict(v, event_time=v["event_time"] + 40_000))
-                                      for p, v in normal[4_000:]])  # fmt: skip
-    proc = _service(kafka_bootstrap, topic_prefix, reference, logs_dir).start()
-    try:
-        proc.wait_ready(90)
-        windows = 8 + 7  # event-time windows 0-7 and 16-22 per partition (23 stays open)
-        reports = _window_reports(kafka_bootstrap, topic_prefix, windows)
-        # Every reported window is tested (or carried into the next) before "no alert" counts.
-        wait_until(
-            lambda: metric_total(proc, "streamml_drift_windows_closed_total")
-            + metric_total(proc, "streamml_drift_windows_carried_total") >= windows,
-            120, f"the service tested all {windows} windows",
-        )  # fmt: skip
-        alerts = _alerts(kafka_bootstrap, topic_prefix)
-        _code, metrics = proc.http("/metrics")
-    finally:
-        assert proc.terminate() == 0
-        proc.stop()
-    assert alerts == []
-    codec = AvroCodec()
-    counted = sum(
-        codec.decode(m.value(), "DriftWindowReport", topic=m.topic())["records"] for m in reports
-    )
-    assert counted <= 8_000  # none of the 4,000 replayed records was counted
-    text = metrics.get("text", "")
-    samples = {
+def _records_by_outcome(proc: ServiceProcess) -> dict[tuple[str, str], float]:
+    _code, metrics = proc.http("/metrics")
+    return {
         (sample.labels["stream"], sample.labels["outcome"]): sample.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(metrics.get("text", ""))
         if family.name == "streamml_drift_records"
         for sample in family.samples
         if sample.name == "streamml_drift_records_total"
     }
-    assert samples[("features", "replay_skipped")] == 4_000
-    assert samples[("features", "monitored")] == 8_000
+
+
+def _replay(bootstrap: str, prefix: str) -> None:
+    """`streamml replay features.archive --target features` over the whole archive."""
+    result = ops_cli(bootstrap, prefix, "replay", "features.archive", "--target", "features",
+                     "--from-time", str(T0), "--to-time", "4000000000000", "--yes")  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_a_drift_confined_to_replayed_records_is_alerted_once_in_its_own_windows(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, logs_dir: Path
+) -> None:
+    reference = _reference(tmp_path / "reference.json")
+    archive = f"{topic_prefix}features.archive"
+    create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS, names=[archive])
+    topic = f"{topic_prefix}features"
+    live = _vectors(18_000, seed=21)  # event-time windows 0-35, 500 records each
+    _produce(kafka_bootstrap, topic, live[:6_000])
+    # Events of windows 4-11 that never reached the features topic (an incident), all
+    # with f1 moved by 1 sd, recovered with the project's replay tool.
+    lost = _vectors(4_000, seed=22, drift=(0, 4_000), start=2_000)
+    _produce(kafka_bootstrap, archive, lost)
+    _replay(kafka_bootstrap, topic_prefix)
+    _produce(kafka_bootstrap, topic, live[6_000:12_000])
+    proc = _service(kafka_bootstrap, topic_prefix, reference, logs_dir).start()
+    try:
+        proc.wait_ready(90)
+        window = T0 // 5_000
+
+        def replay_resolved() -> list[dict[str, Any]] | None:
+            found = _alerts(kafka_bootstrap, topic_prefix)
+            return found if any(a["state"] == "resolved" for a in found) else None
+
+        alerts = wait_until(replay_resolved, 180, "the replay episode resolved")
+        opened = [a for a in alerts if a["state"] == "open"]
+        assert [(a["alert_id"], a["feature"]) for a in opened] == [
+            (f"features.f1.replay.{window + 4}", "f1")  # the first replayed window
+        ]
+        # every alert says it comes from replayed records: no live episode
+        assert all(a["details"].get("replayed") == "true" for a in alerts)
+        assert T0 + 20_000 <= opened[0]["window_start"] <= opened[0]["window_end"] < T0 + 25_000
+        reports = _window_reports(kafka_bootstrap, topic_prefix)
+        codec = AvroCodec()
+        decoded = [codec.decode(m.value(), "DriftWindowReport", topic=m.topic()) for m in reports]
+        live_counted = sum(r["records"] for r in decoded)
+        assert live_counted <= 12_000  # the live windows hold live records only
+        replay_topic = f"{topic_prefix}drift.windows"
+        replay_reports = [
+            codec.decode(m.value(), "DriftWindowReport", topic=replay_topic)
+            for m in consume_all(kafka_bootstrap, replay_topic, idle_s=2, timeout_s=60)
+        ]
+        replay_reports = [r for r in replay_reports if r["kind"] == "replay"]
+        assert sum(r["records"] for r in replay_reports) == 4_000
+        assert {r["window_index"] - window for r in replay_reports} == set(range(4, 12))
+
+        # The same records replayed again: recognised by replay.source, not counted again.
+        _replay(kafka_bootstrap, topic_prefix)
+        _produce(kafka_bootstrap, topic, live[12_000:])
+        wait_until(
+            lambda: _records_by_outcome(proc).get(("features", "replay_duplicate"), 0) >= 4_000,
+            120, "the second replay read",
+        )  # fmt: skip
+        wait_until(
+            lambda: metric_total(proc, "streamml_drift_windows_closed_total") >= 34,
+            120, "the live windows after the second replay tested",
+        )  # fmt: skip
+        counts = _records_by_outcome(proc)
+        after = _alerts(kafka_bootstrap, topic_prefix)
+    finally:
+        assert proc.terminate() == 0
+        proc.stop()
+    assert counts[("features", "replayed")] == 4_000
+    assert counts[("features", "replay_duplicate")] == 4_000
+    assert counts[("features", "monitored")] == 18_000
+    assert after == alerts  # nothing new from the second replay
 
 
 def test_score_and_decision_drift_on_the_predictions_topic(

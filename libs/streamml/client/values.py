@@ -32,9 +32,9 @@ class DriftAlert(AvroValue):
     """Monitored feature, or 'score' / 'decision' for the model output."""
     detector: str
     """
-    What fired: adwin, page_hinkley, page_hinkley_spread, kswin (streaming, at once), psi, ks,
-    chi2, missing_rate, positive_rate (window tests), stuck_value, stale_partition
-    (freshness). See docs/runbooks/drift-alert.md.
+    What fired: adwin, page_hinkley, page_hinkley_spread, kswin, chi2_sliding (streaming, at
+    once), psi, ks, chi2, missing_rate, positive_rate (window tests), stuck_value,
+    stale_partition (freshness). See docs/runbooks/drift-alert.md.
     """
     statistic: float
     """
@@ -64,7 +64,11 @@ class DriftAlert(AvroValue):
     records_seen: int
     """Records the detector has seen so far."""
     details: dict[str, str] = field(default_factory=lambda: {})
-    """Extra context (e.g. reference and current means)."""
+    """
+    Extra context (e.g. reference and current means). replayed=true: the alert is about
+    replayed records, tested in windows of their own event time apart from the live windows
+    (alert_id <stream>.<feature>.replay.<window>).
+    """
     signal: str = "drift"
     """
     What kind of problem: drift (the data changed) or freshness (the data stopped: a source
@@ -260,7 +264,9 @@ class DriftWindowReport(AvroValue):
     'window': a closed window's counts (tested by the episode stage once every partition
     reported it); 'detection': a streaming detector just fired on this partition, sent at once
     so the episode opens without waiting for the window to close (no counts; `detections`
-    holds the firing, `window_index` the open window).
+    holds the firing, `window_index` the open window); 'replay': the counts of replayed
+    records of one window of their own event time, kept apart from the live windows and tested
+    on their own.
     """
     stream: str
     """Monitored stream: 'features' (FeatureVector) or 'predictions' (Prediction)."""

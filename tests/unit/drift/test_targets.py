@@ -69,8 +69,13 @@ def test_doubled_variance_is_found_within_1500_records(reference: Reference) -> 
         assert 0 <= delay <= 1_500
 
 
-def test_ten_point_category_share_change_fires_the_chi_square_test(reference: Reference) -> None:
-    for features, delay in _delays(category_share, reference, range(3), 1_000, 1, 3_000):
+@pytest.mark.parametrize("per_window", [1_000, 5_000])
+def test_ten_point_category_share_change_is_found_within_2000_records(
+    reference: Reference, per_window: int
+) -> None:
+    """At 5,000 records per window the first full window ends up to 10,000 records after
+    the change: the sliding chi-square (the last 1,000 records) opens the episode."""
+    for features, delay in _delays(category_share, reference, range(3), per_window, 1, 3_000):
         assert features == ["channel"]
         assert 0 <= delay <= 2_000
 
@@ -136,5 +141,7 @@ def test_low_traffic_windows_are_carried_not_skipped() -> None:
     assert carried >= 8  # every other window at least was too small alone
     assert metrics.windows_closed._value.get() >= 8
     opened = harness.opened()
-    assert [(a["feature"], a["detector"]) for a in opened] == [("channel", "chi2")]
-    assert int(opened[0]["details"]["window_records"]) >= 500
+    assert [a["feature"] for a in opened] == ["channel"]
+    # the carried windows' own chi-square test fires (confirming the sliding test's open)
+    tested = [a for a in harness.alerts if a["detector"] == "chi2"]
+    assert tested and int(tested[0]["details"]["window_records"]) >= 500
