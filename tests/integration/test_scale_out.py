@@ -13,8 +13,9 @@ Drift runs here with its window tests only. An episode opened by a streaming det
 (docs/decisions/drift-aggregation.md): a single instance reading the whole topic as a
 backlog reads one partition many windows ahead of another (in a first version of this
 test, run after the three instances, it opened ``amount_10m_max`` six windows later than
-they did, which changed which window tests open and which update an episode). The window tests are a function
-of the merged counts of each window, so the two runs must agree exactly.
+they did, which changed which window tests open and which update an episode). The window
+tests are a function of the merged counts of each window, so the two runs must agree
+exactly.
 
 A service joins the run by an entry in ``groups`` (its settings and input topic): the
 performance service at N replicas is meant to be added the same way (issue 17).
