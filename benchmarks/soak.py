@@ -11,7 +11,10 @@ defaults:
 * features: dedup ids remembered 1 day (``DEDUP_RETENTION_S``); entity histories keep the
   feature set's longest window (24 h) plus the lateness bound;
 * performance: label horizon 1 day, late-label memory 12 h (a prediction is forgotten 1.5
-  days after its event), reports every hour of event time.
+  days after its event), reports every hour of event time;
+* the changelogs' ``segment.ms`` and ``delete.retention.ms`` (wall-clock settings) are
+  divided by the compression too, with floors (``--no-changelog-time`` keeps them), so a
+  restore reads about as much, relative to the live keys, as it would in production.
 
 Every ``--sample-s`` (10 s) it records, per service, RSS and CPU (from /proc), consumer
 lag per group (each service is one group; the lag it reports on /metrics, its position
