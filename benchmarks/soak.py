@@ -11,7 +11,10 @@ defaults:
 * features: dedup ids remembered 1 day (``DEDUP_RETENTION_S``); entity histories keep the
   feature set's longest window (24 h) plus the lateness bound;
 * performance: label horizon 1 day, late-label memory 12 h (a prediction is forgotten 1.5
-  days after its event), reports every hour of event time.
+  days after its event), reports every hour of event time;
+* the changelogs' ``segment.ms`` and ``delete.retention.ms`` (wall-clock settings) are
+  divided by the compression too, with floors (``--no-changelog-time`` keeps them), so a
+  restore reads about as much, relative to the live keys, as it would in production.
 
 Every ``--sample-s`` (10 s) it records, per service, RSS and CPU (from /proc), consumer
 lag per group (each service is one group; the lag it reports on /metrics, its position
@@ -53,6 +56,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -80,6 +84,13 @@ ENTITY_HISTORY_S = DAY_S  # the demo feature set's longest window
 LONGEST_RETENTION_S = max(
     DEDUP_RETENTION_S, LABEL_HORIZON_S + LATE_LABEL_MEMORY_S, ENTITY_HISTORY_S
 )
+# The changelogs' wall-clock settings (streamml.runtime's segment.ms, the broker's default
+# delete.retention.ms), compressed like event time for the run (--changelog-time), so that
+# a restore reads what it would in production relative to the live keys.
+CHANGELOG_SEGMENT_S = 600
+TOMBSTONE_RETENTION_S = DAY_S
+MIN_SEGMENT_S = 60  # no smaller: a segment a few seconds long makes the cleaner the load
+MIN_TOMBSTONE_S = 300  # a restore must end before its tombstones may go (see docs/soak.md)
 BROKER_RESTART_AT = 0.40
 SERVICE_RESTART_AT = (0.50, 0.56, 0.62, 0.68)  # features, scorer, drift, performance
 
@@ -221,6 +232,7 @@ class Soak:
         self._halt = threading.Event()
         self.started = 0.0
         self.producer: SyntheticProducer | None = None
+        self.changelog_config: dict[str, str] = {}
 
     def say(self, message: str) -> None:
         print(f"soak {time.strftime('%H:%M:%S')} {message}", flush=True)
@@ -252,6 +264,55 @@ class Soak:
         specs = load_topic_specs(self.plan.topic_prefix, partitions=self.plan.partitions)
         provision(self.kafka().client_config(), specs)
 
+    def compress_changelogs(self) -> dict[str, str]:
+        """Set the changelogs' segment.ms and delete.retention.ms to their production
+        values divided by the run's time compression (with floors); returns the settings.
+
+        Without this a changelog keeps, relative to the live keys, ~180x more of the run
+        in its active segment and in tombstones than it would in production, and the
+        restores after a restart read 5-14x the live keys instead of ~1.2-2x."""
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]
+            AdminClient,
+            AlterConfigOpType,
+            ConfigEntry,
+            ConfigResource,
+        )
+
+        config = {
+            "segment.ms": max(MIN_SEGMENT_S, CHANGELOG_SEGMENT_S / self.compression),
+            "delete.retention.ms": max(MIN_TOMBSTONE_S, TOMBSTONE_RETENTION_S / self.compression),
+        }
+        values = {k: str(int(v * 1000)) for k, v in config.items()}
+        admin = AdminClient(self.kafka().client_config())
+        topics = [
+            t for t in admin.list_topics(timeout=30).topics
+            if t.startswith(self.plan.topic_prefix) and t.endswith("-changelog")
+        ]  # fmt: skip
+        resources = [
+            ConfigResource("topic", topic, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in values.items()
+            ])
+            for topic in topics
+        ]  # fmt: skip
+        for future in admin.incremental_alter_configs(resources).values():
+            future.result(30)
+        self.say(f"changelogs {', '.join(sorted(topics))}: {values}")
+        return values
+
+    def restores(self) -> dict[str, list[dict[str, Any]]]:
+        """Per service, each restore its log reports: when and how many changelog records."""
+        pattern = re.compile(r"ts=(\S+) .*restored (\d+) changelog records")
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name in SERVICES:
+            path = self.plan.logs_dir / f"{name}.log"
+            if not path.exists():
+                continue
+            with path.open(errors="replace") as log_file:
+                found = [pattern.search(line) for line in log_file if "changelog records" in line]
+            out[name] = [{"ts": m[1], "records": int(m[2])} for m in found if m]
+        return out
+
     def models(self) -> Path:
         """The demo's cached models (trained on the first use) and the drift reference."""
         from services.demo.models import ModelCache, cache_root
@@ -276,13 +337,17 @@ class Soak:
 
         plan = self.plan
         plan.logs_dir.mkdir(parents=True, exist_ok=True)
-        for name in SERVICES:
-            port = free_port()
+        for number, name in enumerate(SERVICES, start=1):
+            # With --port, the services listen on the ports after the broker's (a range the
+            # caller chose); without it, on any free ones.
+            port = self.args.port + number if self.args.port else free_port()
             env = service_env(
                 plan, name, bootstrap=self.broker.bootstrap, http_port=port, reference=reference
             )
             prefix = f"STREAMML_{name.upper()}_"
             env[f"{prefix}RUNTIME__LAG_INTERVAL_S"] = "5"
+            if self.args.malloc_arena_max:
+                env["MALLOC_ARENA_MAX"] = str(self.args.malloc_arena_max)
             if name == "features":
                 env[f"{prefix}DEDUP_RETENTION_S"] = str(DEDUP_RETENTION_S)
             elif name == "performance":
@@ -413,6 +478,7 @@ class Soak:
         try:
             self.provision()
             self.start_services(self.models())
+            self.changelog_config = self.compress_changelogs() if self.args.changelog_time else {}
             kafka = self.kafka()
             # The soak's own clients: their connection errors during the broker restart are
             # expected, and the services' logs have the ones that matter.
@@ -532,6 +598,8 @@ class Soak:
             "restarts": [asdict(r) for r in self.restarts],
             "unplanned_exits": self.unplanned,
             "recovery": self.recovery(),
+            "changelog_config": self.changelog_config,
+            "restores": self.restores(),
             "rss_mib_growth_pct_per_h": self.growth(
                 {
                     n: lambda s, n=n: s.rss[n] / 2**20 if n in s.rss else None
@@ -746,7 +814,15 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=10.0, help="Seconds between samples.")
     parser.add_argument("--drain-timeout", type=float, default=600.0,
                         help="Longest wait for the outputs after the producer ends.")  # fmt: skip
-    parser.add_argument("--port", type=int, default=0, help="Broker port (default: a free one).")
+    parser.add_argument("--port", type=int, default=0,
+                        help="Broker port (default: a free one); the services' HTTP ports are "
+                        "the next four.")  # fmt: skip
+    parser.add_argument(
+        "--changelog-time", action=argparse.BooleanOptionalAction, default=True,
+        help="Compress the changelogs' segment.ms and delete.retention.ms like event time.",
+    )  # fmt: skip
+    parser.add_argument("--malloc-arena-max", type=int, default=0,
+                        help="MALLOC_ARENA_MAX of the services (default: unset).")  # fmt: skip
     parser.add_argument("--out", default=None, help="Run directory (default: a new temp dir).")
     args = parser.parse_args()
     problems = [
@@ -755,6 +831,7 @@ def main() -> None:
         (not 0.05 <= args.fill_at <= 0.35, "--fill-at must be between 0.05 and 0.35"),
         (args.sample_s < 1, "--sample-s must be at least 1"),
         (args.entities < 10, "--entities must be at least 10"),
+        (args.malloc_arena_max < 0, "--malloc-arena-max must be 0 (unset) or more"),
     ]
     for bad, message in problems:
         if bad:

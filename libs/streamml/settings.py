@@ -214,7 +214,11 @@ class RuntimeSettings(BaseModel):
     )
     backoff_max_s: float = Field(default=10.0, gt=0, description="Longest retry delay.")
     session_timeout_ms: int = Field(
-        default=10_000, ge=1_000, description="Consumer group session.timeout.ms."
+        default=45_000,
+        ge=1_000,
+        description="Consumer group session.timeout.ms. Longer than a broker restart (20-31 s "
+        "in the soak), so one does not cost every partition its state (a restore); "
+        "docs/decisions/runtime-session-timeout.md.",
     )
     max_poll_interval_ms: int = Field(
         default=300_000, ge=10_000, description="Consumer max.poll.interval.ms."

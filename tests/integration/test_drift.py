@@ -100,6 +100,7 @@ def _service(
         "STREAMML_DRIFT_HTTP__PORT": str(port),
         "STREAMML_DRIFT_RUNTIME__INSTANCE_ID": "drift-0",
         "STREAMML_DRIFT_RUNTIME__BATCH_MAX_RECORDS": "300",
+        "STREAMML_DRIFT_RUNTIME__SESSION_TIMEOUT_MS": "6000",  # a SIGKILLed one rejoins soon
         "STREAMML_DRIFT_TESTS__IDLE_WINDOWS": "1000",
         "STREAMML_DRIFT_STATE_KEY": "integration-test-key",
         **extra,

@@ -49,6 +49,12 @@ def test_five_minute_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     expected = {("broker", g) for g in (*SERVICES, "pipeline")}
     expected |= {(g, g) for g in SERVICES} | {(g, "pipeline") for g in SERVICES}
     assert groups == expected
+    # Each stateful service restored its state from its changelogs at its own restart, and
+    # the changelogs got the run's compressed wall-clock settings.
+    restores = figures["restores"]
+    for name in ("features", "performance"):
+        assert restores[name] and restores[name][-1]["records"] > 0, restores
+    assert set(figures["changelog_config"]) == {"segment.ms", "delete.retention.ms"}
     latency = figures["latency"]
     assert latency["p99_first_s"] is not None and latency["p99_last_s"] is not None
     assert figures["load1"]["max"] > 0
