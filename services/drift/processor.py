@@ -70,6 +70,7 @@ class DriftProcessor(Processor):
         feature_detectors: Mapping[str, DetectorParams] | None = None,
         tests: WindowTestParams | None = None,
         include_replayed: bool = False,
+        predictions_route: str | None = None,
         max_window_jump: int = 60,
         jump_confirm_records: int = 20,
         metrics: DriftMetrics | None = None,
@@ -87,6 +88,7 @@ class DriftProcessor(Processor):
         self.feature_detectors = dict(feature_detectors or {})
         self.tests = tests or WindowTestParams()
         self.include_replayed = include_replayed
+        self.predictions_route = predictions_route
         self.max_window_jump = max_window_jump
         self.jump_confirm_records = jump_confirm_records
         self.metrics = metrics or default_metrics()
@@ -191,6 +193,9 @@ class DriftProcessor(Processor):
         self, partition: int, group: list[Record], state: State, result: Result
     ) -> None:
         ref = self.reference
+        route = self.predictions_route
+        # Following a route: its model whatever the version (a promotion is compared too).
+        version = ref.model_version if route is None else None
         times: list[int] = []
         offsets: list[int] = []
         scores: list[float] = []
@@ -201,9 +206,12 @@ class DriftProcessor(Processor):
                 skipped += 1
                 continue
             value = record.value
-            if ref.model_name is not None and (
-                value["model_name"] != ref.model_name
-                or (ref.model_version is not None and value["model_version"] != ref.model_version)
+            if (route is not None and value["route"] != route) or (
+                ref.model_name is not None
+                and (
+                    value["model_name"] != ref.model_name
+                    or (version is not None and value["model_version"] != version)
+                )
             ):
                 other += 1  # another model (fallback, rules, canary): not this reference
                 continue
