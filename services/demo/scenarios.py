@@ -314,11 +314,18 @@ def duplicate_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Aler
 
     >>> duplicate_alerts([(0, 0, 0), (5, 30, 1000), (10, 330, 2000)])[0].wall_s
     10
+
+    Scrapes more than the window apart (a loaded machine) are compared with the one before,
+    never with themselves:
+
+    >>> duplicate_alerts([(0, 0, 0), (8, 30, 1000), (16, 330, 2000)])[0].wall_s
+    16
     """
     out = []
     start = 0
-    for wall_s, dropped, records in samples:
-        while start < len(samples) and samples[start][0] < wall_s - DUPLICATE_WINDOW_S:
+    for index, (wall_s, dropped, records) in enumerate(samples):
+        # the baseline: the latest earlier scrape at least the window old, else the oldest
+        while start + 1 < index and samples[start + 1][0] <= wall_s - DUPLICATE_WINDOW_S:
             start += 1
         _, dropped0, records0 = samples[start]
         if records - records0 > 0:
