@@ -6,7 +6,10 @@ local broker (four service processes, the producer, the observer: see
 go together and ``--jobs`` of them at a time, so the scenarios of a round share the
 machine's load (the control run of each seed is the same-run baseline: every alert in it
 is a false alarm). The models are trained once (``--model-seed``) and cached; the first
-run goes alone to fill the caches.
+run goes alone to fill the caches. A scenario that only labels reveal (concept drift) runs
+on after its injection until its labels can have come (60 minutes of event time, 90 s at
+the default rate; see ``run_length`` in :mod:`services.demo.scenarios`), injected at the
+same point as the others.
 
 Figures (the last line, one JSON object):
 
@@ -15,7 +18,13 @@ Figures (the last line, one JSON object):
 * ``control_false_alarms``: alerts in the control runs (target 0), and
   ``false_alarms_before_injection`` in the failure runs;
 * per scenario: detections, the first signal of each run, the median time to the first
-  alert in wall seconds and in event-time seconds after the injection;
+  alert after the injection in wall seconds (``_wall_s``) and in event time, in seconds
+  (``_event_s``) and minutes (``_event_min``): the targets are 60 s of wall time and 5
+  minutes (300 s) of event time;
+* per scenario also the median of the first alert's own event time (its window's end)
+  after the injection: the event time the system needed to decide, without the lag in
+  getting the alert out, which the compressed clock multiplies (x40: 1 s of lag is 40 s
+  of event time);
 * ``targets``: each target of issue 19 with the measured value and whether it holds.
 
 Usage: ``python -m benchmarks.silent_failures [--seeds 5] [--jobs 3] [--quick]``;
@@ -42,23 +51,31 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.demo.scenarios import SCENARIOS  # noqa: E402
+from services.demo.plan import DemoPlan  # noqa: E402
+from services.demo.scenarios import SCENARIOS, run_length  # noqa: E402
 
 QUICK_SCENARIOS = ("control", "stale-partition", "duplicate-storm")
 WALL_TARGET_S = 60.0
 EVENT_TARGET_S = 300.0
 DETECTION_TARGET = 0.95
+MONITOR_AFTER = DemoPlan.monitor_after_fraction
+EVENTS_PER_EVENT_S = DemoPlan.event_rate_per_s
 
 
 def run_one(args: argparse.Namespace, bootstrap: str, scenario: str, seed: int) -> dict[str, Any]:
     """One demo run; its scenario outcome (or why there is none)."""
     run_dir = Path(args.out) / f"{scenario}-seed{seed}"
+    # A label-based scenario runs on after the injection until its labels can have come.
+    duration, inject_at, monitor_after = run_length(
+        SCENARIOS[scenario], duration_s=args.duration, inject_at=args.inject_at,
+        monitor_after=MONITOR_AFTER, compression=args.rate / EVENTS_PER_EVENT_S,
+    )  # fmt: skip
     command = [
         sys.executable, "-m", "streamml.cli", "demo", "run", "--headless",
         "--scenario", scenario, "--seed", str(seed), "--model-seed", str(args.model_seed),
-        "--duration", str(args.duration), "--rate", str(args.rate),
-        "--drift-at", str(args.inject_at), "--bootstrap", bootstrap, "--dir", str(run_dir),
-        "--drain-timeout", "30",
+        "--duration", str(duration), "--rate", str(args.rate),
+        "--drift-at", str(inject_at), "--monitor-after", str(monitor_after),
+        "--bootstrap", bootstrap, "--dir", str(run_dir), "--drain-timeout", "30",
     ]  # fmt: skip
     started = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +116,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for name in dict.fromkeys(r["scenario"] for r in runs):
         mine = [r for r in runs if r["scenario"] == name]
         scenario = SCENARIOS[name]
+        event_s = _median(_present(mine, "time_to_alert_event_s"))
         per[name] = {
             "failure": scenario.failure,
             "runs": len(mine),
@@ -106,20 +124,14 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "first_signals": dict(Counter(str(r.get("first_signal")) for r in mine)),
             "expected_signals": list(scenario.expected),
             "visible_before_labels": scenario.before_labels,
-            "median_time_to_alert_wall_s": _median(
-                [
-                    r["time_to_alert_wall_s"]
-                    for r in mine
-                    if r.get("time_to_alert_wall_s") is not None
-                ]
+            "median_time_to_alert_wall_s": _median(_present(mine, "time_to_alert_wall_s")),
+            "median_time_to_alert_event_s": event_s,
+            # the same in minutes of event time (the targets' unit); wall time is seconds
+            "median_time_to_alert_event_min": None if event_s is None else round(event_s / 60, 1),
+            "median_alert_event_time_after_injection_s": _median(
+                _present(mine, "alert_event_time_after_injection_s")
             ),
-            "median_time_to_alert_event_s": _median(
-                [
-                    r["time_to_alert_event_s"]
-                    for r in mine
-                    if r.get("time_to_alert_event_s") is not None
-                ]
-            ),
+            "event_s_after_injection_needed": scenario.event_s_after or None,
             "false_alarms": sum(int(r.get("false_alarms") or 0) for r in mine),
             "errors": [r["error"] for r in mine if "error" in r],
         }

@@ -139,6 +139,15 @@ class DemoPlan:
 
             if self.scenario not in SCENARIOS:
                 return f"--scenario must be one of {', '.join(SCENARIOS)}, not {self.scenario!r}"
+            needs = SCENARIOS[self.scenario].event_s_after
+            after = self.duration_s * (1 - self.drift_fraction)
+            if after * self.time_compression < needs:
+                return (
+                    f"--scenario {self.scenario} needs {needs / 60:.0f} minutes of event time "
+                    f"after the injection for its labels to arrive: at --rate {self.rate:g} "
+                    f"that is {needs / self.time_compression:.0f} s of traffic after "
+                    f"--drift-at, {after:.0f} s here (raise --duration or lower --drift-at)"
+                )
         return None
 
 
@@ -186,6 +195,10 @@ def service_env(
         # A partition whose events stop is stale after two windows (~6 min of event time)
         # the other partitions moved on (the default, five, suits one-minute windows).
         env[f"{prefix}TESTS__STALE_WINDOWS"] = "2"
+        # Compare whatever version serves the primary route with the reference: a promoted
+        # version whose scores look unlike the reference's is score drift within a window
+        # (pinned to the reference's version, its predictions would only stop).
+        env[f"{prefix}PREDICTIONS_ROUTE"] = "primary"
         if plan.monitor_after_fraction > 0:  # joins late: monitor from the end of its inputs
             env[f"{prefix}RUNTIME__AUTO_OFFSET_RESET"] = "latest"
     elif service == "performance":

@@ -77,6 +77,7 @@ class DriftProcessor(Processor):
         feature_detectors: Mapping[str, DetectorParams] | None = None,
         tests: WindowTestParams | None = None,
         replayed: ReplayMode = "own_windows",
+        predictions_route: str | None = None,
         max_window_jump: int = 60,
         jump_confirm_records: int = 20,
         max_replay_windows: int = 120,
@@ -97,6 +98,7 @@ class DriftProcessor(Processor):
         if replayed not in REPLAY_MODES:
             raise ValueError(f"replayed must be one of {', '.join(REPLAY_MODES)}")
         self.replayed = replayed
+        self.predictions_route = predictions_route
         self.max_window_jump = max_window_jump
         self.max_replay_windows = max_replay_windows
         self.jump_confirm_records = jump_confirm_records
@@ -197,6 +199,9 @@ class DriftProcessor(Processor):
         self, partition: int, group: list[Record], state: State, result: Result
     ) -> None:
         ref = self.reference
+        route = self.predictions_route
+        # Following a route: its model whatever the version (a promotion is compared too).
+        version = ref.model_version if route is None else None
         times: list[int] = []
         offsets: list[int] = []
         scores: list[float] = []
@@ -207,9 +212,12 @@ class DriftProcessor(Processor):
             if not replay.admit(record):
                 continue
             value = record.value
-            if ref.model_name is not None and (
-                value["model_name"] != ref.model_name
-                or (ref.model_version is not None and value["model_version"] != ref.model_version)
+            if (route is not None and value["route"] != route) or (
+                ref.model_name is not None
+                and (
+                    value["model_name"] != ref.model_name
+                    or (version is not None and value["model_version"] != version)
+                )
             ):
                 other += 1  # another model (fallback, rules, canary): not this reference
                 continue

@@ -55,6 +55,7 @@ def build_processor(
         feature_detectors=settings.feature_detectors,
         tests=settings.tests,
         replayed=settings.replayed,
+        predictions_route=settings.predictions_route,
         max_window_jump=settings.max_window_jump,
         jump_confirm_records=settings.jump_confirm_records,
     )

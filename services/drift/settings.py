@@ -37,6 +37,14 @@ class DriftSettings(ServiceSettings):
     monitor_predictions: bool = Field(
         default=True, description="Also monitor the score and the positive-decision share."
     )
+    predictions_route: str | None = Field(
+        default=None,
+        description="Monitor the predictions of this route (e.g. 'primary') of the "
+        "reference's model, whatever version serves it, against the reference: a promoted "
+        "version whose scores look unlike the reference's is score drift within a window. "
+        "None: the reference's own model version only (any route); after a promotion its "
+        "predictions stop and the score tests see nothing.",
+    )
     windows_topic: str = Field(
         default="drift.windows",
         description="Internal 1-partition topic of per-partition window reports (logical).",

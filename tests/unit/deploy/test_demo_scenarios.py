@@ -56,6 +56,30 @@ def test_every_scenario_is_known_to_the_plan_and_unknown_ones_are_refused() -> N
         scenarios.get("nope")
 
 
+def test_a_label_based_scenario_runs_until_its_labels_can_have_come() -> None:
+    concept = scenarios.get("concept-drift")
+    assert concept.event_s_after == scenarios.LABEL_WAIT_EVENT_S and not concept.before_labels
+    duration, inject_at, monitor_after = scenarios.run_length(
+        concept, duration_s=45, inject_at=0.5, monitor_after=0.15, compression=40
+    )
+    # the injection and the drift service's start stay at the same wall second ...
+    assert duration * inject_at == pytest.approx(22.5)
+    assert duration * monitor_after == pytest.approx(6.75)
+    # ... and the run goes on for the label wait after it
+    assert (duration - 22.5) * 40 == pytest.approx(scenarios.LABEL_WAIT_EVENT_S)
+    plan = DemoPlan(duration_s=duration, drift_fraction=inject_at,
+                    monitor_after_fraction=monitor_after, scenario="concept-drift")  # fmt: skip
+    assert plan.check() is None
+    # too short a run is refused with what to change, not run blind
+    short = DemoPlan(duration_s=45, drift_fraction=0.5, scenario="concept-drift").check()
+    assert short is not None and "60 minutes of event time" in short and "--duration" in short
+    for name in ("units", "worse-model", "labels-stop", "control"):
+        unchanged = scenarios.run_length(
+            scenarios.get(name), duration_s=45, inject_at=0.5, monitor_after=0.15, compression=40
+        )
+        assert unchanged == (45, 0.5, 0.15)
+
+
 def test_alerts_are_read_generically_from_topics_and_metrics() -> None:
     drift = scenarios.drift_alerts([
         (5.0, {"severity": "alert", "state": "open", "detector": "psi", "feature": "amount",
