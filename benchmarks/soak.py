@@ -484,7 +484,11 @@ class Soak:
             # expected, and the services' logs have the ones that matter.
             config = {**kafka.client_config(), "log_level": 2}
             timed = TimedCodec(AvroCodec.from_settings(kafka))
-            producer = self.producer = SyntheticProducer(self.plan, config, timed)
+            # A producer behind its schedule sends as fast as it can; while the broker is
+            # away (43 s at load 40) that filled librdkafka's default 100,000-message queue,
+            # produce() raised BufferError and the producer thread ended mid-run.
+            producer_config = {**config, "queue.buffering.max.messages": 2_000_000}
+            producer = self.producer = SyntheticProducer(self.plan, producer_config, timed)
             observer = LatencyObserver(self.plan, config, AvroCodec.from_settings(kafka), timed)
             observer.start()
             producer.start()
