@@ -62,6 +62,7 @@ from streamml.errors import (
 )
 from streamml.faults import Fault, classify, kafka_error
 from streamml.logs import fields
+from streamml.memory import release_free_memory
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor
 from streamml.runtime import provisioning
@@ -330,6 +331,8 @@ class StreamRuntime:
             started = time.monotonic()
             self._restore_retrying(consumer, partitions, new_numbers)
             self._owned_partitions |= set(new_numbers)
+            if new_numbers:
+                release_free_memory()  # the restore's peak would stay in RSS (memory.py)
             self.metrics.restore_seconds.labels(self.service).observe(time.monotonic() - started)
             if self._halt is not None:
                 consumer.pause(partitions)

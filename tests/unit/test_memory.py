@@ -1,0 +1,35 @@
+"""release_free_memory gives freed C-heap pages back: RSS falls after it, and only then."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+
+import pytest
+
+from streamml.memory import release_free_memory
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
+    reason="malloc_trim is glibc's (Linux)",
+)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_freed_heap_under_a_live_object_is_returned_by_the_trim_not_before() -> None:
+    # 100 MB of 1 kB objects (malloc's heap, not pymalloc's arenas), then live objects
+    # above them, so glibc cannot shrink the heap from its top by itself.
+    block = [bytes(1000) + bytes([i % 256]) for i in range(100_000)]
+    above = [bytes(1000) + bytes([i % 256]) for i in range(50)]
+    peak = _rss_mib()
+    del block
+    freed = _rss_mib()
+    assert freed > peak - 20, "glibc returned the pages by itself: the test proves nothing"
+    assert release_free_memory() is True
+    assert _rss_mib() < freed - 50
+    assert len(above) == 50
