@@ -54,6 +54,12 @@ TRANSIENT_METADATA_ERRORS = frozenset(
         KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError.REQUEST_TIMED_OUT,
         KafkaError.NOT_ENOUGH_REPLICAS,
+        # Leader epochs out of step while a fresh topic's leadership settles: a
+        # silent-failures run lost a service at start-up to UNKNOWN_LEADER_EPOCH from
+        # list_offsets on changelogs created moments before.
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
         KafkaError._TIMED_OUT,
         KafkaError._WAIT_COORD,
         # librdkafka's local codes for a topic its metadata cache does not hold yet: what

@@ -28,6 +28,9 @@ def _kafka_error(code: int, **flags: bool) -> KafkaException:
         KafkaError.LEADER_NOT_AVAILABLE,
         KafkaError.NOT_COORDINATOR,
         KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
     ],
 )
 def test_metadata_errors_of_a_fresh_broker_are_retried_even_when_not_marked_retriable(
