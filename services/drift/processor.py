@@ -306,27 +306,39 @@ class DriftProcessor(Processor):
                              numeric=monitor.numeric, categorical=monitor.categorical,
                              max_windows=self.max_replay_windows)  # fmt: skip
 
-    def _load_replay(self, stream: str, partition: int, state: State) -> ReplayWindows:
-        key = f"{stream}/replay".encode()
+    def _stored(
+        self, key: bytes, partition: int, state: State, what: str, stream: str
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """The cached object still matching the store, or else the stored document of this
+        layout and reference (None for neither: start afresh)."""
         raw = state.store(MONITOR_STORE).get(partition, key)
         cached = self._cache.pop((key, partition), None)
         if cached is not None and raw is not None and (cached[0] is raw or cached[0] == raw):
-            windows: ReplayWindows = cached[1]
-            return windows
-        windows = self._new_replay(stream, partition)
+            return cached[1], None
         if raw is None:
-            return windows
-        document = self._decode(raw, f"replay {stream}/{partition}")
+            return None, None
+        document = self._decode(raw, f"{what} {stream}/{partition}")
         if document is None:
-            return windows
+            return None, None
         if document.get("layout") != _LAYOUT or document.get("reference") != (
             self.reference.fingerprint
         ):
-            log.warning("replay window state was for another reference; starting afresh",
+            log.warning(f"{what} state was for another reference; starting afresh",
                         extra=fields(stream=stream, partition=partition))  # fmt: skip
             self.metrics.state_resets.labels("reference").inc()
+            return None, None
+        return None, document
+
+    def _load_replay(self, stream: str, partition: int, state: State) -> ReplayWindows:
+        cached, document = self._stored(
+            f"{stream}/replay".encode(), partition, state, "replay", stream
+        )
+        if cached is not None:
+            windows: ReplayWindows = cached
             return windows
-        windows.load(document["replay"])
+        windows = self._new_replay(stream, partition)
+        if document is not None:
+            windows.load(document["replay"])
         return windows
 
     def _save_replay(
@@ -361,24 +373,12 @@ class DriftProcessor(Processor):
         )
 
     def _load_monitor(self, stream: str, partition: int, state: State) -> StreamMonitor:
-        key = stream.encode()
-        raw = state.store(MONITOR_STORE).get(partition, key)
-        cached = self._cache.pop((key, partition), None)
-        if cached is not None and raw is not None and (cached[0] is raw or cached[0] == raw):
-            monitor: StreamMonitor = cached[1]
+        cached, document = self._stored(stream.encode(), partition, state, "monitor", stream)
+        if cached is not None:
+            monitor: StreamMonitor = cached
             return monitor
         monitor = self._new_monitor(stream, partition)
-        if raw is None:
-            return monitor
-        document = self._decode(raw, f"monitor {stream}/{partition}")
         if document is None:
-            return monitor
-        if document.get("layout") != _LAYOUT or document.get("reference") != (
-            self.reference.fingerprint
-        ):
-            log.warning("drift state was for another reference; starting afresh",
-                        extra=fields(stream=stream, partition=partition))  # fmt: skip
-            self.metrics.state_resets.labels("reference").inc()
             return monitor
         same_detectors = (
             document.get("river") == RIVER_VERSION
