@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -66,6 +67,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from services.demo import claims, report
@@ -245,8 +247,8 @@ class Soak:
         broker = LocalBroker(run_dir=self.dir / "kafka", port=self.args.port or free_port())
         broker.stop()
         broker.wipe()
+        self.broker = broker  # before start(): an interrupt while it starts must stop it too
         broker.start()
-        self.broker = broker
         self.say(f"broker up at {broker.bootstrap} (data in {broker.run_dir})")
 
     def kafka(self) -> Any:
@@ -474,8 +476,8 @@ class Soak:
         self.say(f"run dir {self.dir}; {self.args.minutes:g} min at {self.args.rate:g} events/s, "
                  f"event time x{self.compression:.0f} (retention full after "
                  f"{self.full_at:.0f}s)")  # fmt: skip
-        self.start_broker()
         try:
+            self.start_broker()
             self.provision()
             self.start_services(self.models())
             self.changelog_config = self.compress_changelogs() if self.args.changelog_time else {}
@@ -519,6 +521,8 @@ class Soak:
             observer.join(15)
             return self.summarise(producer, observer)
         finally:
+            for stop in (signal.SIGINT, signal.SIGTERM):  # a second signal must not cut cleanup
+                signal.signal(stop, signal.SIG_IGN)
             self._halt.set()
             if self.producer is not None:
                 self.producer.stop()
@@ -844,8 +848,19 @@ def main() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    result = Soak(args).run()
+    # SIGTERM (a job runner's stop, `kill`) stops the run like Ctrl-C: the services and the
+    # broker run in sessions of their own, so only the soak's cleanup reaches them.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = Soak(args).run()
+    except KeyboardInterrupt:
+        print("soak interrupted: stopped the services and the broker it started", file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps(result, default=str))
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
