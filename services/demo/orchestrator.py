@@ -267,7 +267,7 @@ class Demo:
     def _train(self) -> Path:
         """Signed models from the cache outside the repository (trained on the first run
         with these inputs only), copied into the run's directory."""
-        from services.scorer.training import PRIMARY_NAME
+        from services.demo.models import PRIMARY_NAME
 
         plan = self.plan
         cache = self._model_cache()
@@ -680,7 +680,9 @@ class Demo:
         self.scraper.stop()
         self.observer.stop()
         self.observer.join(10)
+        self._phase("stop_workers")
         summary = self._summarise()
+        self._phase("summary")
         self._write_report(summary)
         self._print(summary)
         return summary
@@ -717,7 +719,7 @@ class Demo:
         )
         summary = claims.evaluate(sent, seen)
         summary.figures["dlq_reasons"] = {t: dict(c) for t, c in obs.dlq_reasons.items() if c}
-        summary.figures["phases_s"] = dict(self.phases)
+        summary.figures["phases_s"] = self.phases  # "summary" is added once it is done
         summary.figures["producer"] = {
             "valid": stats.valid_sent,
             "duplicates": stats.duplicates_sent,

@@ -105,6 +105,22 @@ def test_alerts_are_read_generically_from_topics_and_metrics() -> None:
     assert fired and 30 < fired[0].wall_s <= 30 + scenarios.DUPLICATE_WINDOW_S
 
 
+def test_the_model_cache_key_and_primary_name_match_the_training_module() -> None:
+    # The demo finds the training sources without importing them (a second of CPU per run).
+    import hashlib
+    from pathlib import Path
+
+    from services.demo import models
+    from services.scorer import calibration, training
+    from streamml import synthetic
+
+    digest = hashlib.sha256()
+    for module in (training, calibration, synthetic):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    assert models._source_digest() == digest.hexdigest()
+    assert models.PRIMARY_NAME == training.PRIMARY_NAME
+
+
 def test_a_partition_stalled_behind_its_topic_with_nothing_unread_is_a_freshness_alert() -> None:
     def scrape(t: float, p0: float, lag0: float = 1.0) -> tuple[float, Any]:
         return (
