@@ -49,6 +49,11 @@ counts as a duplicate storm: 5x the demo's ordinary 3 % of producer retries."""
 
 DUPLICATE_WINDOW_S = 5.0
 
+DUPLICATE_MIN_RECORDS = 100
+"""Records the features service must have read over the window before its share dropped
+is judged: at start-up a scrape can see a handful of records, and one producer retry among
+six is 16 %."""
+
 FRESHNESS_DETECTORS = frozenset({"stale_partition", "stuck_value"})
 
 LABEL_STALL_EVENT_S = 180.0
@@ -338,6 +343,11 @@ def duplicate_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Aler
 
     >>> duplicate_alerts([(0, 0, 0), (8, 30, 1000), (16, 330, 2000)])[0].wall_s
     16
+
+    Too few records to judge (the first scrapes of a run) is no alert:
+
+    >>> duplicate_alerts([(0, 0, 0), (3, 1, 6), (5, 2, 12)])
+    []
     """
     out = []
     start = 0
@@ -346,7 +356,7 @@ def duplicate_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Aler
         while start + 1 < index and samples[start + 1][0] <= wall_s - DUPLICATE_WINDOW_S:
             start += 1
         _, dropped0, records0 = samples[start]
-        if records - records0 > 0:
+        if records - records0 >= DUPLICATE_MIN_RECORDS:
             share = (dropped - dropped0) / (records - records0)
             if share > DUPLICATE_ALERT_SHARE:
                 out.append(Alert("duplicates", wall_s, "metrics", f"{share:.0%} dropped"))
