@@ -5,11 +5,13 @@ local broker (four service processes, the producer, the observer: see
 :mod:`services.demo.scenarios`), with a fresh topic prefix per run. Runs of the same seed
 go together and ``--jobs`` of them at a time, so the scenarios of a round share the
 machine's load (the control run of each seed is the same-run baseline: every alert in it
-is a false alarm). The models are trained once (``--model-seed``) and cached; the first
-run goes alone to fill the caches. A scenario that only labels reveal (concept drift) runs
-on after its injection until its labels can have come (60 minutes of event time, 90 s at
-the default rate; see ``run_length`` in :mod:`services.demo.scenarios`), injected at the
-same point as the others.
+is a false alarm). The models are trained once (``--model-seed``) and cached. A
+scenario that only labels reveal (concept drift) runs on after its injection until its
+labels can have come (60 minutes of event time, 90 s at the default rate; see
+``run_length`` in :mod:`services.demo.scenarios`), injected at the same point as the
+others. The suite fills the model and reference caches before the runs
+(:func:`fill_caches`), and each run's ``phases_s`` (broker and topics, models, services
+ready, traffic, drain, start and stop) says where its wall time went.
 
 Figures (the last line, one JSON object):
 
@@ -90,6 +92,10 @@ def run_one(args: argparse.Namespace, bootstrap: str, scenario: str, seed: int) 
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         result.update(summary["figures"]["scenario"])
+        phases = dict(summary["figures"].get("phases_s") or {})
+        # the rest: the demo's start (imports), the summary and report, stopping services
+        phases["start_and_stop"] = round(result["wall_s"] - sum(phases.values()), 2)
+        result["phases_s"] = phases
     except (OSError, ValueError, KeyError) as exc:
         result["error"] = f"no scenario outcome in {run_dir}: {exc}"
     print(
@@ -102,12 +108,39 @@ def run_one(args: argparse.Namespace, bootstrap: str, scenario: str, seed: int) 
     return result
 
 
+def fill_caches(args: argparse.Namespace, names: list[str]) -> None:
+    """Train the demo models and build the drift reference of every run length once, here,
+    before the runs (which then only copy them): the runs no longer wait for a first run
+    that fills the caches alone, and no two runs build the same reference at once."""
+    from services.demo.models import PRIMARY_NAME, ModelCache, cache_root
+
+    cache = ModelCache(events=DemoPlan.train_events, seed=args.model_seed, root=cache_root())
+    if not cache.ready:
+        cache.build()
+    primary = cache.path / "models" / PRIMARY_NAME / "1"
+    for name in names:
+        duration, _, _ = run_length(
+            SCENARIOS[name], duration_s=args.duration, inject_at=args.inject_at,
+            monitor_after=MONITOR_AFTER, compression=args.rate / EVENTS_PER_EVENT_S,
+        )  # fmt: skip
+        events = max(1, int(args.rate * duration))
+        if events > cache.events and not cache.has_reference(events):
+            cache.reference_for(events, primary)
+
+
 def _present(runs: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in runs if r.get(key) is not None]
 
 
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
+
+
+def _median_phases(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per phase of a run (``phases_s``), its median over the runs that reached it."""
+    phases = [r.get("phases_s", {}) for r in runs]
+    names = dict.fromkeys(name for p in phases for name in p)
+    return {name: _median([float(p[name]) for p in phases if name in p]) for name in names}
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -133,6 +166,12 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             ),
             "event_s_after_injection_needed": scenario.event_s_after or None,
             "false_alarms": sum(int(r.get("false_alarms") or 0) for r in mine),
+            "median_run_wall_s": _median(_present(mine, "wall_s")),
+            # clean traffic's largest gap of a read-up partition (before the injection)
+            "max_partition_gap_event_s": max(
+                _present(mine, "largest_partition_gap_event_s"), default=None
+            ),
+            "median_phases_s": _median_phases(mine),
             "errors": [r["error"] for r in mine if "error" in r],
         }
     failures = [r for r in runs if r["scenario"] != "control"]
@@ -207,11 +246,13 @@ def main() -> None:
         broker.start()
         bootstrap = broker.bootstrap
     try:
-        # seed-major order: the scenarios of one seed run side by side (interleaved rounds)
-        jobs = [(name, seed) for seed in seeds for name in names]
-        runs = [run_one(args, bootstrap, *jobs[0])]  # alone: trains/caches models, reference
+        fill_caches(args, names)
+        # Seed-major order: the scenarios of one seed run side by side (interleaved rounds);
+        # within a seed the longest runs first, so the suite does not end on one of them.
+        ordered = sorted(names, key=lambda name: -SCENARIOS[name].event_s_after)
+        jobs = [(name, seed) for seed in seeds for name in ordered]
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            runs += list(pool.map(lambda job: run_one(args, bootstrap, *job), jobs[1:]))
+            runs = list(pool.map(lambda job: run_one(args, bootstrap, *job), jobs))
     finally:
         if broker is not None:
             broker.stop()

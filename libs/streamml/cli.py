@@ -239,13 +239,20 @@ def asyncapi_command(
     sys.stdout.write(text)
 
 
-def _mount_commands() -> None:
-    """Mount every command group registered under ``streamml.commands`` (pyproject.toml).
+def _mount_commands(argv: Sequence[str] | None = None) -> None:
+    """Mount every command group registered under ``streamml.commands`` (pyproject.toml);
+    only the one ``argv`` names, when its first word is one (``streamml demo run ...``
+    imports no other service: the drift commands alone import river and scikit-learn,
+    seconds of every demo run's start on a busy machine).
 
     A service plugs its operator commands into ``streamml <service> ...`` this way, so the
     shared library never imports a service by name.
     """
-    for name, plugin in _plugins(COMMANDS_GROUP).items():
+    plugins = _plugins(COMMANDS_GROUP)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in plugins:
+        plugins = {words[0]: plugins[words[0]]}
+    for name, plugin in plugins.items():
         try:
             sub = plugin.load()
         except ModuleNotFoundError as exc:  # registered, but not in this installation
@@ -255,11 +262,11 @@ def _mount_commands() -> None:
         app.add_typer(sub, name=name)
 
 
-def _build() -> typer.Typer:
+def _build(argv: Sequence[str] | None = None) -> typer.Typer:
     from streamml.ops.cli import register
 
     register(app)
-    _mount_commands()
+    _mount_commands(argv)
     return app
 
 
@@ -272,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("streamml.broker").setLevel(logging.INFO)
     logging.getLogger("streamml.localregistry").setLevel(logging.INFO)
     try:
-        code = run_one_line(_build(), argv)
+        code = run_one_line(_build(argv), argv)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         code = EXIT_USAGE

@@ -44,13 +44,22 @@ def cache_root() -> Path:
     return cache_dir().parent.parent  # cache_dir() is <root>/kafka/<version>
 
 
+PRIMARY_NAME = "fraud-gbt"
+"""The primary model's name (:data:`services.scorer.training.PRIMARY_NAME`, not imported:
+see :func:`_source_digest`)."""
+
+
 def _source_digest() -> str:
-    from services.scorer import calibration, training
-    from streamml import synthetic
+    # The files are found, not imported: importing the training module (scikit-learn,
+    # skl2onnx) cost every demo run 1 s of CPU, and 50 s of wall time on a loaded machine,
+    # only to read its path. The same files in the same order: cache entries stay valid.
+    import importlib.util
 
     digest = hashlib.sha256()
-    for module in (training, calibration, synthetic):
-        digest.update(Path(str(module.__file__)).read_bytes())
+    for name in ("services.scorer.training", "services.scorer.calibration", "streamml.synthetic"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()
 
 
@@ -143,9 +152,6 @@ class ModelCache:
         """The drift reference (JSON document) over ``events`` events, for a run of that many
         events; the primary's own reference when ``events`` is no more than it was trained
         on. Built once per ``events`` and kept in the entry."""
-        from services.scorer.artifact import MODEL_FILE
-        from services.scorer.training import span_reference
-
         own: dict[str, Any] = json.loads((primary / "metadata.json").read_text())["reference"]
         if events <= self.events:
             return own
@@ -153,6 +159,9 @@ class ModelCache:
         if cached.exists():
             document: dict[str, Any] = json.loads(cached.read_text())
             return document
+        from services.scorer.artifact import MODEL_FILE
+        from services.scorer.training import span_reference
+
         reference = span_reference(
             events=events, seed=self.seed, model_bytes=(primary / MODEL_FILE).read_bytes()
         )

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
@@ -29,7 +30,7 @@ from rich.console import Console
 from rich.live import Live
 
 from services.demo import claims, report, scenarios, view
-from services.demo.observer import MetricsScraper, TopicObserver, total
+from services.demo.observer import MetricsScraper, SampleKey, TopicObserver, total
 from services.demo.plan import (
     CLOCK_FEATURES,
     DLQ_TOPICS,
@@ -58,6 +59,7 @@ class ServiceChild:
         self.name, self.env, self.port, self.log_path = name, env, port, log_path
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._terminated = False
 
     def start(self) -> None:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -89,12 +91,18 @@ class ServiceChild:
             return ""
         return " | ".join(text[-lines:])
 
+    def terminate(self) -> None:
+        """SIGTERM, once: the process begins its clean shutdown (:meth:`stop` waits)."""
+        if self.process is not None and self.process.poll() is None and not self._terminated:
+            self.process.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self) -> int | None:
-        """SIGTERM, wait, SIGKILL when it does not end; returns the exit code."""
+        """SIGTERM (unless sent already), wait, SIGKILL when it does not end; returns the
+        exit code."""
         code = None
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 code = self.process.wait(_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -129,6 +137,23 @@ def _moved_most(
         if points and claims.changed_by_drift(name.rsplit(" ", 1)[0])
     }
     return sorted(candidates.items(), key=lambda kv: -moved(kv[1]))[:keep]
+
+
+def _partition_marks(samples: Mapping[SampleKey, float]) -> scenarios.PartitionMarks:
+    """``(topic, partition) -> (event time read, consumer lag)`` from one scrape of the
+    performance service (partitions with an event time only)."""
+    times: dict[tuple[str, int], float] = {}
+    lags: dict[tuple[str, int], float] = {}
+    for (name, labels), value in samples.items():
+        if name == "streamml_performance_stream_event_time_seconds":
+            found = times
+        elif name == "streamml_consumer_lag":
+            found = lags
+        else:
+            continue
+        tags = dict(labels)
+        found[(tags.get("topic", ""), int(tags.get("partition", -1)))] = value
+    return {key: (value, lags.get(key, 0.0)) for key, value in times.items()}
 
 
 def scenario_claims(scenario: scenarios.Scenario, outcome: scenarios.Outcome) -> list[claims.Claim]:
@@ -183,9 +208,19 @@ class Demo:
         """Alerts seen outside the result topics: fail-stops, stopped services."""
         self.duplicate_samples: list[tuple[float, float, float]] = []
         self.stream_time_samples: list[tuple[float, float, float]] = []
+        self.partition_samples: list[tuple[float, scenarios.PartitionMarks]] = []
         self.stopped_early = False
+        self.phases: dict[str, float] = {}
+        self._phase_started = time.monotonic()
 
     # -- steps ------------------------------------------------------------------------
+
+    def _phase(self, name: str) -> None:
+        """Wall seconds of the step that just ended (``figures.phases_s`` of the summary:
+        where a run's time goes)."""
+        now = time.monotonic()
+        self.phases[name] = round(now - self._phase_started, 2)
+        self._phase_started = now
 
     def _say(self, message: str) -> None:
         self.console.print(f"[bold]demo[/bold] {message}")
@@ -232,7 +267,7 @@ class Demo:
     def _train(self) -> Path:
         """Signed models from the cache outside the repository (trained on the first run
         with these inputs only), copied into the run's directory."""
-        from services.scorer.training import PRIMARY_NAME
+        from services.demo.models import PRIMARY_NAME
 
         plan = self.plan
         cache = self._model_cache()
@@ -381,11 +416,16 @@ class Demo:
             self._prepare_dirs()
             self._start_broker()
             self._provision()
+            self._phase("broker_and_topics")
             reference = self._drift_reference(self._train())
+            self._phase("models")
             self._start_services(reference)
+            self._phase("services_ready")
             self._feed_and_watch()
+            self._phase("traffic")
             if not self.interrupted and not self.stopped_early:
                 self._drain()
+                self._phase("drain")
         except KeyboardInterrupt:
             self.interrupted = True
             self._say("interrupted: stopping everything")
@@ -518,7 +558,9 @@ class Demo:
 
     def _sample_stream_times(self, started_wall: float) -> None:
         """The performance service's furthest event time per input stream (predictions,
-        labels), once per scrape: what :func:`scenarios.label_stall_alerts` judges."""
+        labels) and per partition with its consumer lag, once per scrape: what
+        :func:`scenarios.label_stall_alerts` and :func:`scenarios.partition_stall_alerts`
+        judge."""
         performance = self.scraper.views.get("performance") if self.scraper else None
         if performance is None or not performance.up:
             return
@@ -535,6 +577,7 @@ class Demo:
                     marks[stream] = max(mark, value)
         if marks["predictions"] > 0 and marks["labels"] > 0:
             self.stream_time_samples.append((at, marks["predictions"], marks["labels"]))
+        self.partition_samples.append((at, _partition_marks(performance.samples)))
 
     def _stopped(self, dead: list[str]) -> None:
         """A service stopped during a scenario: an alert (the run ends here)."""
@@ -580,6 +623,7 @@ class Demo:
             *scenarios.slo_alerts(moved(self.observer.slo_alerts)),
             *scenarios.duplicate_alerts(self.duplicate_samples),
             *scenarios.label_stall_alerts(self.stream_time_samples),
+            *scenarios.partition_stall_alerts(self.partition_samples),
             *(
                 scenarios.Alert("validation", seen + shift, topic, reason)
                 for seen, topic, reason in self.observer.dead_letters
@@ -636,7 +680,9 @@ class Demo:
         self.scraper.stop()
         self.observer.stop()
         self.observer.join(10)
+        self._phase("stop_workers")
         summary = self._summarise()
+        self._phase("summary")
         self._write_report(summary)
         self._print(summary)
         return summary
@@ -673,6 +719,7 @@ class Demo:
         )
         summary = claims.evaluate(sent, seen)
         summary.figures["dlq_reasons"] = {t: dict(c) for t, c in obs.dlq_reasons.items() if c}
+        summary.figures["phases_s"] = self.phases  # "summary" is added once it is done
         summary.figures["producer"] = {
             "valid": stats.valid_sent,
             "duplicates": stats.duplicates_sent,
@@ -688,6 +735,10 @@ class Demo:
         if self.scenario is not None:
             outcome = self._scenario_outcome()
             summary.figures["scenario"] = outcome.as_json()
+            before = None if self.scenario.name == "control" else stats.drift_wall_s
+            summary.figures["scenario"]["largest_partition_gap_event_s"] = (
+                scenarios.largest_partition_gap(self.partition_samples, before)
+            )
             kept = [c for c in summary.claims if c.name == "run completed"]
             summary.claims = [*scenario_claims(self.scenario, outcome), *kept]
         return summary
@@ -759,7 +810,13 @@ class Demo:
             if worker is not None:
                 worker.stop()
         codes = {}
-        for child in self.children:  # pipeline order: upstream stops first
+        # Every service begins its shutdown at once (the summary is written already), in
+        # pipeline order, upstream first; then each is waited for. One after the other,
+        # the shutdowns (a last transaction, a consumer leaving its group) added seconds
+        # to every run of the silent-failure suite.
+        for child in self.children:
+            child.terminate()
+        for child in self.children:
             codes[child.name] = child.stop()
         if codes:
             self._say("services stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))

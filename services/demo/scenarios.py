@@ -12,8 +12,9 @@ validation a record on a dead-letter topic (``*.dlq``)
 fail_stop  a service that stopped (its fail-stop circuit) during the run
 drift      an alert-severity episode on ``drift.alerts`` (window tests, detectors)
 freshness  a ``drift.alerts`` episode of signal ``freshness`` (stale partition, stuck value),
-           or the labels stream stalled behind the predictions in the performance
-           service's per-stream event time (metrics; :func:`label_stall_alerts`)
+           the labels stream stalled behind the predictions, or one partition stalled
+           behind its topic's others, in the performance service's per-partition event
+           time (metrics; :func:`label_stall_alerts`, :func:`partition_stall_alerts`)
 slo        an open ``performance.alerts`` record on a realized (label-based) metric
 estimated  an open ``performance.alerts`` record whose kind names an estimate
 duplicates the features service's dropped duplicates over a few seconds above
@@ -48,6 +49,11 @@ counts as a duplicate storm: 5x the demo's ordinary 3 % of producer retries."""
 
 DUPLICATE_WINDOW_S = 5.0
 
+DUPLICATE_MIN_RECORDS = 100
+"""Records the features service must have read over the window before its share dropped
+is judged: at start-up a scrape can see a handful of records, and one producer retry among
+six is 16 %."""
+
 FRESHNESS_DETECTORS = frozenset({"stale_partition", "stuck_value"})
 
 LABEL_STALL_EVENT_S = 180.0
@@ -59,6 +65,23 @@ so normally the labels stream is level with the predictions or ahead of them."""
 LABEL_STALL_FOR_S = 2.0
 """Wall seconds the lag must stay over the limit (a Prometheus ``for:``), so one scrape
 taken while the service read a backlog of one topic before the other is not an alert."""
+
+PARTITION_STALL_EVENT_S = 120.0
+"""Event-time seconds a partition of an input topic of the performance service may fall
+behind the newest partition of the same topic, with nothing left to read on it (consumer
+lag at most :data:`PARTITION_STALL_MAX_LAG`), before it counts as a partition whose events
+stopped. Partitions are read in the same micro-batches, so in step they differ by a batch
+(~10 s of event time at the demo's x40); a partition read behind (a backlog) has lag, so
+it is not stopped but unread."""
+
+PARTITION_STALL_MAX_LAG = 1.0
+"""Records left to read on a partition that counts as read to its end: the transaction
+marker that closes a transactionally written partition stays after its last record
+(consumer lag 1 at rest, seen on every fully read predictions partition)."""
+
+PARTITION_STALL_FOR_S = 2.0
+"""Wall seconds a partition must stay stalled (a Prometheus ``for:``): ~80 s of event time
+at x40, so one scrape between two batches is not an alert."""
 
 LABEL_WAIT_EVENT_S = 3600.0
 """Event time a label-based signal needs after the injection. Labels come at a lognormal
@@ -320,6 +343,11 @@ def duplicate_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Aler
 
     >>> duplicate_alerts([(0, 0, 0), (8, 30, 1000), (16, 330, 2000)])[0].wall_s
     16
+
+    Too few records to judge (the first scrapes of a run) is no alert:
+
+    >>> duplicate_alerts([(0, 0, 0), (3, 1, 6), (5, 2, 12)])
+    []
     """
     out = []
     start = 0
@@ -328,7 +356,7 @@ def duplicate_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Aler
         while start + 1 < index and samples[start + 1][0] <= wall_s - DUPLICATE_WINDOW_S:
             start += 1
         _, dropped0, records0 = samples[start]
-        if records - records0 > 0:
+        if records - records0 >= DUPLICATE_MIN_RECORDS:
             share = (dropped - dropped0) / (records - records0)
             if share > DUPLICATE_ALERT_SHARE:
                 out.append(Alert("duplicates", wall_s, "metrics", f"{share:.0%} dropped"))
@@ -364,6 +392,73 @@ def label_stall_alerts(samples: Sequence[tuple[float, float, float]]) -> list[Al
             out.append(Alert("freshness", wall_s, "metrics", detail))
             break
     return out
+
+
+PartitionMarks = Mapping[tuple[str, int], tuple[float, float]]
+"""``(topic, partition) -> (largest event time read, s; consumer lag, records)``."""
+
+
+def partition_stall_alerts(samples: Sequence[tuple[float, PartitionMarks]]) -> list[Alert]:
+    """``(wall_s, marks)`` scrapes of the performance service -> an alert once a partition
+    has stayed more than :data:`PARTITION_STALL_EVENT_S` behind its topic's newest partition,
+    with nothing unread on it, for :data:`PARTITION_STALL_FOR_S`.
+
+    The same rule as ``StreamMLPartitionStalled`` in k8s/monitoring/alerts.yml, at the
+    demo's compressed time scale. Judged at every scrape (a second), on the event time each
+    partition reached, not on closed drift windows: the drift service's ``stale_partition``
+    needs two of its 3-minute windows to pass without the partition (3 to 6 minutes of event
+    time, plus the lag of getting window reports through its two stages).
+
+    >>> def marks(t, stopped_at=None, lag=1):
+    ...     p0 = 1000.0 + 40 * (t if stopped_at is None else min(t, stopped_at))
+    ...     return (t, {("predictions", 0): (p0, lag), ("predictions", 1): (1000.0 + 40 * t, 0)})
+    >>> partition_stall_alerts([marks(t) for t in range(10)])
+    []
+    >>> [a.wall_s for a in partition_stall_alerts([marks(t, stopped_at=2) for t in range(10)])]
+    [8]
+    >>> partition_stall_alerts([marks(t, stopped_at=2, lag=500) for t in range(10)])  # unread
+    []
+    """
+    since: dict[tuple[str, int], float] = {}
+    for wall_s, marks in samples:
+        newest: dict[str, float] = {}
+        for (topic, _), (event_s, _) in marks.items():
+            newest[topic] = max(newest.get(topic, event_s), event_s)
+        for key, (event_s, lag) in sorted(marks.items()):
+            behind = newest[key[0]] - event_s
+            if behind <= PARTITION_STALL_EVENT_S or lag > PARTITION_STALL_MAX_LAG:
+                since.pop(key, None)
+                continue
+            started = since.setdefault(key, wall_s)
+            if wall_s - started >= PARTITION_STALL_FOR_S:
+                detail = (f"{key[0]} partition {key[1]} {behind:.0f} s of event time behind, "
+                          "nothing unread")  # fmt: skip
+                return [Alert("freshness", wall_s, "metrics", detail)]
+    return []
+
+
+def largest_partition_gap(
+    samples: Sequence[tuple[float, PartitionMarks]], until_wall_s: float | None = None
+) -> float | None:
+    """The largest event-time gap (s) of a partition read to its end behind its topic's
+    newest partition in the scrapes before ``until_wall_s``: the margin the clean traffic
+    leaves under :data:`PARTITION_STALL_EVENT_S`.
+
+    >>> largest_partition_gap([(1.0, {("p", 0): (100.0, 1), ("p", 1): (130.0, 0)}),
+    ...                        (2.0, {("p", 0): (100.0, 900), ("p", 1): (400.0, 0)})])
+    30.0
+    """
+    gap: float | None = None
+    for wall_s, marks in samples:
+        if until_wall_s is not None and wall_s >= until_wall_s:
+            break
+        newest: dict[str, float] = {}
+        for (topic, _), (event_s, _) in marks.items():
+            newest[topic] = max(newest.get(topic, event_s), event_s)
+        for (topic, _), (event_s, lag) in marks.items():
+            if lag <= PARTITION_STALL_MAX_LAG:
+                gap = max(gap or 0.0, newest[topic] - event_s)
+    return gap
 
 
 def event_time_at(timeline: Sequence[tuple[float, int]], wall_s: float) -> int | None:
@@ -473,14 +568,26 @@ def outcome(
 # -- faulty model versions ----------------------------------------------------------
 
 
+HELD_OUT_EVENTS = 5000
+"""Synthetic events (of another seed than any training set) a scenario's model version is
+judged on, as training judges every version on its held-out rows: its calibration map
+(fitted on the first half, judged on the second: ~45 positives there, over the 20 a
+judgement needs) and its validation metrics."""
+
+
 def prepare_model(kind: str, models_dir: Path, keys_dir: Path, seed: int) -> tuple[str, str]:
     """Train and sign the version a model scenario promotes; returns (name, version).
 
     ``worse``: the primary's algorithm trained on 1,500 events only, dated a year back
-    (an old version someone promotes by mistake). ``collapse``: a logistic regression so
-    regularised that it returns the base rate for everything (a broken training job
-    whose output still verifies). Both are signed with the run's key and carry the
-    primary's feature set, so the scorer accepts them: only monitoring can tell.
+    (an old version someone promotes by mistake). ``collapse``: a logistic regression
+    fitted on all-zero inputs, so it returns its training base rate for everything (a
+    broken training job whose output still verifies). Both are signed with the run's key
+    and carry the primary's feature set, so the scorer accepts them: only monitoring can
+    tell. Each
+    carries its own calibration map and validation metrics, measured on
+    :data:`HELD_OUT_EVENTS` held-out events as training measures every version's, so the
+    performance service estimates its quality from its own map; the decision threshold,
+    the reference and the training details are the primary's (version 1's).
     """
     import json
 
@@ -489,11 +596,14 @@ def prepare_model(kind: str, models_dir: Path, keys_dir: Path, seed: int) -> tup
     from sklearn.linear_model import LogisticRegression
 
     from services.scorer.artifact import load_private_key, next_version, write_version
+    from services.scorer.calibration import fit_calibration
     from services.scorer.metadata import ModelMetadata
     from services.scorer.training import (
         PRIMARY_NAME,
         PRIMARY_PARAMS,
         _export,
+        _metrics,
+        _onnx_scores,
         build_training_set,
     )
 
@@ -506,19 +616,31 @@ def prepare_model(kind: str, models_dir: Path, keys_dir: Path, seed: int) -> tup
     elif kind == "collapse":
         matrix = build_training_set(2000, seed + 13)
         estimator = LogisticRegression(C=1e-9, max_iter=200)
-        algorithm, created = "LogisticRegression(C=1e-9)", now
+        algorithm, created = "LogisticRegression (all-zero inputs)", now
     else:
         raise ValueError(f"no model scenario {kind!r}")
     assert matrix.labels is not None
-    estimator.fit(matrix.values.astype(np.float32).astype(np.float64), matrix.labels)
+    inputs = matrix.values.astype(np.float32).astype(np.float64)
+    if kind == "collapse":
+        # The broken job trained on an all-zero matrix: every weight is 0, so the version
+        # returns its training base rate (one constant score) whatever the event.
+        inputs = np.zeros_like(inputs)
+    estimator.fit(inputs, matrix.labels)
     template = json.loads((models_dir / PRIMARY_NAME / "1" / "metadata.json").read_text())
+    model_bytes = _export(estimator, len(matrix.names))
+    held_out = build_training_set(HELD_OUT_EVENTS, seed + 17)
+    assert held_out.labels is not None
+    order = np.argsort(held_out.event_times, kind="stable")  # calibration: by event time
+    y = held_out.labels[order]
+    scores = _onnx_scores(model_bytes, held_out.values[order].astype(np.float32))
     version = next_version(models_dir, PRIMARY_NAME)
     template.update(
         model_version=version,
         algorithm=algorithm,
         created_at=created.isoformat(timespec="seconds"),
+        metrics=_metrics(y, scores, float(template["threshold"])),
+        calibration=fit_calibration(scores, y).model_dump(),
     )
     key = load_private_key(keys_dir / "signing.key")
-    model_bytes = _export(estimator, len(matrix.names))
     write_version(models_dir, model_bytes, ModelMetadata.model_validate(template), key)
     return PRIMARY_NAME, version

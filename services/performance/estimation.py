@@ -130,10 +130,23 @@ class ScoreSums:
 
 def expected_roc_auc(bins: Mapping[int, list[float]]) -> float | None:
     """Area under the expected ROC curve of score bins ``bin -> [count, sum p]`` (a higher
-    bin holds higher scores); None when the expected positives or negatives are zero."""
+    bin holds higher scores); 0.5 when every score is in one bin; else None when the
+    expected positives or negatives are zero.
+
+    Scores in one bin are all tied: whatever the labels, every positive-negative pair is a
+    tie, so the AUC of any labeled window with both classes is 0.5, even where the map
+    expects no positive at all (a constant score where the held-out rows had no fraud).
+
+    >>> expected_roc_auc({7: [400, 8.0]}), expected_roc_auc({7: [400, 0.0]})
+    (0.5, 0.5)
+    >>> expected_roc_auc({1: [200, 0.0], 7: [200, 0.0]}) is None
+    True
+    """
     # In bin order, never dict order: a mirror rebuilt from the store holds the same bins
     # in another order, and float sums must come out bit-identical (replays, restarts).
     ordered = [bins[b] for b in sorted(bins, reverse=True)]
+    if len(ordered) == 1 and ordered[0][0] > 0:
+        return 0.5
     positives = sum(c[1] for c in ordered)
     negatives = sum(c[0] - c[1] for c in ordered)
     if positives <= 0.0 or negatives <= 0.0:

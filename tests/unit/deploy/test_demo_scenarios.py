@@ -105,6 +105,51 @@ def test_alerts_are_read_generically_from_topics_and_metrics() -> None:
     assert fired and 30 < fired[0].wall_s <= 30 + scenarios.DUPLICATE_WINDOW_S
 
 
+def test_the_model_cache_key_and_primary_name_match_the_training_module() -> None:
+    # The demo finds the training sources without importing them (a second of CPU per run).
+    import hashlib
+    from pathlib import Path
+
+    from services.demo import models
+    from services.scorer import calibration, training
+    from streamml import synthetic
+
+    digest = hashlib.sha256()
+    for module in (training, calibration, synthetic):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    assert models._source_digest() == digest.hexdigest()
+    assert models.PRIMARY_NAME == training.PRIMARY_NAME
+
+
+def test_a_partition_stalled_behind_its_topic_with_nothing_unread_is_a_freshness_alert() -> None:
+    def scrape(t: float, p0: float, lag0: float = 1.0) -> tuple[float, Any]:
+        return (
+            t,
+            {
+                ("predictions", 0): (p0, lag0),
+                ("predictions", 1): (1000 + 40 * t, 0.0),
+                ("labels", 0): (900 + 40 * t, 0.0),
+                ("labels", 1): (900 + 40 * t, 0.0),
+            },
+        )
+
+    # In step, or behind by a batch (a few scrapes, 2 s of wall time): no alert.
+    assert scenarios.partition_stall_alerts([scrape(t, 1000 + 40 * t) for t in range(60)]) == []
+    jitter = [scrape(t, 1000 + 40 * t - (100 if t % 7 == 0 else 0)) for t in range(60)]
+    assert scenarios.partition_stall_alerts(jitter) == []
+    # Partition 0 stops at t = 10: over the limit once 3 s on, alert after the 2-s hold.
+    stopped = [scrape(t / 2, 1000 + 40 * min(t / 2, 10.0)) for t in range(60)]
+    fired = scenarios.partition_stall_alerts(stopped)
+    assert [(a.signal, a.source) for a in fired] == [("freshness", "metrics")]
+    limit_s = 10 + scenarios.PARTITION_STALL_EVENT_S / 40
+    assert limit_s + scenarios.PARTITION_STALL_FOR_S <= fired[0].wall_s <= limit_s + 3
+    assert "predictions partition 0" in fired[0].detail
+    # The same gap with records still to read on the partition (a backlog read unevenly):
+    # it is behind, not stopped.
+    unread = [scrape(t / 2, 1000 + 40 * min(t / 2, 10.0), lag0=500) for t in range(60)]
+    assert scenarios.partition_stall_alerts(unread) == []
+
+
 def test_outcome_splits_false_alarms_from_the_detection_and_times_it_in_both_clocks() -> None:
     timeline = [(0.0, 0), (10.0, 400_000), (20.0, 800_000)]
     alerts = [

@@ -107,6 +107,28 @@ def test_an_uncalibrated_model_says_so_instead_of_estimating() -> None:
     assert estimate(ScoreSums(), min_predictions=2)["estimate_status"] == TOO_FEW
 
 
+def test_all_tied_scores_estimate_an_auc_of_one_half_whatever_the_map() -> None:
+    # A collapsed model: one constant score. Its own map (the base rate) and a map that
+    # gives that score p = 0 (no expected positive) alike: every pair is a tie, AUC 0.5,
+    # as the realized AUC of any labels with both classes is.
+    rng = np.random.default_rng(7)
+    for rate in (0.018, 0.0):
+        sums = ScoreSums()
+        for _ in range(2000):
+            sums.add(rate, False, 3)
+        est = estimate(sums, min_predictions=100)
+        assert est["estimate_status"] == CALIBRATED
+        assert est["estimated_roc_auc"] == 0.5
+        assert (est["estimated_positive_rate"], est["estimated_precision"]) == (0.0, 0.0)
+    labels = (rng.uniform(size=2000) < 0.018).astype(int)
+    assert roc_auc_score(labels, np.full(2000, 0.0085)) == 0.5
+    # Two bins with no expected positive still have no AUC (nothing says how they order).
+    none = ScoreSums()
+    for score_bin in (1, 2):
+        none.add(0.0, False, score_bin)
+    assert estimate(none, min_predictions=1)["estimated_roc_auc"] is None
+
+
 def test_sums_survive_packing_and_merge_additively() -> None:
     one, two = ScoreSums(), ScoreSums()
     for i, target in enumerate((one, two, one, two, one)):
