@@ -42,9 +42,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if chosen[False]:
             config.hook.pytest_deselected(items=chosen[False])
             items[:] = chosen[True]
-    if config.getoption("dist", default="no") == "loadgroup":  # pytest-xdist
+    # pytest-xdist's --dist loadgroup (its workers see it as the loadgroup flag)
+    if config.getoption("dist", default="no") == "loadgroup" or getattr(
+        config.option, "loadgroup", False
+    ):
         for item, group in _worker_groups(items).items():
             item.add_marker(pytest.mark.xdist_group(group))
+            # xdist's scheduler learns the group from an "@group" suffix it writes into
+            # item._nodeid, which pytest 9.2 no longer reads (its ids are NodeId objects:
+            # pytest-xdist#1386, grouping is silently off); the suffix goes where it reads.
+            node_id = getattr(item, "_id", None)
+            if node_id is not None and hasattr(node_id, "parse"):
+                item._id = node_id.parse(f"{node_id}@{group}")
 
 
 def _worker_groups(items: list[pytest.Item]) -> dict[pytest.Item, str]:
