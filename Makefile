@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo        set up everything and run the pipeline end to end (DURATION=$(DURATION)s)"
-	@echo "make test        set up and run every test (starts and stops its own broker)"
+	@echo "make test        set up and run every test (two workers, each its own broker; TEST_WORKERS=2)"
 	@echo "make lint        ruff (lint + format check) and mypy"
 	@echo "make bench       run the benchmarks against a local broker"
 	@echo "make test-containers  the image and the compose stack under podman (tests/containers)"
@@ -60,12 +60,32 @@ registry-down: venv
 demo: venv
 	$(BIN)/streamml demo run --duration $(DURATION)
 
-# The session fixture starts one broker on a free port and stops it at the end
-# (or uses KAFKA_BOOTSTRAP_SERVERS when it is set). The docstrings' examples of libs/ and
-# services/ run first (a separate run: --doctest-modules over tests/ would import its
-# helper apps as modules).
+# `make test` and `make test-integration` run in two phases: every test but those marked
+# serial on TEST_WORKERS pytest-xdist workers (each worker a session of its own: its own
+# broker on a free port, or all of them on KAFKA_BOOTSTRAP_SERVERS when it is set), then
+# the serial ones alone (the soak; see docs/decisions/parallel-tests.md). TEST_WORKERS=0
+# runs the first phase in one process. Both phases run even when the first fails; the exit
+# code is non-zero when either did (5, "no tests", is fine for one of them: PYTEST_ARGS may
+# select only one kind).
+TEST_WORKERS ?= 2
+define run_phases
+	@status=0; ran=0; \
+	for phase in parallel serial; do \
+	  case $$phase in parallel) workers="-n $(TEST_WORKERS) --dist loadgroup";; *) workers="";; esac; \
+	  echo "== $@: $$phase phase"; started=$$(date +%s); \
+	  $(BIN)/python -m pytest --phase $$phase $$workers $(1) $(PYTEST_ARGS); rc=$$?; \
+	  echo "== $@: $$phase phase took $$(( $$(date +%s) - started ))s (exit $$rc," \
+	       "load average $$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null))"; \
+	  case $$rc in 0) ran=1;; 5) ;; *) status=$$rc;; esac; \
+	done; \
+	if [ $$status -eq 0 ] && [ $$ran -eq 0 ]; then status=5; fi; \
+	exit $$status
+endef
+
+# The docstrings' examples of libs/ and services/ run first (a separate run:
+# --doctest-modules over tests/ would import its helper apps as modules).
 test: venv doctest
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(call run_phases,)
 
 test-unit: venv doctest
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
@@ -74,7 +94,7 @@ doctest: venv
 	$(BIN)/python -m pytest -p no:cacheprovider --doctest-modules libs services
 
 test-integration: venv
-	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+	$(call run_phases,-m integration)
 
 # The stack in containers under podman (tests/containers; needs podman and runc).
 test-containers: venv

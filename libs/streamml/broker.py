@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -108,11 +110,29 @@ def stop_pid(
         process.wait()
 
 
+@contextlib.contextmanager
+def cache_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a cache ``directory`` (a ``.<name>.lock`` file beside it)
+    while it is filled: processes that fetch at once (test workers on a cold cache) take
+    turns, and the later ones find the first one's complete marker."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with (directory.parent / f".{directory.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def fetch_kafka_jars(*, quiet: bool = True) -> Path:
     """Download Kafka and its runtime dependencies once; return the directory of jars."""
     libs = cache_dir() / "libs"
     if (libs / _COMPLETE_MARKER).exists():
         return libs
+    with cache_lock(libs):
+        if (libs / _COMPLETE_MARKER).exists():  # fetched while this process waited
+            return libs
+        return _fetch_kafka_jars(libs, quiet=quiet)
+
+
+def _fetch_kafka_jars(libs: Path, *, quiet: bool) -> Path:
     mvn = require_tool(
         "mvn", "install Maven 3 (Debian/Ubuntu: apt-get install maven) to fetch Kafka"
     )

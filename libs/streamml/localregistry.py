@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamml.broker import alive_pid, free_port, require_tool, stop_pid
+from streamml.broker import alive_pid, cache_lock, free_port, require_tool, stop_pid
 from streamml.errors import BrokerError
 from streamml.tls import LocalCA
 
@@ -51,6 +51,13 @@ def fetch_registry() -> Path:
     home = registry_cache_dir()
     if (home / _COMPLETE_MARKER).exists():
         return _runner(home)
+    with cache_lock(home):
+        if (home / _COMPLETE_MARKER).exists():  # fetched while this process waited
+            return _runner(home)
+        return _fetch_registry(home)
+
+
+def _fetch_registry(home: Path) -> Path:
     mvn = require_tool(
         "mvn", "install Maven 3 (Debian/Ubuntu: apt-get install maven) to fetch the registry"
     )

@@ -40,7 +40,7 @@ from streamml.settings import KafkaSettings
 from tests.conftest import RegistryEndpoint
 from tests.kafkatest import consume_all, create_topics
 
-pytestmark = [pytest.mark.integration, pytest.mark.consumers]
+pytestmark = [pytest.mark.integration, pytest.mark.consumers, pytest.mark.serial]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples" / "consumers"
