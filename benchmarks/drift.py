@@ -50,6 +50,7 @@ from streamml.testkit import (  # noqa: E402
     create_topics,
     free_port,
     produce,
+    wait_until,
 )
 
 FEATURES = 20
@@ -112,15 +113,21 @@ def measure_service(bootstrap: str, n_records: int, partitions: int) -> dict[str
         try:
             proc.wait_ready(120)
             windows = n_records * STEP_MS // 5_000 - 1  # the last window stays open
-            reports = consume_all(bootstrap, f"{prefix}drift.windows",
-                                  expect=windows * partitions, timeout_s=600)  # fmt: skip
+
+            def closed() -> list[tuple[int, dict[str, Any]]]:
+                """Window reports (not detection or progress reports), by time written."""
+                topic = f"{prefix}drift.windows"
+                found = [
+                    (m.timestamp()[1], codec.decode(m.value(), "DriftWindowReport", topic=topic))
+                    for m in consume_all(bootstrap, topic, idle_s=1, timeout_s=60)
+                ]
+                return [(at, r) for at, r in found if r["kind"] == "window"]  # fmt: skip
+
+            wait_until(lambda: len(closed()) >= windows * partitions, 600,
+                       "every window is reported", interval_s=1.0)  # fmt: skip
+            decoded = sorted(closed(), key=lambda pair: pair[0])
         finally:
             proc.stop()
-    decoded = sorted(
-        ((m.timestamp()[1], codec.decode(m.value(), "DriftWindowReport", topic=m.topic()))
-         for m in reports),
-        key=lambda pair: pair[0],
-    )  # fmt: skip
     first_ms, last_ms = decoded[0][0], decoded[-1][0]
     records = sum(r["records"] for _, r in decoded[1:])
     elapsed = max((last_ms - first_ms) / 1000, 1e-9)

@@ -26,9 +26,10 @@ separate from the live ones, resolved once every pending replay window was teste
 replayed period is history: the alert says what it held).
 
 The closing order is the window order and every window decision is a function of merged
-counts, so those alerts do not depend on how the partitions' reports interleave (an
-immediate open comes from whichever partition fires first; unless
-the idle rule had to close a window early; that case is counted as late reports).
+counts; streaming firings are held until every other partition's mark (its event time
+so far) passed them, and taken with the window closes in one event-time order. So the
+alerts do not depend on how the partitions' reports interleave, unless an idle rule
+(``idle_windows``, ``detection_idle_windows``) had to let a window or firing go early.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.drift import stats
-from services.drift.monitor import DETECTION, FEATURES, PREDICTIONS
+from services.drift.monitor import DETECTION, FEATURES, PREDICTIONS, PROGRESS
 from services.drift.reference import NumericReference, Reference
 from services.drift.replay import REPLAY
 
@@ -143,6 +144,18 @@ class WindowTestParams(BaseModel):
         "implausible (all its values in one reference bin with probability < 1e-6). "
         "0 disables.",
     )
+    detection_idle_windows: int = Field(
+        default=2,
+        ge=1,
+        description="A streaming detector's firing waits until every other partition has "
+        "read past it (so the first firing of all partitions opens the episode, whatever "
+        "order the partitions are read in), but no longer than until another partition is "
+        "this many windows past the firing's window: a partition that far behind is taken "
+        "as idle, and then which firing comes first depends on read order again. Raise it "
+        "where partitions are read far out of step (a backlog after downtime) and alerts "
+        "must not depend on it; each window of it is that much more delay when a partition "
+        "is really idle.",
+    )
     stale_windows: int = Field(
         default=0,
         ge=0,
@@ -228,16 +241,26 @@ class EpisodeTracker:
         book = self.streams.setdefault(
             stream, {"parts": {}, "counted": 0, "pending": {}, "closed": None, "expected": 1}
         )
+        kind = report.get("kind")
+        part = str(report["source_partition"])
+        window = int(report["window_index"])
+        book["expected"] = max(int(book["expected"]), int(report["source_partitions"]))
+        marks: dict[str, int] = book.setdefault("marks", {})
+        # A window report: the partition moved into a later window (records from its start).
+        mark = int(report["window_end"]) if kind in (DETECTION, PROGRESS) else (
+            (window + 1) * int(report["window_ms"]))  # fmt: skip
+        marks[part] = max(int(marks.get(part, mark)), mark)
+        if kind == PROGRESS:
+            self._settle(stream, book, outcome)
+            return
         # Event time the stream started at (in these reports): history features are
         # compared only once their window can be full (warm-up).
         start = int(report["window_start"])
         book["start"] = min(int(book.get("start", start)), start)
-        part = str(report["source_partition"])
-        window = int(report["window_index"])
-        if report.get("kind") == DETECTION:
-            self._detected(stream, book, report, outcome)
+        if kind == DETECTION:
+            book.setdefault("held", []).append(dict(report))
+            self._settle(stream, book, outcome)
             return
-        book["expected"] = max(int(book["expected"]), int(report["source_partitions"]))
         book["parts"][part] = max(int(book["parts"].get(part, window)), window)
         self._check_stale(stream, book, report, outcome)
         if book["closed"] is not None and window <= book["closed"]:
@@ -245,33 +268,79 @@ class EpisodeTracker:
             return
         key = str(window)
         book["pending"][key] = _merge(book["pending"].get(key), report)
-        self._close_ready(stream, book, outcome)
+        self._settle(stream, book, outcome)
         self._close_replays(stream, book, outcome)
 
-    def _close_ready(self, stream: str, book: dict[str, Any], outcome: WindowOutcome) -> None:
-        while book["pending"]:
-            window = min(int(w) for w in book["pending"])
-            reported = [book["parts"].get(str(p)) for p in range(int(book["expected"]))]
-            complete = all(w is not None and w >= window for w in reported)
-            newest = max(int(w) for w in book["parts"].values())
-            if not complete and newest < window + self.params.idle_windows:
-                return
-            merged = book["pending"].pop(str(window))
-            book["closed"] = window
-            carried = book.get("carry")
-            if carried is not None:
-                merged = _combine(carried, merged)
-                book["carry"] = None
-            if int(merged["records"]) < self.params.min_window_records:
-                # Too few records to test: never silently skipped, merged into the next.
-                book["carry"] = merged
-                outcome.carried_windows.append((stream, window, int(merged["records"])))
+    def _settle(self, stream: str, book: dict[str, Any], outcome: WindowOutcome) -> None:
+        """Take held firings and close windows, in event-time order, as far as they are
+        final: a firing once no partition can still send an earlier one (every other
+        partition's mark passed it), a window once every partition reported it. So the
+        alerts are a function of the partitions' records, whatever the order their reports
+        arrive in; a firing waits for the other partitions' next batch, not for a window.
+        """
+        held: list[dict[str, Any]] = book.setdefault("held", [])
+        while True:
+            firing = min(held, key=_firing_order) if held else None
+            pending = [int(w) for w in book["pending"]]
+            window = min(pending) if pending else None
+            if firing is not None and (window is None or int(firing["window_index"]) <= window):
+                if not self._firing_final(book, firing):
+                    return
+            elif window is not None and self._close_window(stream, book, window, outcome):
                 continue
-            outcome.closed_windows += 1
-            # Records of the windows tested so far: a function of the windows, not of the
-            # order the partitions' reports arrived in.
-            book["counted"] = int(book["counted"]) + int(merged["records"])
-            self._evaluate(stream, merged, int(book["counted"]), outcome)
+            elif firing is None or not self._firing_idle(book, firing):
+                return
+            # An earlier window waits for an idle partition (``idle_windows``): the firing
+            # does not wait with it.
+            held.remove(firing)
+            self._detected(stream, book, firing, outcome)
+
+    def _firing_idle(self, book: Mapping[str, Any], firing: Mapping[str, Any]) -> bool:
+        """Another partition is ``detection_idle_windows`` past the firing's window: the
+        partitions that have not read past it are taken as idle."""
+        window, width = int(firing["window_index"]), int(firing["window_ms"])
+        newest = max(int(mark) for mark in book["marks"].values())
+        return newest >= (window + self.params.detection_idle_windows) * width
+
+    def _firing_final(self, book: Mapping[str, Any], firing: Mapping[str, Any]) -> bool:
+        """No partition can send a firing that comes before this one any more (or the
+        others are idle: :meth:`_firing_idle`)."""
+        if self._firing_idle(book, firing):
+            return True
+        marks: Mapping[str, int] = book["marks"]
+        part, mark = int(firing["source_partition"]), int(firing["window_end"])
+        for other in range(int(book["expected"])):
+            seen = marks.get(str(other))
+            if other != part and (seen is None or (seen, other) < (mark, part)):
+                return False
+        return True
+
+    def _close_window(
+        self, stream: str, book: dict[str, Any], window: int, outcome: WindowOutcome
+    ) -> bool:
+        """Close ``window`` if every partition reported it or a later one (or one is idle)."""
+        reported = [book["parts"].get(str(p)) for p in range(int(book["expected"]))]
+        complete = all(w is not None and w >= window for w in reported)
+        newest = max((int(w) for w in book["parts"].values()), default=window)
+        if not complete and newest < window + self.params.idle_windows:
+            return False
+        merged = book["pending"].pop(str(window))
+        book["closed"] = window
+        carried = book.get("carry")
+        if carried is not None:
+            merged = _combine(carried, merged)
+            book["carry"] = None
+        if int(merged["records"]) < self.params.min_window_records:
+            # Too few records to test: never silently skipped, merged into the next.
+            book["carry"] = merged
+            outcome.carried_windows.append((stream, window, int(merged["records"])))
+            return True
+        outcome.closed_windows += 1
+        # Records of the windows tested so far: a function of the windows, not of the
+        # order the partitions' reports arrived in.
+        book["counted"] = int(book["counted"]) + int(merged["records"])
+        self._evaluate(stream, merged, int(book["counted"]), outcome)
+        return True
 
     # -- replayed records ------------------------------------------------------------
 
@@ -359,8 +428,9 @@ class EpisodeTracker:
         One partition's firing is enough, as it was when firings were merged per window;
         a firing in a window already tested is late (that window's report carried it).
         The alert is a function of that firing alone (``records_seen`` is the firing
-        partition's count), so how other partitions' reports interleave does not change
-        it; which partition fires first can (partitions at different speeds).
+        partition's count; the alert's window is the firing record's event time), and
+        :meth:`_settle` takes firings in mark order, so the first firing of all partitions
+        opens the episode, whichever partition's report arrived first.
         """
         window = int(report["window_index"])
         if book["closed"] is not None and window <= int(book["closed"]):
@@ -370,7 +440,7 @@ class EpisodeTracker:
         merged = {
             "window_index": window,
             "window_start": int(report["window_start"]),
-            "window_end": int(report["window_end"]),
+            "window_end": int(report["window_start"]),
             "records": 0,
             "offsets": {part: [offset, offset]},
             "numeric": {},
@@ -817,6 +887,12 @@ def _stuck(ref: NumericReference, sketch: Mapping[str, Any], ratio: float) -> fl
         return None
     one_bin = float(np.sum(np.asarray(ref.expected, dtype=np.float64) ** count))
     return std / ref.std if one_bin < 1e-6 else None
+
+
+def _firing_order(report: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """Held firings are taken by (window, mark, partition, offset): event-time order."""
+    return (int(report["window_index"]), int(report["window_end"]),
+            int(report["source_partition"]), int(report["first_offset"]))  # fmt: skip
 
 
 def _window_only(merged: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,13 @@ the open one (out of order) is counted into the open window and in ``late_record
 is a record more than ``max_window_jump`` windows ahead (a corrupt timestamp), unless
 ``jump_confirm`` such records arrive in a row (the stream really moved on).
 
+A streaming detector's firing is sent at once as a ``detection`` report, and every batch
+ends with a ``progress`` report: both carry the partition's *mark* in ``window_end``, the
+largest event time counted in the open window so far (up to the firing record for a
+detection). Marks only grow along a partition, and a firing's mark is a function of the
+records up to it (not of batch sizes), so stage 2 can order firings of all partitions by
+mark and take one only once every other partition's mark has passed it.
+
 Everything is vectorised per micro-batch except the detectors, which river updates one
 value at a time.
 """
@@ -35,6 +42,8 @@ FEATURES = "features"
 PREDICTIONS = "predictions"
 WINDOW = "window"
 DETECTION = "detection"
+PROGRESS = "progress"
+"""Report kind that only says how far a partition has read (see :meth:`StreamMonitor.observe`)."""
 
 _THRESHOLD: dict[str, Callable[[DetectorParams], float]] = {
     "adwin": lambda p: p.adwin_delta,
@@ -121,6 +130,8 @@ class StreamMonitor:
         self._source_partitions = 1
         self._reference = ""
         self._pending: list[dict[str, Any]] = []
+        self._end_before = 0
+        """Largest event time counted in the open window before the slice being added."""
         self._reset_window()
 
     # -- windows -------------------------------------------------------------------
@@ -184,6 +195,7 @@ class StreamMonitor:
             self._accumulate(rows.slice(i, stop), index[i:stop])
             reports.extend(self._drain())
             i = stop
+        reports.append(self._progress_report())
         return reports
 
     def _drain(self) -> list[dict[str, Any]]:
@@ -196,6 +208,7 @@ class StreamMonitor:
         times = rows.event_time
         if far:  # out-of-range times do not stretch the window bounds
             times = np.full(n, self.end if self.records else self.window * self.window_ms)
+        self._end_before = self.end if self.records else int(times[0])
         if self.records == 0:
             self.start = int(times.min())
             self.end = int(times.max())
@@ -234,7 +247,7 @@ class StreamMonitor:
                         row = int(positions[at])
                         threshold = _THRESHOLD[name](params)
                         self._detected(feature=ref.name, detector=name, estimate=estimate,
-                                       threshold=threshold, event_time=times[row],
+                                       threshold=threshold, times=times, row=row,
                                        offset=rows.offset[row],
                                        seen=self.seen + row + 1)  # fmt: skip
         for k in range(len(self.categorical)):
@@ -288,7 +301,7 @@ class StreamMonitor:
             delta = stats.largest_share_change(ref.expected, counts)
             if delta >= p.category_min_delta:
                 self._detected(feature=ref.name, detector=CHI2_SLIDING, estimate=delta,
-                               threshold=p.category_min_delta, event_time=times[row],
+                               threshold=p.category_min_delta, times=times, row=row,
                                offset=rows.offset[row], seen=seen)  # fmt: skip
                 fired = True
         return fired
@@ -300,10 +313,12 @@ class StreamMonitor:
         detector: str,
         estimate: float,
         threshold: float,
-        event_time: Any,
+        times: IntArray,
+        row: int,
         offset: Any,
         seen: int,
     ) -> None:
+        """``times`` are the event times of the slice being added, ``row`` the firing's."""
         found = self.detections.get((feature, detector))
         if found is None:
             hit = {
@@ -311,17 +326,20 @@ class StreamMonitor:
                 "detector": detector,
                 "estimate": estimate,
                 "threshold": threshold,
-                "event_time": int(event_time),
+                "event_time": int(times[row]),
                 "offset": int(offset),
                 "count": 1,
             }
             self.detections[(feature, detector)] = hit
+            # The partition's mark at the firing record: the largest event time counted in
+            # the window up to it, whatever the batch boundaries were.
+            mark = max(self._end_before, int(times[: row + 1].max()))
             # Sent at once (not at window close): the episode opens on this record.
-            self._pending.append(self._detection_report(hit, seen))
+            self._pending.append(self._detection_report(hit, seen, mark))
         else:
             found["count"] += 1
 
-    def _detection_report(self, hit: Mapping[str, Any], seen: int) -> dict[str, Any]:
+    def _detection_report(self, hit: Mapping[str, Any], seen: int, mark: int) -> dict[str, Any]:
         assert self.window is not None
         return {
             "kind": DETECTION,
@@ -332,7 +350,7 @@ class StreamMonitor:
             "window_index": self.window,
             "window_ms": self.window_ms,
             "window_start": hit["event_time"],
-            "window_end": hit["event_time"],
+            "window_end": mark,
             "first_offset": hit["offset"],
             "last_offset": hit["offset"],
             "records": 0,
@@ -343,6 +361,32 @@ class StreamMonitor:
             "decisions": 0,
             "positives": 0,
             "detections": [dict(hit)],
+        }
+
+    def _progress_report(self) -> dict[str, Any]:
+        """How far this partition has read: its mark (``window_end``), a lower bound of
+        every later firing's mark. Depends on batch sizes; stage 2 only waits on it."""
+        assert self.window is not None
+        return {
+            "kind": PROGRESS,
+            "stream": self.stream,
+            "source_partition": self.partition,
+            "source_partitions": self._source_partitions,
+            "reference": self._reference,
+            "window_index": self.window,
+            "window_ms": self.window_ms,
+            "window_start": self.end,
+            "window_end": self.end,
+            "first_offset": self.last_offset,
+            "last_offset": self.last_offset,
+            "records": 0,
+            "late_records": 0,
+            "records_seen": self.seen,
+            "numeric": [],
+            "categorical": [],
+            "decisions": 0,
+            "positives": 0,
+            "detections": [],
         }
 
     def report(self, source_partitions: int, reference: str) -> dict[str, Any]:

@@ -1,56 +1,72 @@
-"""Features, scorer and drift at N instances on the real broker: one added, one SIGKILLed.
+"""Every service at N instances on the real broker: one added, one SIGKILLed, per service.
 
-Three instances each of features, scorer and drift share 4 partitions (each with its own
-instance id, so its own transactional id). While events flow, a fourth instance of each
-joins its group and one of the first three of each is SIGKILLed; the consumer groups
-rebalance twice. The committed outputs still hold every accepted event exactly once, and
-the drift alerts (the events drift halfway through) equal, alert for alert, those of a
-single drift instance that reads the same features and predictions topics in a group of
-its own (never killed; its own windows and alerts topics).
+Three instances each of features, scorer, drift and performance share 4 partitions (each
+with its own instance id, so its own transactional id). While events and labels flow, a
+fourth instance of each joins its group; once every group has rebalanced (all four own an
+input partition) one instance of each is SIGKILLed while it owns input partitions (for
+drift and performance, the one that runs the merge stage); the groups rebalance again and
+the survivors own every input partition. Then:
 
-Drift runs here with its window tests only. An episode opened by a streaming detector
-(ADWIN, Page-Hinkley) takes the window of whichever partition's firing is read first
-(docs/decisions/drift-aggregation.md): a single instance reading the whole topic as a
-backlog reads one partition many windows ahead of another (in a first version of this
-test, run after the three instances, it opened ``amount_10m_max`` six windows later than
-they did, which changed which window tests open and which update an episode). The window
-tests are a function of the merged counts of each window, so the two runs must agree
-exactly.
+* features and predictions hold every accepted event exactly once;
+* the drift alerts, streaming detectors (ADWIN, Page-Hinkley, spread) on, equal alert for
+  alert, every field, those of a single drift instance that read the same features and
+  predictions in a group of its own (never killed; its own windows and alerts topics).
+  Stage 2 takes the streaming firings in event-time order across partitions, each held
+  until every partition has read past it (docs/decisions/drift-aggregation.md), so which
+  instance read which partition when does not change the alerts;
+* the performance reports and SLO alerts equal those of one performance processor over
+  every partition of the stored predictions and labels (what a single instance reports),
+  each report exactly once.
 
-A service joins the run by an entry in ``groups`` (its settings and input topic): the
-performance service at N replicas is meant to be added the same way (issue 17).
+The feed pauses at three quarters until the kills are done, so the kills always land
+mid-stream (a quarter of the input comes after them).
 """
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.scorer.artifact import generate_keypair, load_private_key
 from services.scorer.training import train_and_sign
+from streamml.partitioner import PARTITIONER
 from streamml.synthetic import generate_events
-from tests.integration.runtime_support import CODEC, BackgroundProducer
-from tests.kafkatest import ServiceProcess, consume_all, create_topics, free_port, wait_until
+from tests.integration.runtime_support import CODEC
+from tests.integration.test_performance_service import ENV as PERFORMANCE_ENV
+from tests.integration.test_performance_service import _label, _prediction, by_key, reference
+from tests.kafkatest import (
+    ServiceProcess,
+    consume_all,
+    create_topics,
+    free_port,
+    produce,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.eos]
 
 PARTITIONS = 4
 N_EVENTS = 6000
 INSTANCES = 3
-# Window tests only (see the module docstring); no window closes for an idle partition.
-DRIFT_WINDOW_TESTS_ONLY = {
-    "STREAMML_DRIFT_DETECTORS__ADWIN": "false",
-    "STREAMML_DRIFT_DETECTORS__PAGE_HINKLEY": "false",
-    "STREAMML_DRIFT_DETECTORS__SPREAD": "false",
+DRIFT_ENV = {
+    # Partitions here never idle: no window (and no streaming firing) is let go early.
     "STREAMML_DRIFT_TESTS__IDLE_WINDOWS": "1000",
+    "STREAMML_DRIFT_TESTS__DETECTION_IDLE_WINDOWS": "1000",
     "STREAMML_DRIFT_STATE_KEY": "integration-test-key",
 }
+# What identifies a performance report: one per model route, segment, window and boundary.
+MODEL = ("model_name", "model_version", "route")
+REPORT_IDENTITY = (*MODEL, "segment_field", "segment_value", "window", "window_end")
+HOUR = 3_600_000
 
 
 @dataclass
@@ -95,6 +111,67 @@ class ServiceGroup:
     def stop(self) -> None:
         for proc in self.members:
             proc.stop()
+
+
+class Feeder(threading.Thread):
+    """Produces events and their labels in event-time order, in paced chunks; stops at
+    ``pause_at`` of the records until :meth:`resume` (the kills happen meanwhile)."""
+
+    def __init__(self, bootstrap: str, prefix: str, events: list[dict[str, Any]],
+                 labels: list[dict[str, Any]], chunks: int, pause_at: float) -> None:  # fmt: skip
+        super().__init__(daemon=True)
+        self.bootstrap, self.chunks = bootstrap, chunks
+        merged = [(e["event_time"], 0, prefix + "events", "Event", e) for e in events]
+        merged += [(v["labeled_at"], 1, prefix + "labels", "Label", v) for v in labels]
+        merged.sort(key=lambda item: item[:2])
+        self.records = [item[2:] for item in merged]
+        self.events = len(events)
+        self.pause_at = int(pause_at * len(self.records))
+        self.resumed = threading.Event()
+        self.sent = 0
+        self.events_sent = 0
+        self.error: BaseException | None = None
+
+    def resume(self) -> None:
+        self.resumed.set()
+
+    def run(self) -> None:
+        try:
+            producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
+                                 "linger.ms": 5, "partitioner": PARTITIONER})  # fmt: skip
+            size = max(1, len(self.records) // self.chunks)
+            for start in range(0, len(self.records), size):
+                if start >= self.pause_at and not self.resumed.wait(300):
+                    raise TimeoutError("the test never resumed the feed")
+                chunk = self.records[start : start + size]
+                for topic, schema, value in chunk:
+                    producer.produce(topic, CODEC.encode(schema, value),
+                                     value["entity_id"].encode())  # fmt: skip
+                assert producer.flush(30) == 0, "records not delivered"
+                self.sent += len(chunk)
+                self.events_sent += sum(1 for _, schema, _ in chunk if schema == "Event")
+                time.sleep(0.25)  # pacing, not waiting: input keeps arriving during the changes
+        except BaseException as exc:
+            self.error = exc
+
+
+def _labels(events: list[tuple[dict[str, Any], int]], seed: int) -> list[dict[str, Any]]:
+    """A label for most events, up to two event-time minutes after it; some sent twice,
+    some corrected, some for no prediction at all (orphans)."""
+    rng = random.Random(seed)
+    labels = []
+    for event, y in events:
+        eid, entity, t = event["event_id"], event["entity_id"], int(event["event_time"])
+        if rng.random() < 0.9:
+            at = t + rng.randint(0, 120_000)
+            labels.append(_label(eid, entity, at, y))
+            if rng.random() < 0.05:
+                labels.append(_label(eid, entity, at, y))  # a producer retry
+            if rng.random() < 0.03:
+                labels.append(_label(eid, entity, at + 30_000, 1 - y))  # a correction
+        if rng.random() < 0.02:
+            labels.append(_label(f"{eid}-orphan", entity, t, 1))
+    return labels
 
 
 def _owned(proc: ServiceProcess, topic: str) -> list[str]:
@@ -150,21 +227,35 @@ def alert_view(alerts: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """Every field of every alert that is a function of the data, in a stable order."""
     view = [(a["alert_id"], a["state"], a["feature"], a["detector"], a["severity"], a["signal"],
              a["window_start"], a["window_end"], a["statistic"], a["records_seen"],
+             a["first_offset"], a["last_offset"],
              tuple(sorted(a["details"].items()))) for a in alerts]  # fmt: skip
     return sorted(view, key=repr)
 
 
-def test_instances_added_and_killed_mid_stream_keep_outputs_exactly_once_and_alerts_equal(
+def _end_markers(bootstrap: str, prefix: str, end: int) -> None:
+    """A prediction and a label per partition far past the last event: every performance
+    watermark passes every label horizon, so every window is reported."""
+    for p in range(PARTITIONS):
+        entity = f"end-{p}"
+        for topic, schema, value in (
+            ("predictions", "Prediction",
+             _prediction(entity, entity, end, 0.5, "rules", "0", "US")),
+            ("predictions.shadow", "Prediction",
+             _prediction(entity, entity, end, 0.5, "shadow", "3", "US")),
+            ("labels", "Label", _label(entity, entity, end, 1)),
+        ):  # fmt: skip
+            produce(bootstrap, prefix + topic,
+                    [(entity.encode(), CODEC.encode(schema, value), [])], partition=p)  # fmt: skip
+
+
+def test_every_service_scaled_out_with_one_added_and_one_killed_equals_one_instance(
     kafka_bootstrap: str, topic_prefix: str, logs_dir: Path, tmp_path: Path
 ) -> None:
     create_topics(kafka_bootstrap, topic_prefix, partitions=PARTITIONS)
     private_key, public_key = generate_keypair(tmp_path / "keys")
     versions = train_and_sign(events=3000, seed=7, out=tmp_path / "models",
                               key=load_private_key(private_key))  # fmt: skip
-    drift_env = {
-        "STREAMML_DRIFT_REFERENCE_PATH": str(versions[0].path),
-        **DRIFT_WINDOW_TESTS_ONLY,
-    }
+    drift_env = {"STREAMML_DRIFT_REFERENCE_PATH": str(versions[0].path), **DRIFT_ENV}
     groups: dict[str, ServiceGroup] = {
         name: ServiceGroup(name, kafka_bootstrap, topic_prefix, logs_dir, env)
         for name, env in (
@@ -174,6 +265,7 @@ def test_instances_added_and_killed_mid_stream_keep_outputs_exactly_once_and_ale
                 "STREAMML_SCORER_PUBLIC_KEY_PATH": str(public_key),
             }),
             ("drift", drift_env),
+            ("performance", PERFORMANCE_ENV),
         )
     }  # fmt: skip
     # One drift instance in a group of its own (never killed, writing its own windows and
@@ -190,12 +282,18 @@ def test_instances_added_and_killed_mid_stream_keep_outputs_exactly_once_and_ale
         "features": f"{topic_prefix}events",
         "scorer": f"{topic_prefix}features",
         "drift": f"{topic_prefix}features",
+        "performance": f"{topic_prefix}predictions",
     }
+    # Where the merge stage runs: the instance owning partition 0 of the internal topic.
+    merges = {"drift": f"{topic_prefix}drift.windows",
+              "performance": f"{topic_prefix}performance.partials"}  # fmt: skip
     # ~20 event-time minutes (20 drift windows of 60 s); the data drifts halfway.
-    events = [e for e, _ in generate_events(N_EVENTS, seed=31, n_entities=300,
-                                            drift_at=N_EVENTS // 2)]  # fmt: skip
-    feeder = BackgroundProducer(kafka_bootstrap, f"{topic_prefix}events", events, chunks=120)
+    labelled = list(generate_events(N_EVENTS, seed=31, n_entities=300, drift_at=N_EVENTS // 2))
+    events = [e for e, _ in labelled]
+    feeder = Feeder(kafka_bootstrap, topic_prefix, events, _labels(labelled, seed=3),
+                    chunks=120, pause_at=0.75)  # fmt: skip
     added: dict[str, ServiceProcess] = {}
+    killed: dict[str, tuple[ServiceProcess, list[str]]] = {}
     try:
         for group in groups.values():
             group.start_many(INSTANCES)
@@ -204,24 +302,40 @@ def test_instances_added_and_killed_mid_stream_keep_outputs_exactly_once_and_ale
             for proc in group.members:
                 proc.wait_ready(120)
         feeder.start()
-        wait_until(lambda: feeder.sent >= N_EVENTS // 6, 60, "a sixth of the events is sent")
+        wait_until(lambda: feeder.sent >= len(feeder.records) // 6, 60, "a sixth is sent")
         for name, group in groups.items():
             added[name] = group.start_many(1)[0]
-        wait_until(lambda: feeder.sent >= N_EVENTS // 4, 60, "a quarter of the events is sent")
-        for group in groups.values():
-            group.members[1].kill()  # SIGKILL: its open transaction is aborted by the broker
-        sent_at_kill = feeder.sent
-        # Input was still arriving at the kill, so the killed instances had work to lose.
-        # (Counting predictions here instead raced the pipeline: the count ran on while the
-        # stream finished, and one clean-clone CI run saw all 6,000 before it returned.)
-        assert sent_at_kill < N_EVENTS, "the kill came after the feed ended; nothing was tested"
 
-        # The added instances take part: each owns input partitions after the rebalances.
-        def all_added_own_inputs() -> dict[str, list[str]] | None:
-            owned = {name: _owned(proc, inputs[name]) for name, proc in added.items()}
-            return owned if all(owned.values()) else None
+        # Every group rebalanced over four members: each owns an input partition.
+        def all_members_own_inputs() -> bool:
+            return all(_owned(proc, inputs[name]) for name, group in groups.items()
+                       for proc in group.members)  # fmt: skip
 
-        wait_until(all_added_own_inputs, 120, "every added instance owns an input partition")
+        wait_until(all_members_own_inputs, 180, "all four instances of each service own input")
+        for name, group in groups.items():
+            # The merge stage's instance (drift, performance) where there is one.
+            merger = [p for p in group.members if name in merges and _owned(p, merges[name])]
+            victim = (merger or group.members[1:])[0]
+            owned = _owned(victim, inputs[name])
+            assert victim.alive and owned, f"{name}: the victim holds no partition"
+            victim.kill()  # SIGKILL: its open transaction is aborted by the broker
+            killed[name] = (victim, owned)
+        events_at_kill = feeder.events_sent
+        feeder.resume()
+        assert events_at_kill < N_EVENTS, "the kill came after the feed ended; nothing was tested"
+        for name, (victim, _) in killed.items():
+            assert victim.proc is not None and victim.proc.returncode == -9, name
+
+        # The survivors took the killed instances' partitions over: they own all of them.
+        def survivors_own_everything() -> bool:
+            for name, group in groups.items():
+                owned = {p for proc in group.members if proc.alive
+                         for p in _owned(proc, inputs[name])}  # fmt: skip
+                if len(owned) != PARTITIONS:
+                    return False
+            return True
+
+        wait_until(survivors_own_everything, 180, "the survivors own every input partition")
 
         feeder.join(300)
         assert feeder.error is None, feeder.error
@@ -242,7 +356,20 @@ def test_instances_added_and_killed_mid_stream_keep_outputs_exactly_once_and_ale
                                        drift_inputs, f"{topic_prefix}drift.windows.single"),
                    180, "the single drift instance read every record", interval_s=1.0)  # fmt: skip
         alone = _alerts(kafka_bootstrap, f"{topic_prefix}drift.alerts.single")
+
+        # Performance: push every watermark past the horizons, then compare with the pure
+        # core over all partitions of what the broker stored.
+        _end_markers(kafka_bootstrap, topic_prefix, max(e["event_time"] for e in events) + HOUR * 4)
+        want_reports, want_alerts = reference(kafka_bootstrap, topic_prefix, PARTITIONS)
+        assert len(want_reports) > 100, "too few performance reports to compare"
+        consume_all(kafka_bootstrap, topic_prefix + "performance", expect=len(want_reports),
+                    timeout_s=240)  # fmt: skip
+        # Nothing more comes: no boundary is reported twice.
+        reports = consume_all(kafka_bootstrap, topic_prefix + "performance", idle_s=3.0,
+                              timeout_s=60)  # fmt: skip
+        slo_alerts = consume_all(kafka_bootstrap, topic_prefix + "performance.alerts", idle_s=2.0)
     finally:
+        feeder.resume()
         for group in [*groups.values(), single]:
             group.stop()
     for name, ids in (("features", _ids(vectors, "FeatureVector")),
@@ -254,4 +381,16 @@ def test_instances_added_and_killed_mid_stream_keep_outputs_exactly_once_and_ale
     assert any(a["state"] == "open" and a["signal"] == "drift" for a in alone), (
         "the single instance found no drift: the comparison would prove nothing"
     )
+    assert any(a["detector"] in {"adwin", "page_hinkley", "page_hinkley_spread"} for a in alone), (
+        "no streaming detector opened or fed an alert: they are not under test"
+    )
     assert alert_view(scaled) == alert_view(alone)
+
+    got_reports = [CODEC.decode(m.value(), "PerformanceReport") for m in reports]
+    got_alerts = [CODEC.decode(m.value(), "SloAlert") for m in slo_alerts]
+    counted = Counter(tuple(r[k] for k in REPORT_IDENTITY) for r in got_reports)
+    duplicated_reports = [key for key, n in counted.items() if n > 1]
+    assert not duplicated_reports, f"reports emitted twice, e.g. {duplicated_reports[:2]}"
+    assert len(got_reports) == len(want_reports)
+    assert by_key(got_reports, MODEL) == by_key(want_reports, MODEL)
+    assert by_key(got_alerts, MODEL) == by_key(want_alerts, MODEL)

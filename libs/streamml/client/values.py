@@ -264,9 +264,11 @@ class DriftWindowReport(AvroValue):
     'window': a closed window's counts (tested by the episode stage once every partition
     reported it); 'detection': a streaming detector just fired on this partition, sent at once
     so the episode opens without waiting for the window to close (no counts; `detections`
-    holds the firing, `window_index` the open window); 'replay': the counts of replayed
-    records of one window of their own event time, kept apart from the live windows and tested
-    on their own.
+    holds the firing, `window_index` the open window, `window_start` the firing record's event
+    time); 'progress': how far this partition has read, at the end of every batch (no counts;
+    the episode stage holds a firing until every other partition's progress passed it);
+    'replay': the counts of replayed records of one window of their own event time, kept apart
+    from the live windows and tested on their own.
     """
     stream: str
     """Monitored stream: 'features' (FeatureVector) or 'predictions' (Prediction)."""
@@ -289,7 +291,10 @@ class DriftWindowReport(AvroValue):
     window_start: int
     """Smallest event time counted in the window."""
     window_end: int
-    """Largest event time counted in the window."""
+    """
+    Largest event time counted in the window (for 'detection', up to the firing record; for
+    'progress', so far): the partition's mark, which only grows.
+    """
     first_offset: int
     """Offset of the first record counted in the window, on source_partition."""
     last_offset: int
