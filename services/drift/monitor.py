@@ -340,53 +340,46 @@ class StreamMonitor:
             found["count"] += 1
 
     def _detection_report(self, hit: Mapping[str, Any], seen: int, mark: int) -> dict[str, Any]:
-        assert self.window is not None
-        return {
-            "kind": DETECTION,
-            "stream": self.stream,
-            "source_partition": self.partition,
-            "source_partitions": self._source_partitions,
-            "reference": self._reference,
-            "window_index": self.window,
-            "window_ms": self.window_ms,
-            "window_start": hit["event_time"],
-            "window_end": mark,
-            "first_offset": hit["offset"],
-            "last_offset": hit["offset"],
-            "records": 0,
-            "late_records": 0,
-            "records_seen": seen,  # up to the firing record: independent of batch sizes
-            "numeric": [],
-            "categorical": [],
-            "decisions": 0,
-            "positives": 0,
-            "detections": [dict(hit)],
-        }
+        return self._countless_report(
+            DETECTION, start=hit["event_time"], end=mark, offset=hit["offset"],
+            seen=seen,  # up to the firing record: independent of batch sizes
+            detections=[dict(hit)],
+        )  # fmt: skip
 
     def _progress_report(self) -> dict[str, Any]:
         """How far this partition has read: its mark (``window_end``), a lower bound of
         every later firing's mark. Depends on batch sizes; stage 2 only waits on it."""
+        return self._countless_report(
+            PROGRESS, start=self.end, end=self.end, offset=self.last_offset, seen=self.seen,
+            detections=[],
+        )  # fmt: skip
+
+    def _countless_report(
+        self, kind: str, *, start: int, end: int, offset: int, seen: int,
+        detections: list[dict[str, Any]],
+    ) -> dict[str, Any]:  # fmt: skip
+        """A report without counts (a detection or a progress mark) of the open window."""
         assert self.window is not None
         return {
-            "kind": PROGRESS,
+            "kind": kind,
             "stream": self.stream,
             "source_partition": self.partition,
             "source_partitions": self._source_partitions,
             "reference": self._reference,
             "window_index": self.window,
             "window_ms": self.window_ms,
-            "window_start": self.end,
-            "window_end": self.end,
-            "first_offset": self.last_offset,
-            "last_offset": self.last_offset,
+            "window_start": start,
+            "window_end": end,
+            "first_offset": offset,
+            "last_offset": offset,
             "records": 0,
             "late_records": 0,
-            "records_seen": self.seen,
+            "records_seen": seen,
             "numeric": [],
             "categorical": [],
             "decisions": 0,
             "positives": 0,
-            "detections": [],
+            "detections": detections,
         }
 
     def report(self, source_partitions: int, reference: str) -> dict[str, Any]:
