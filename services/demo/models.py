@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -166,7 +167,9 @@ class ModelCache:
             events=events, seed=self.seed, model_bytes=(primary / MODEL_FILE).read_bytes()
         )
         document = reference.model_dump(mode="json")
-        scratch = cached.with_suffix(".tmp")
+        # A scratch file of this process's own: two runs spanning the same reference at
+        # once (parallel test workers, the suite's runs) each write whole and replace.
+        scratch = cached.with_suffix(f".{os.getpid()}.tmp")
         scratch.write_text(json.dumps(document))
         scratch.replace(cached)
         return document
