@@ -136,6 +136,10 @@ class FaultProxy:
                 upstream = self._upstream_tls.wrap_socket(
                     upstream, server_hostname=self.upstream[0]
                 )
+            # 30 s bounds the connect and the handshake only: a registry slower than that to
+            # answer (its first request on a loaded machine) must not look like a dropped
+            # connection to the client, whose own timeout decides.
+            upstream.settimeout(None)
         except OSError:
             _close(client)
             return
