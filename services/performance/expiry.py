@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.performance.join import JoinParts
@@ -203,13 +203,24 @@ class BoundaryWork:
 
     # -- pruning ----------------------------------------------------------------------
 
-    def prune(self, views: Sequence[PartitionView], end: int, window_starts: list[int]) -> None:
-        """Forget samples and interval counters no window can reach any more."""
-        count_window = self._rules.count_window
-        if count_window:
-            cutoff = min(window_starts, default=end)
-        else:
-            cutoff = end - self._rules.window_duration
+    def prune(
+        self, views: Sequence[PartitionView], end: int, window_starts: Mapping[ModelRoute, int]
+    ) -> None:
+        """Forget samples and interval counters no window can reach any more.
+
+        A count window starts where its model route's last ``window_size`` samples begin,
+        so each route's interval counters are cut at its own start: a route that fills
+        slowly (a small canary share) must not hold back every other route's counters."""
+        if self._rules.count_window:
+            for v in views:
+                self._prune_samples(v, end)
+                starts = {
+                    model_id: window_starts.get(v.model_route(model_id), end) // self._interval
+                    for model_id in {group[0] for bucket in v.buckets.values() for group in bucket}
+                }
+                self._prune_route_buckets(v, starts)
+            return
+        cutoff = end - self._rules.window_duration
         for v in views:
             self._prune_samples(v, end)
             self._prune_buckets(v, cutoff // self._interval)
@@ -244,3 +255,14 @@ class BoundaryWork:
         for k in [k for k in v.buckets if k < before_k]:
             for group in v.buckets.pop(k):
                 v.dirty_buckets.add((k, group))
+
+    @staticmethod
+    def _prune_route_buckets(v: PartitionView, before_k: Mapping[int, int]) -> None:
+        """Drop each group's counters of intervals before its model route's window."""
+        for k in list(v.buckets):
+            bucket = v.buckets[k]
+            for group in [g for g in bucket if k < before_k[g[0]]]:
+                del bucket[group]
+                v.dirty_buckets.add((k, group))
+            if not bucket:
+                del v.buckets[k]

@@ -46,7 +46,7 @@ class BoundaryReports:
 
     reports: list[dict[str, Any]] = field(default_factory=list)  # in emission order
     model_reports: list[dict[str, Any]] = field(default_factory=list)  # sliding, all traffic
-    window_starts: list[int] = field(default_factory=list)  # per model route
+    window_starts: dict[ModelRoute, int] = field(default_factory=dict)  # per model route
 
 
 @dataclass
@@ -137,7 +137,7 @@ class ReportBuilder:
                 _, start, parts = self._results[model]
                 if parts[(None, None)]["labeled"] == 0:
                     start = end  # an empty window starts where it ends
-            out.window_starts.append(start)
+            out.window_starts[model] = start
             counts = self._window_counts(views, model, start, end, totals.shown)
             for segment in segments:
                 part = parts.get(segment)

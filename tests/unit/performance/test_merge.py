@@ -27,6 +27,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from services.performance.expiry import BoundaryWork
 from services.performance.processor import PerformanceProcessor, event_digest
 from streamml.codec import AvroCodec
 from streamml.processor import Record, Result
@@ -307,3 +308,70 @@ def test_merged_metrics_equal_sklearn_on_the_union_of_joined_records(kind: str) 
             assert report[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
         checked += 1
     assert checked > 40
+
+
+def _route_streams(seed: int, events: int) -> list[list[Record]]:
+    """A busy primary route and a canary taking 4 % of the traffic, labels 1-3 min late,
+    in batches of about a minute of event time over every partition."""
+    rng = random.Random(seed)
+    timed: list[tuple[int, Record]] = []
+    for i in range(events):
+        p = rng.choice(PARTITIONS)
+        t = T0 + 1000 + i * 3000
+        canary = rng.random() < 0.04
+        route, version = ("canary", "2") if canary else ("primary", "1")
+        score = round(rng.random(), 2)
+        eid = f"r{i}"
+        timed.append((t, prediction(eid, t, score, route=route, version=version, partition=p)))
+        a = t + rng.randint(MIN, 3 * MIN)
+        timed.append((a, label(eid, a, int(rng.random() < score), partition=p)))
+    timed.sort(key=lambda x: x[0])
+    batches: dict[int, list[Record]] = {}
+    for t, record in timed:
+        batches.setdefault(t // MIN, []).append(record)
+    return list(batches.values())
+
+
+def test_each_route_keeps_interval_counters_of_its_own_window_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The merge stage prunes a route's interval counters before that route's count window:
+    a slowly filling canary does not hold back the busy route's counters (they grew without
+    bound in the hour-long soak), and what is pruned is never what a report reads."""
+    batches = _route_streams(seed=41, events=6000)
+    config = {"window_size": 50, "report_interval": timedelta(minutes=1), "segment_fields": []}
+
+    def run_cluster() -> Cluster:
+        cluster = Cluster({0: "a", 1: "b", 2: "b", 3: "c"}, seed=8, **config)
+        for batch in batches:
+            cluster.step(batch)
+        cluster.drain()
+        return cluster
+
+    cluster = run_cluster()
+    # The last sliding report of each route.
+    sliding = {v["route"]: v for t, v in cluster.out if t == REPORTS and v["window"] == "sliding"}
+    merge = cluster.procs["a"]._merge  # the merge stage runs beside partition 0
+    interval = MIN
+    oldest: dict[str, int] = {}
+    for view in merge._views.values():
+        for k, bucket in view.buckets.items():
+            for model_id, *_ in bucket:
+                route = view.model_route(model_id)[2]
+                oldest[route] = min(oldest.get(route, k), k)
+    start = {route: report["window_start"] // interval for route, report in sliding.items()}
+    # The canary's 50 samples span about 60 minutes; the primary's about 3.
+    assert start["primary"] - start["canary"] > 30
+    assert oldest["primary"] >= start["primary"]
+    assert oldest["canary"] >= start["canary"]
+
+    # Pruning changes no report: the same input with nothing pruned reports the same.
+    monkeypatch.setattr(BoundaryWork, "_prune_route_buckets",
+                        staticmethod(lambda v, before_k: None))  # fmt: skip
+    unpruned = run_cluster()
+    assert unpruned.out == cluster.out
+
+    def counters(c: Cluster) -> int:
+        return sum(len(b) for v in c.procs["a"]._merge._views.values() for b in v.buckets.values())
+
+    assert counters(unpruned) > 2 * counters(cluster)
