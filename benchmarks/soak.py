@@ -335,14 +335,18 @@ class Soak:
         return path
 
     def start_services(self, reference: Path) -> None:
-        from streamml.broker import free_port
+        from streamml.broker import free_ports
 
         plan = self.plan
         plan.logs_dir.mkdir(parents=True, exist_ok=True)
-        for number, name in enumerate(SERVICES, start=1):
-            # With --port, the services listen on the ports after the broker's (a range the
-            # caller chose); without it, on any free ones.
-            port = self.args.port + number if self.args.port else free_port()
+        # With --port, the services listen on the ports after the broker's (a range the
+        # caller chose); without it, on any free ones.
+        ports = (
+            [self.args.port + n for n in range(1, len(SERVICES) + 1)]
+            if self.args.port
+            else free_ports(len(SERVICES))
+        )
+        for name, port in zip(SERVICES, ports, strict=True):
             env = service_env(
                 plan, name, bootstrap=self.broker.bootstrap, http_port=port, reference=reference
             )

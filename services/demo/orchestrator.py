@@ -356,10 +356,9 @@ class Demo:
 
     def _start_services(self, reference: Path) -> None:
         """Start every service except those joining later; wait until they are ready."""
-        from streamml.broker import free_port
+        from streamml.broker import free_ports
 
-        for name in SERVICES:
-            port = free_port()
+        for name, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True):
             env = service_env(
                 self.plan, name, bootstrap=self.bootstrap, http_port=port, reference=reference
             )
