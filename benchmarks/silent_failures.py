@@ -70,7 +70,7 @@ def run_one(args: argparse.Namespace, bootstrap: str, scenario: str, seed: int) 
     # A label-based scenario runs on after the injection until its labels can have come.
     duration, inject_at, monitor_after = run_length(
         SCENARIOS[scenario], duration_s=args.duration, inject_at=args.inject_at,
-        monitor_after=MONITOR_AFTER, compression=args.rate / EVENTS_PER_EVENT_S,
+        monitor_after=args.monitor_after, compression=args.rate / EVENTS_PER_EVENT_S,
     )  # fmt: skip
     command = [
         sys.executable, "-m", "streamml.cli", "demo", "run", "--headless",
@@ -121,7 +121,7 @@ def fill_caches(args: argparse.Namespace, names: list[str]) -> None:
     for name in names:
         duration, _, _ = run_length(
             SCENARIOS[name], duration_s=args.duration, inject_at=args.inject_at,
-            monitor_after=MONITOR_AFTER, compression=args.rate / EVENTS_PER_EVENT_S,
+            monitor_after=args.monitor_after, compression=args.rate / EVENTS_PER_EVENT_S,
         )  # fmt: skip
         events = max(1, int(args.rate * duration))
         if events > cache.events and not cache.has_reference(events):
@@ -222,6 +222,12 @@ def main() -> None:
         default=0.5,
         help="Share of the duration (late enough for the drift service, which joins after "
         "15 %% and needs seconds to start on a loaded machine, to be watching).",
+    )
+    parser.add_argument(
+        "--monitor-after",
+        type=float,
+        default=MONITOR_AFTER,
+        help="Share of the duration before the drift service starts (0: with the others).",
     )
     parser.add_argument("--model-seed", type=int, default=2026)
     parser.add_argument("--bootstrap", default=None, help="A running broker (else one is started).")
