@@ -220,14 +220,13 @@ def main() -> None:
         "--inject-at",
         type=float,
         default=0.5,
-        help="Share of the duration (late enough for the drift service, which joins after "
-        "15 %% and needs seconds to start on a loaded machine, to be watching).",
+        help="Share of the duration (after the drift service's warm-up, 15 %%).",
     )
     parser.add_argument(
         "--monitor-after",
         type=float,
         default=MONITOR_AFTER,
-        help="Share of the duration before the drift service starts (0: with the others).",
+        help="Share of the duration before the drift service monitors (0: from the start).",
     )
     parser.add_argument("--model-seed", type=int, default=2026)
     parser.add_argument("--bootstrap", default=None, help="A running broker (else one is started).")

@@ -309,9 +309,10 @@ class Demo:
         cache = self._model_cache()
         if plan.n_events <= plan.train_events or cache.has_reference(plan.n_events):
             self._write_reference(primary, path)
-        elif "drift" in plan.late_services:
-            # Only the drift service needs it, and it joins after the warm-up: build it
-            # meanwhile, so the first event never waits for it.
+        elif plan.monitor_from_ms:
+            # Only the drift service needs it, and it monitors from after the warm-up:
+            # build it meanwhile (the service starts once it is there), so the first event
+            # never waits for it.
             self._say(f"building the drift reference over {plan.n_events:,} events in the "
                       "background (cached for the next run of this length)")  # fmt: skip
             self._reference_job = threading.Thread(
@@ -355,7 +356,7 @@ class Demo:
         return self._reference_job is None or not self._reference_job.is_alive()
 
     def _start_services(self, reference: Path) -> None:
-        """Start every service except those joining later; wait until they are ready."""
+        """Start every service (drift once its reference is built); wait until they are ready."""
         from streamml.broker import free_ports
 
         for name, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True):
@@ -363,7 +364,7 @@ class Demo:
                 self.plan, name, bootstrap=self.bootstrap, http_port=port, reference=reference
             )
             child = ServiceChild(name, env, port, self.plan.logs_dir / f"{name}.log")
-            if name not in self.plan.late_services:
+            if name != "drift" or self._reference_ready:
                 child.start()
             self.children.append(child)
         started = [c for c in self.children if c.process is not None]
@@ -391,17 +392,13 @@ class Demo:
             time.sleep(0.3)
 
     def _start_late(self) -> None:
-        """Start the monitors that join after the warm-up, once it has passed."""
-        if self.producer is None or not self.producer.stats.started_wall:
-            return
-        elapsed = time.monotonic() - self.producer.stats.started_wall
+        """Start the drift service once its reference, built in the background, is there."""
         for child in self.children:
-            if child.process is None and elapsed >= self.plan.warmup_s and self._reference_ready:
+            if child.process is None and self._reference_ready:
                 child.start()
                 if self.scraper is not None:
                     self.scraper.views[child.name].note = "starting"
-                self._say(f"{child.name} joins after the {self.plan.warmup_s:.0f}s warm-up "
-                          "(reads from the end of its inputs)")  # fmt: skip
+                self._say(f"{child.name} starts: its reference is built")
 
     # -- the run ----------------------------------------------------------------------
 
@@ -456,7 +453,7 @@ class Demo:
         self.scraper = MetricsScraper({c.name: c.port for c in self.children})
         for child in self.children:
             if child.process is None:
-                self.scraper.views[child.name].note = f"joins at {plan.warmup_s:.0f}s"
+                self.scraper.views[child.name].note = "building its reference"
         self.observer = TopicObserver(plan, config, AvroCodec.from_settings(kafka))
         self.producer = SyntheticProducer(plan, config, codec, self.scenario)
         self.scraper.start()
@@ -471,7 +468,9 @@ class Demo:
             f"producing {plan.rate:.0f} events/s for {plan.duration_s:.0f}s from "
             f"{plan.entities:,} cards; event time runs x{plan.time_compression:.0f}; "
             f"{injects} after {plan.drift_index:,} events"
-        )
+            + (f"; drift monitors from {plan.warmup_s:.0f}s in (the cards' cold start before "
+               "it is read, not monitored)" if plan.monitor_from_ms else "")
+        )  # fmt: skip
         self._watch(lambda: self.producer is not None and self.producer.is_alive(), "producing")
 
     def _watch(self, keep_going: Any, phase: str, deadline: float | None = None) -> None:

@@ -16,6 +16,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamml.synthetic import DEFAULT_START_MS
+
 CLOCK_FEATURES = ("hour_of_day_sin", "hour_of_day_cos", "day_of_week_sin", "day_of_week_cos")
 
 SERVICES = ("features", "scorer", "drift", "performance")
@@ -36,9 +38,10 @@ class DemoPlan:
     event_rate_per_s: float = 5.0
     drift_fraction: float = 0.35
     monitor_after_fraction: float = 0.15
-    """The drift service joins after this share of the duration (reading from the end of
-    its inputs): the first minutes of a run are every card's cold start, which a reference
-    drawn from hours of traffic would flag as drift."""
+    """The drift service monitors from the event time this share of the duration in
+    (``monitor_from_ms``; it starts with the others and reads the records before it
+    without counting them): the first minutes of a run are every card's cold start, which
+    a reference drawn from hours of traffic would flag as drift."""
     duplicate_share: float = 0.03
     canary_share: float = 0.1
     """Share of the cards the candidate model version serves as a canary (0: none)."""
@@ -78,12 +81,18 @@ class DemoPlan:
 
     @property
     def warmup_s(self) -> float:
-        """Wall seconds after the producer starts at which the late services join."""
+        """Wall seconds of traffic before the drift service's monitoring starts."""
         return self.duration_s * self.monitor_after_fraction
 
     @property
-    def late_services(self) -> tuple[str, ...]:
-        return ("drift",) if self.monitor_after_fraction > 0 else ()
+    def monitor_from_ms(self) -> int:
+        """The event time the drift service monitors from (0: from the first record): the
+        warm-up's wall seconds on the compressed clock, from the generator's start. In event
+        time, not by when the service joins, so a loaded machine that starts the service
+        slowly monitors the same records."""
+        if self.monitor_after_fraction <= 0:
+            return 0
+        return DEFAULT_START_MS + round(self.warmup_s * self.time_compression * 1000)
 
     @property
     def quality_window(self) -> int:
@@ -199,8 +208,8 @@ def service_env(
         # version whose scores look unlike the reference's is score drift within a window
         # (pinned to the reference's version, its predictions would only stop).
         env[f"{prefix}PREDICTIONS_ROUTE"] = "primary"
-        if plan.monitor_after_fraction > 0:  # joins late: monitor from the end of its inputs
-            env[f"{prefix}RUNTIME__AUTO_OFFSET_RESET"] = "latest"
+        if plan.monitor_from_ms:  # the cards' cold start is read, not monitored
+            env[f"{prefix}MONITOR_FROM_MS"] = str(plan.monitor_from_ms)
     elif service == "performance":
         env.update(
             {

@@ -49,7 +49,7 @@ class DriftMetrics:
             "streamml_drift_records_total",
             "Input records by stream and outcome (monitored; replayed: counted in windows of "
             "their own event time; replay_duplicate: a replayed original already counted; "
-            "replay_skipped; other_model).",
+            "replay_skipped; other_model; before_monitor_from: earlier than monitor_from_ms).",
             ["stream", "outcome"],
             registry=registry,
         )

@@ -78,6 +78,7 @@ class DriftProcessor(Processor):
         tests: WindowTestParams | None = None,
         replayed: ReplayMode = "own_windows",
         predictions_route: str | None = None,
+        monitor_from_ms: int = 0,
         max_window_jump: int = 60,
         jump_confirm_records: int = 20,
         max_replay_windows: int = 120,
@@ -99,6 +100,7 @@ class DriftProcessor(Processor):
             raise ValueError(f"replayed must be one of {', '.join(REPLAY_MODES)}")
         self.replayed = replayed
         self.predictions_route = predictions_route
+        self.monitor_from_ms = monitor_from_ms
         self.max_window_jump = max_window_jump
         self.max_replay_windows = max_replay_windows
         self.jump_confirm_records = jump_confirm_records
@@ -124,7 +126,10 @@ class DriftProcessor(Processor):
                 reports.append(record)
             else:
                 groups.setdefault((record.topic, record.partition), []).append(record)
-        for (topic, partition), group in groups.items():
+        for (topic, partition), read in groups.items():
+            group = self._from_monitor_start(topic, read)
+            if not group:
+                continue
             if topic == self.features_topic:
                 self._monitor_features(partition, group, state, result)
             elif topic == self.predictions_topic:
@@ -137,6 +142,17 @@ class DriftProcessor(Processor):
         if reports:
             self._track(reports, state, result)
         return result
+
+    def _from_monitor_start(self, topic: str, group: list[Record]) -> list[Record]:
+        """The records at or after ``monitor_from_ms`` (all, when it is 0)."""
+        cut = self.monitor_from_ms
+        if not cut or topic not in (self.features_topic, self.predictions_topic):
+            return group
+        kept = [r for r in group if not _event_time_before(r, cut)]
+        if len(kept) < len(group):
+            stream = FEATURES if topic == self.features_topic else PREDICTIONS
+            self.metrics.records.labels(stream, "before_monitor_from").inc(len(group) - len(kept))
+        return kept
 
     def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         gone = {p for _, p in partitions}
@@ -553,3 +569,13 @@ def _take(rows: Rows, index: Any) -> Rows:
     return Rows(rows.event_time[index], rows.offset[index], rows.values[index],
                 rows.categories[index],
                 None if rows.decisions is None else rows.decisions[index])  # fmt: skip
+
+
+def _event_time_before(record: Record, cut: int) -> bool:
+    """True when the record's event time is known and earlier than ``cut`` (a record
+    without one is left to validation)."""
+    value = record.value
+    if not isinstance(value, Mapping):
+        return False
+    event_time = value.get("event_time")
+    return isinstance(event_time, int) and event_time < cut

@@ -56,6 +56,7 @@ def build_processor(
         tests=settings.tests,
         replayed=settings.replayed,
         predictions_route=settings.predictions_route,
+        monitor_from_ms=settings.monitor_from_ms,
         max_window_jump=settings.max_window_jump,
         jump_confirm_records=settings.jump_confirm_records,
     )

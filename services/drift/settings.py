@@ -79,6 +79,14 @@ class DriftSettings(ServiceSettings):
         "replayed; 'skip' does not monitor them; 'current_window' counts them like live "
         "records in the open window (the behaviour before own windows).",
     )
+    monitor_from_ms: int = Field(
+        default=0,
+        ge=0,
+        description="Event time (ms since the epoch) from which records are monitored; "
+        "earlier ones are read and not counted (a monitor deployed beside a stream whose "
+        "first minutes are every entity's cold start, or a backfill watched from a point "
+        "on). 0 = every record.",
+    )
     detectors: DetectorParams = Field(
         default_factory=DetectorParams, description="Streaming detector defaults."
     )

@@ -7,6 +7,7 @@ from typing import Any
 from services.demo import claims, report
 from services.demo.observer import parse_metrics, total
 from services.demo.plan import DemoPlan, service_env
+from streamml.synthetic import DEFAULT_START_MS
 
 DRIFT = 1_000_000
 
@@ -167,8 +168,10 @@ def test_plan_checks_its_bounds() -> None:
     assert "duration" in (DemoPlan(duration_s=1).check() or "")
     assert "malformed" in (DemoPlan(malformed_share=0.5).check() or "")
     assert "monitor-after" in (DemoPlan(monitor_after_fraction=0.4).check() or "")
-    assert DemoPlan(monitor_after_fraction=0).late_services == ()
+    assert DemoPlan(monitor_after_fraction=0).monitor_from_ms == 0
     assert DemoPlan(duration_s=100).warmup_s == 15
+    # 15 s of traffic at x40 is 10 minutes of event time from the generator's start.
+    assert DemoPlan(duration_s=100).monitor_from_ms == DEFAULT_START_MS + 600_000
     assert DemoPlan(rate=200, event_rate_per_s=5).time_compression == 40
 
 
@@ -197,7 +200,7 @@ def test_service_env_is_valid_for_every_service_settings_class(
         for key, value in drift_env.items():
             patch.setenv(key, value)
         drift = load_settings(DriftSettings)
-    assert drift.runtime.auto_offset_reset == "latest"  # joins after the warm-up
+    assert drift.monitor_from_ms == plan.monitor_from_ms > 0  # the cold start is not monitored
     assert drift.window_ms == 180_000
 
 

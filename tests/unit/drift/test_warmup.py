@@ -73,3 +73,22 @@ def test_a_flag_column_is_judged_by_its_window_tests_not_by_sequential_detectors
     assert [a["feature"] for a in opened] == ["f1"]
     assert opened[0]["detector"] not in {"adwin", "page_hinkley", "page_hinkley_spread"}
     assert all(hit["feature"] != "f1" for r in harness.reports for hit in r["detections"])
+
+
+def test_records_before_monitor_from_are_read_and_not_monitored() -> None:
+    """A monitor deployed beside a cold-starting stream watches it from ``monitor_from_ms``
+    on: what changed before then opens nothing, a change after it still does."""
+    values = np.random.default_rng(606).normal(size=(40_000, 4))
+    values[:8_000, 2] += 1.5  # the first 80 s of event time look nothing like the reference
+    reference = _reference(0)
+
+    def opened(monitor_from_ms: int, data: np.ndarray) -> list[str]:
+        harness = Harness(make_processor(reference, monitor_from_ms=monitor_from_ms))
+        harness.feed_all(stream_records(data, NAMES), batch=500)
+        return [a["feature"] for a in harness.opened()]
+
+    assert opened(0, values) == ["f2"]
+    assert opened(100_000, values) == []
+    drifted = values.copy()
+    drifted[25_000:, 3] += 1.0
+    assert opened(100_000, drifted) == ["f3"]
