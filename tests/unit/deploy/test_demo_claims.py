@@ -307,3 +307,13 @@ def test_an_episode_opened_before_the_drift_fails_the_quiet_claim() -> None:
     assert not quiet.ok and "country#18" in quiet.detail
     assert _by_name(summary)["injected drift detected"].ok  # a detection does not excuse it
     assert not summary.ok
+
+
+def test_topic_counts_keep_duplicates_as_records_come() -> None:
+    from services.demo.observer import TopicCounts
+
+    counts = TopicCounts()
+    for event_id in ["a", "b", "a", "c", "a", "b"]:
+        counts.add(event_id)
+    assert (counts.distinct, counts.duplicates) == (3, 3)
+    assert counts.duplicates == sum(n - 1 for n in counts.ids.values())
