@@ -62,6 +62,7 @@ class ServiceChild:
         self._terminated = False
 
     def start(self) -> None:
+        self._terminated = False  # a restarted child is signalled again when stopped
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],

@@ -317,3 +317,37 @@ def test_topic_counts_keep_duplicates_as_records_come() -> None:
         counts.add(event_id)
     assert (counts.distinct, counts.duplicates) == (3, 3)
     assert counts.duplicates == sum(n - 1 for n in counts.ids.values())
+
+
+def test_a_restarted_service_child_gets_sigterm_again_when_stopped(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """The soak restarts each service once; the final stop must signal the new process
+    too (it was killed after 20 s instead, as the flag of the first stop stayed set)."""
+    import signal as signals
+
+    from services.demo import orchestrator
+
+    sent: list[int] = []
+
+    class FakePopen:  # a test double for the service process: records its signals
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.returncode: int | None = None
+
+        def poll(self) -> int | None:
+            return self.returncode
+
+        def send_signal(self, signum: int) -> None:
+            sent.append(signum)
+            self.returncode = 0
+
+        def wait(self, timeout: float | None = None) -> int | None:
+            return self.returncode
+
+    monkeypatch.setattr(orchestrator.subprocess, "Popen", FakePopen)
+    child = orchestrator.ServiceChild("features", {}, 1, tmp_path / "features.log")
+    child.start()
+    assert child.stop() == 0
+    child.start()  # the rolling restart
+    assert child.stop() == 0
+    assert sent == [signals.SIGTERM, signals.SIGTERM]
