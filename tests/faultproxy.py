@@ -145,9 +145,9 @@ class FaultProxy:
             return
         with self._lock:
             self._open |= {client, upstream}
-        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
         try:
-            self._requests(client, upstream)
+            with contextlib.suppress(OSError, ValueError):
+                self._requests(client, upstream)
         finally:
             with self._lock:
                 self._open -= {client, upstream}
@@ -155,26 +155,15 @@ class FaultProxy:
             _close(upstream)
 
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
-        """Client -> upstream, one HTTP/1.1 request at a time (clients do not pipeline)."""
+        """One HTTP/1.1 exchange at a time, in this one thread: the request from the
+        client to the upstream, then the whole response back (clients do not pipeline).
+        A thread per direction read and wrote one TLS socket at once, which an SSL object
+        does not allow: a request then hung for good (CI, 2026-12-05)."""
         buffer = b""
         while True:
-            while b"\r\n\r\n" not in buffer:
-                chunk = client.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-            head, _, rest = buffer.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            while len(rest) < length:
-                chunk = client.recv(65536)
-                if not chunk:
-                    return
-                rest += chunk
-            body, buffer = rest[:length], rest[length:]
+            head, body, buffer = _read_message(client, buffer)
+            if head is None:
+                return
             method, target = [*head.split(b" ", 2), b"", b""][:2]
             if (
                 self._mode == "refuse_registrations"
@@ -189,13 +178,91 @@ class FaultProxy:
                 )
                 continue
             upstream.sendall(head + b"\r\n\r\n" + body)
+            if not _relay_response(upstream, client, method):
+                return
 
 
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while chunk := source.recv(65536):
-            target.sendall(chunk)
-    _close(target)
+def _headers(head: bytes) -> dict[bytes, bytes]:
+    fields: dict[bytes, bytes] = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    return fields
+
+
+def _read_message(sock: socket.socket, buffer: bytes) -> tuple[bytes | None, bytes, bytes]:
+    """(head, body, what is left) of the next request on ``sock`` (Content-Length
+    bodies: what registry clients send); head None when the peer closed."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None, b"", b""
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    length = int(_headers(head).get(b"content-length", b"0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None, b"", b""
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
+def _chunked_end(data: bytes) -> int | None:
+    """Where a chunked body that starts ``data`` ends, or None while incomplete."""
+    at = 0
+    while True:
+        line_end = data.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size = int(data[at:line_end].split(b";")[0].strip() or b"0", 16)
+        at = line_end + 2
+        if size == 0:
+            trailer_end = data.find(b"\r\n\r\n", at - 2)
+            return None if trailer_end < 0 else trailer_end + 4
+        if len(data) < at + size + 2:
+            return None
+        at += size + 2
+
+
+def _relay_response(upstream: socket.socket, client: socket.socket, method: bytes) -> bool:
+    """Copy one whole response from ``upstream`` to ``client``; whether the connection
+    stays open."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = upstream.recv(65536)
+        if not chunk:
+            return False
+        buffer += chunk
+    head, _, body = buffer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    fields = _headers(head)
+    keep = fields.get(b"connection", b"").lower() != b"close"
+    if method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
+        client.sendall(head + b"\r\n\r\n")
+        return keep
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        while (end := _chunked_end(body)) is None:
+            chunk = upstream.recv(65536)
+            if not chunk:
+                client.sendall(head + b"\r\n\r\n" + body)
+                return False
+            body += chunk
+        client.sendall(head + b"\r\n\r\n" + body[:end])
+        return keep
+    if b"content-length" in fields:
+        length = int(fields[b"content-length"])
+        while len(body) < length:
+            chunk = upstream.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        client.sendall(head + b"\r\n\r\n" + body[:length])
+        return keep
+    while chunk := upstream.recv(65536):  # no length: the body ends with the connection
+        body += chunk
+    client.sendall(head + b"\r\n\r\n" + body)
+    return False
 
 
 def _close(sock: socket.socket) -> None:
