@@ -142,6 +142,20 @@ class LatencyObserver(TopicObserver):
         self.latency_at = array("d")  # monotonic time seen
         self.latency_s = array("d")
 
+    def _take(self, message: Any) -> None:
+        super()._take(message)
+        if message.topic() != self._predictions:
+            return
+        try:
+            record = self._codec.decode(message.value(), "Prediction", topic=self._predictions)
+        except Exception:  # counted as undecodable by the audit already
+            return
+        sent = self._timed.sent_at.pop(str(record["event_id"]), None)
+        if sent is not None:
+            now = time.monotonic()
+            self.latency_at.append(now)
+            self.latency_s.append(now - sent)
+
 
 class GcPauses:
     """This process's garbage-collection pauses (the latency is timed here, so a pause
@@ -170,20 +184,6 @@ class GcPauses:
     def close(self) -> None:
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)
-
-    def _take(self, message: Any) -> None:
-        super()._take(message)
-        if message.topic() != self._predictions:
-            return
-        try:
-            record = self._codec.decode(message.value(), "Prediction", topic=self._predictions)
-        except Exception:  # counted as undecodable by the audit already
-            return
-        sent = self._timed.sent_at.pop(str(record["event_id"]), None)
-        if sent is not None:
-            now = time.monotonic()
-            self.latency_at.append(now)
-            self.latency_s.append(now - sent)
 
 
 # -- per-process figures from /proc ------------------------------------------------------
