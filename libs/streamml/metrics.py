@@ -132,6 +132,13 @@ class RuntimeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.heap_trims = Counter(
+            "streamml_heap_trims_total",
+            "Times the C heap's freed pages were given back to the OS because the RSS grew "
+            "(settings heap_trim_growth; the trim after a restore is not counted).",
+            ["service"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "streamml_batch_records",
             "Records per micro-batch.",

@@ -245,6 +245,20 @@ class RuntimeSettings(BaseModel):
     lag_interval_s: float = Field(
         default=5.0, gt=0, description="How often consumer lag per partition is measured."
     )
+    heap_trim_growth: float = Field(
+        default=0.2,
+        ge=0,
+        description="Give the C heap's freed pages back to the OS (malloc_trim) when the RSS "
+        "has grown by this share since the last trim: glibc keeps the pages a catch-up or a "
+        "store's pruning peak freed, so the RSS steps up and never comes down. 0 turns it "
+        "off. See docs/decisions/heap-trim.md.",
+    )
+    heap_trim_min_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Least time between two such trims (one costs up to "
+        "~0.5 s of processing on a loaded machine).",
+    )
     liveness_idle_s: float = Field(
         default=120.0,
         gt=0,

@@ -62,7 +62,7 @@ from streamml.errors import (
 )
 from streamml.faults import Fault, classify, kafka_error
 from streamml.logs import fields
-from streamml.memory import release_free_memory
+from streamml.memory import HeapTrimmer, can_release_free_memory, release_free_memory
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor
 from streamml.runtime import provisioning
@@ -150,6 +150,10 @@ class StreamRuntime:
         self._reach_probe_due = 0.0
         self._fatal: str | None = None
         self._lag_due = 0.0
+        self._heap = HeapTrimmer(
+            growth=settings.heap_trim_growth if can_release_free_memory() else 0.0,
+            min_interval_s=settings.heap_trim_min_interval_s,
+        )
         self._consumer: Consumer | None = None
         self._transactions = TransactionDriver(
             kafka,
@@ -333,6 +337,7 @@ class StreamRuntime:
             self._owned_partitions |= set(new_numbers)
             if new_numbers:
                 release_free_memory()  # the restore's peak would stay in RSS (memory.py)
+                self._heap.trimmed()
             self.metrics.restore_seconds.labels(self.service).observe(time.monotonic() - started)
             if self._halt is not None:
                 consumer.pause(partitions)
@@ -447,6 +452,7 @@ class StreamRuntime:
         if batch:
             self._run_batch(batch)
         self._maybe_report_lag()
+        self._maybe_trim_heap()
 
     def _poll(self) -> list[Message]:
         consumer = self._consumer
@@ -754,6 +760,17 @@ class StreamRuntime:
                     )
         except KafkaException as exc:
             log.debug("lag measurement failed", extra=fields(error=exc))
+
+    def _maybe_trim_heap(self) -> None:
+        started = time.monotonic()
+        trimmed = self._heap.maybe_trim()
+        if trimmed is not None:
+            before, after = trimmed
+            self.metrics.heap_trims.labels(self.service).inc()
+            log.info("heap trimmed", extra=fields(
+                rss_before_mib=round(before / 2**20, 1), rss_after_mib=round(after / 2**20, 1),
+                trim_s=round(time.monotonic() - started, 3),
+            ))  # fmt: skip
 
     def _shutdown(self) -> None:
         if self._consumer is not None:

@@ -1,0 +1,80 @@
+"""HeapTrimmer trims when the RSS has grown by its share since the last trim, not more often."""
+
+from __future__ import annotations
+
+from streamml.memory import HeapTrimmer
+
+
+class _Process:
+    """A test double of the process: an RSS that the test sets and a trim that lowers it."""
+
+    def __init__(self, rss: int) -> None:
+        self.rss = rss
+        self.after_trim = rss
+        self.trims = 0
+        self.now = 0.0
+
+    def trim(self) -> bool:
+        self.trims += 1
+        self.rss = self.after_trim
+        return True
+
+
+def _trimmer(process: _Process, **kwargs: float) -> HeapTrimmer:
+    return HeapTrimmer(
+        growth=kwargs.get("growth", 0.2),
+        check_interval_s=kwargs.get("check_interval_s", 30.0),
+        min_interval_s=kwargs.get("min_interval_s", 300.0),
+        rss=lambda: process.rss,
+        trim=process.trim,
+        clock=lambda: process.now,
+    )
+
+
+def test_a_step_of_the_rss_is_trimmed_and_the_baseline_is_the_rss_after_the_trim() -> None:
+    process = _Process(rss=100)
+    trimmer = _trimmer(process)
+    assert trimmer.maybe_trim() is None  # baseline 100
+    process.now, process.rss, process.after_trim = 400.0, 119, 80
+    assert trimmer.maybe_trim() is None  # under 20 % growth
+    process.now, process.rss = 430.0, 121
+    assert trimmer.maybe_trim() == (121, 80)
+    assert process.trims == 1
+    process.now, process.rss = 760.0, 97  # 80 * 1.2 = 96: grown again from the new baseline
+    assert trimmer.maybe_trim() == (97, 80)
+    assert process.trims == 2
+
+
+def test_trims_are_at_least_the_minimum_interval_apart_and_checks_the_check_interval() -> None:
+    process = _Process(rss=100)
+    trimmer = _trimmer(process)
+    trimmer.maybe_trim()
+    process.now, process.rss, process.after_trim = 300.0, 200, 150
+    assert trimmer.maybe_trim() == (200, 150)
+    process.now, process.rss = 320.0, 400  # before the next check is due
+    assert trimmer.maybe_trim() is None
+    process.now = 340.0  # checked, grown, but only 40 s after the last trim
+    assert trimmer.maybe_trim() is None
+    process.now = 600.0
+    assert trimmer.maybe_trim() == (400, 150)
+    assert process.trims == 2
+
+
+def test_a_trim_made_elsewhere_resets_the_baseline_and_the_interval() -> None:
+    process = _Process(rss=100)
+    trimmer = _trimmer(process)
+    trimmer.maybe_trim()
+    process.now, process.rss = 1000.0, 300  # a restore's peak, trimmed by the runtime
+    trimmer.trimmed()
+    process.now = 1100.0
+    assert trimmer.maybe_trim() is None  # 300 is the baseline now, and only 100 s passed
+    process.now, process.rss = 1300.0, 361
+    assert trimmer.maybe_trim() is not None
+
+
+def test_growth_zero_never_reads_the_rss_or_trims() -> None:
+    process = _Process(rss=100)
+    trimmer = HeapTrimmer(growth=0, rss=lambda: 1 / 0, trim=process.trim)  # type: ignore[arg-type,return-value]
+    for _ in range(3):
+        assert trimmer.maybe_trim() is None
+    assert process.trims == 0
