@@ -78,3 +78,30 @@ def test_growth_zero_never_reads_the_rss_or_trims() -> None:
     for _ in range(3):
         assert trimmer.maybe_trim() is None
     assert process.trims == 0
+
+
+def test_the_runtime_loop_trims_a_grown_heap_and_counts_it() -> None:
+    from streamml.codec import AvroCodec
+    from streamml.processor import Processor, Record, Result
+    from streamml.runtime import StreamRuntime
+    from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
+    from streamml.state import State
+
+    class Nothing(Processor):
+        def process(self, records: list[Record], state: State) -> Result:  # type: ignore[override]
+            return Result()
+
+    rt = StreamRuntime(
+        service="trim-test", processor=Nothing(), inputs={"in": "Label"}, kafka=KafkaSettings(),
+        settings=RuntimeSettings(heap_trim_growth=0.2, heap_trim_min_interval_s=0),
+        http=HttpSettings(), codec=AvroCodec(),
+    )  # fmt: skip
+    process = _Process(rss=100)
+    rt._heap = _trimmer(process, check_interval_s=0, min_interval_s=0)
+    counter = rt.metrics.heap_trims.labels("trim-test")
+    start = counter._value.get()
+    rt._maybe_trim_heap()  # baseline
+    process.rss, process.after_trim = 150, 90
+    rt._maybe_trim_heap()
+    assert process.trims == 1
+    assert counter._value.get() == start + 1
