@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from streamml import memory  # noqa: E402  (after the path is set)
+
 T0 = 1_790_000_000_000
 CHANGE = struct.Struct("<BIi")  # store number, key length, value length (-1: a tombstone)
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "PL"]
@@ -67,8 +69,10 @@ _LIBC.mallinfo2.restype = _MallInfo2
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    rss = memory.rss_bytes()
+    if rss is None:
+        raise SystemExit("error: this benchmark reads /proc (Linux only)")
+    return rss
 
 
 def heap() -> dict[str, int]:

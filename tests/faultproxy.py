@@ -190,15 +190,24 @@ def _headers(head: bytes) -> dict[bytes, bytes]:
     return fields
 
 
-def _read_message(sock: socket.socket, buffer: bytes) -> tuple[bytes | None, bytes, bytes]:
-    """(head, body, what is left) of the next request on ``sock`` (Content-Length
-    bodies: what registry clients send); head None when the peer closed."""
+def _read_head(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes] | None:
+    """(head, what follows it) of the next message on ``sock``; None when the peer closed."""
     while b"\r\n\r\n" not in buffer:
         chunk = sock.recv(65536)
         if not chunk:
-            return None, b"", b""
+            return None
         buffer += chunk
     head, _, rest = buffer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _read_message(sock: socket.socket, buffer: bytes) -> tuple[bytes | None, bytes, bytes]:
+    """(head, body, what is left) of the next request on ``sock`` (Content-Length
+    bodies: what registry clients send); head None when the peer closed."""
+    parts = _read_head(sock, buffer)
+    if parts is None:
+        return None, b"", b""
+    head, rest = parts
     length = int(_headers(head).get(b"content-length", b"0"))
     while len(rest) < length:
         chunk = sock.recv(65536)
@@ -228,13 +237,10 @@ def _chunked_end(data: bytes) -> int | None:
 def _relay_response(upstream: socket.socket, client: socket.socket, method: bytes) -> bool:
     """Copy one whole response from ``upstream`` to ``client``; whether the connection
     stays open."""
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = upstream.recv(65536)
-        if not chunk:
-            return False
-        buffer += chunk
-    head, _, body = buffer.partition(b"\r\n\r\n")
+    parts = _read_head(upstream, b"")
+    if parts is None:
+        return False
+    head, body = parts
     status = int(head.split(b" ", 2)[1])
     fields = _headers(head)
     keep = fields.get(b"connection", b"").lower() != b"close"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ctypes.util
-import os
 import sys
 
 import pytest
 
-from streamml.memory import release_free_memory
+from streamml.memory import release_free_memory, rss_bytes
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
@@ -17,8 +16,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    rss = rss_bytes()
+    assert rss is not None
+    return rss / 2**20
 
 
 def test_freed_heap_under_a_live_object_is_returned_by_the_trim_not_before() -> None:
