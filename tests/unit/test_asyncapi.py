@@ -5,6 +5,7 @@ tools/asyncapi/package-lock.json and kept there) finds it valid."""
 from __future__ import annotations
 
 import copy
+import fcntl
 import shutil
 import subprocess
 import sys
@@ -75,12 +76,16 @@ def _npm_installed() -> Path:
     assert node and npm, "Node.js 20 and npm are needed to validate docs/asyncapi.yaml"
     stamp = TOOLS / "node_modules" / ".package-lock.json"
     lock = TOOLS / "package-lock.json"
-    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=TOOLS, capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
+    # Two test workers on a fresh checkout ran `npm ci` in the same directory at once and
+    # both failed (ENOTEMPTY, ENOENT: CI, 2026-12-06): one installs, the other waits.
+    with lock.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+            done = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=TOOLS, capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
     return Path(node)
 
 
