@@ -8,7 +8,11 @@ import pytest
 from confluent_kafka import Message
 
 from streamml.codec import AvroCodec
-from streamml.errors import RegistryRefusedError, RegistryUnavailableError
+from streamml.errors import (
+    BrokerUnavailableError,
+    RegistryRefusedError,
+    RegistryUnavailableError,
+)
 from streamml.processor import Halt, Output, Processor, Record, Rejection, Result
 from streamml.runtime import BatchExecutor, BatchOutcome, StreamRuntime, next_offsets
 from streamml.settings import HttpSettings, KafkaSettings, RuntimeSettings
@@ -196,3 +200,41 @@ def test_a_registry_outage_while_decoding_is_not_a_dead_letter() -> None:
     framed = b"\x00" + (12345).to_bytes(4, "big") + b"\x02a"
     with pytest.raises(RegistryUnavailableError):
         ex.run([msg(0, framed)])
+
+
+class _Renewals:
+    """A test double of the TransactionDriver: records each producer renewal; can fail."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.fail = False
+
+    def replace(self, reason: str) -> None:
+        if self.fail:
+            raise BrokerUnavailableError("init_transactions timed out")
+        self.reasons.append(reason)
+
+
+def test_the_first_transaction_after_a_broker_outage_runs_on_a_new_producer() -> None:
+    from confluent_kafka import KafkaError
+
+    rt = StreamRuntime(
+        service="x", processor=Echo(), inputs={"in": "Label"}, kafka=KafkaSettings(),
+        settings=RuntimeSettings(), http=HttpSettings(), codec=CODEC,
+    )  # fmt: skip
+    driver = _Renewals()
+    rt._transactions = driver  # type: ignore[assignment]
+    rt._renew_producer_after_outage()
+    assert driver.reasons == []  # no outage: the producer stays
+    rt._on_consumer_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    rt._renew_producer_after_outage()
+    assert driver.reasons == []  # still unreachable: renewing now would only fail
+    rt._unreachable = None  # what a record or the metadata probe does once a broker answers
+    driver.fail = True
+    with pytest.raises(BrokerUnavailableError):
+        rt._renew_producer_after_outage()
+    driver.fail = False
+    rt._renew_producer_after_outage()  # the failed renewal is made again
+    assert driver.reasons == ["a broker was unreachable since the last transaction"]
+    rt._renew_producer_after_outage()
+    assert len(driver.reasons) == 1  # once per outage, not per transaction

@@ -147,6 +147,8 @@ class StreamRuntime:
         self._waiting: str | None = None
         self._unreachable: str | None = None
         """Set when the consumer reports that no broker is reachable, cleared when one is."""
+        self._outage_seen = False
+        """Set with ``_unreachable``; cleared when the producer is renewed after the outage."""
         self._reach_probe_due = 0.0
         self._fatal: str | None = None
         self._lag_due = 0.0
@@ -322,6 +324,7 @@ class StreamRuntime:
         if self._unreachable is None:
             log.warning("no broker reachable", extra=fields(error=error.str()))
         self._unreachable = error.str()
+        self._outage_seen = True
 
     # -- rebalance callbacks (run inside consumer.consume) ---------------------------
 
@@ -547,6 +550,7 @@ class StreamRuntime:
         circuit = self.circuit
         started = time.monotonic()
         try:
+            self._renew_producer_after_outage()
             transactions.begin()
         except InfrastructureError as exc:
             self._count_fault(exc)
@@ -578,7 +582,7 @@ class StreamRuntime:
             raise error from exc
         except StuckProducerError as exc:
             self.state.abort()
-            transactions.replace()
+            transactions.replace("transactional producer is stuck")
             error = BrokerUnavailableError(f"stuck producer: {exc}")
             self._count_fault(error)
             raise error from exc
@@ -595,6 +599,20 @@ class StreamRuntime:
         self._count_committed(batch, out_counts)
         if halt is not None:
             self._enter_halt(halt, offsets)
+
+    def _renew_producer_after_outage(self) -> None:
+        """A new transactional producer for the first transaction after a broker outage.
+
+        librdkafka keeps the coordinator it knew before the outage and can then block in
+        send_offsets_to_transaction until the watchdog's deadline (librdkafka #5456,
+        #5511): in the soak every service paid those 20 s after a broker restart, one
+        after the other down the pipeline. A new producer finds the coordinator afresh; its
+        init_transactions fences the old one. Done once the broker answers again.
+        """
+        if not self._outage_seen or self._unreachable is not None:
+            return
+        self._transactions.replace("a broker was unreachable since the last transaction")
+        self._outage_seen = False  # after: a renewal that failed is made again next time
 
     def _produce_outcome(self, outcome: BatchOutcome) -> dict[str, int]:
         """Outputs, dead letters and pending changelog writes into the open transaction;

@@ -180,9 +180,9 @@ class TransactionDriver:
         if failure:
             raise failure[0]
 
-    def replace(self) -> None:
-        """Swap in a new producer; its init_transactions fences and aborts the stuck one."""
-        log.warning("transactional producer is stuck; replacing it (fences the old one)")
+    def replace(self, reason: str) -> None:
+        """Swap in a new producer; its init_transactions fences and aborts the old one."""
+        log.warning("%s; replacing the transactional producer (fences the old one)", reason)
         # The stuck producer is kept referenced, never destroyed under its blocked thread.
         self._abandoned.append(self._producer)
         self.start()
