@@ -231,6 +231,7 @@ class Sample:
     cpu: dict[str, float] = field(default_factory=dict)  # share of one core over the interval
     lag: dict[str, float] = field(default_factory=dict)  # per consumer group
     state: dict[str, float] = field(default_factory=dict)  # "service/store" -> keys
+    heap: dict[str, float] = field(default_factory=dict)  # "service/kind" -> C heap bytes
     changelog_bytes: dict[str, float] = field(default_factory=dict)
     p50_s: float | None = None
     p99_s: float | None = None
@@ -451,6 +452,8 @@ class Soak:
             for (n, labels), keys in metrics.items():
                 if n == "streamml_state_store_keys":
                     s.state[f"{name}/{dict(labels).get('store', '?')}"] = keys
+                elif n == "streamml_heap_bytes":
+                    s.heap[f"{name}/{dict(labels).get('kind', '?')}"] = keys
         data = self.broker.run_dir / "data"
         for path in data.glob("*-changelog-*"):
             topic = path.name.rsplit("-", 1)[0].removeprefix(self.plan.topic_prefix)
@@ -802,6 +805,7 @@ class Soak:
             )
 
         rss: dict[str, list[tuple[float, float]]] = {}
+        heap: dict[str, list[tuple[float, float]]] = {}
         lag: dict[str, list[tuple[float, float]]] = {}
         state: dict[str, list[tuple[float, float]]] = {}
         changelog: dict[str, list[tuple[float, float]]] = {}
@@ -812,6 +816,8 @@ class Soak:
             m = s.t / 60
             for k, v in s.rss.items():
                 rss.setdefault(k, []).append((m, v / 2**20))
+            for k, v in s.heap.items():
+                heap.setdefault(k, []).append((m, v / 2**20))
             for k, v in s.lag.items():
                 lag.setdefault(k, []).append((m, v))
             for k, v in s.state.items():
@@ -830,6 +836,10 @@ class Soak:
             f"time) is full after {self.full_at / 60:.0f} min. Restarts and "
             "'retention full' are marked.</p>",
             "<h2>RSS (MiB)</h2>", chart(rss, "RSS MiB"),
+            "<h2>C heap per service (MiB)</h2>", chart(heap, "MiB"),
+            "<p class='note'>glibc's mallinfo2 every 30 s: in use, free (kept; what a trim "
+            "gives back), mmapped (large chunks). The rest of the RSS is mostly CPython's "
+            "arenas for small objects, code and stacks.</p>",
             "<h2>Consumer lag per group (records)</h2>",
             chart({k: v for k, v in lag.items() if k != "drift"}, "records"),
             "<p class='note'>pipeline: events sent but not yet predicted.</p>",

@@ -189,6 +189,8 @@ def restore(path: Path, stores: Any) -> int:
             stores[number].restore(0, key, value)
             count += 1
             header = source.read(CHANGE.size)
+    for store in stores:  # as the runtime does after a restore
+        store.settle(0)
     return count
 
 

@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,111 @@ def _malloc_trim() -> Any:
         return ctypes.CDLL(name).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
         return None
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        call = ctypes.CDLL(name).mallinfo2  # glibc 2.33+
+    except (OSError, AttributeError):
+        return None
+    call.restype = _MallInfo2
+    return call
+
+
+def heap_bytes() -> dict[str, int] | None:
+    """The C heap by kind, or None where the C library cannot say (not glibc 2.33+).
+
+    ``in_use``: malloc's chunks in use in its heaps; ``free``: freed chunks it keeps
+    (what a trim can give back, in whole pages); ``mmapped``: chunks too large for the
+    heaps, each its own mapping (returned when freed). What the RSS holds beyond these,
+    besides code and stacks, is mostly CPython's own arenas for small objects.
+
+    >>> usage = heap_bytes()
+    >>> usage is None or sorted(usage) == ["free", "in_use", "mmapped"]
+    True
+    """
+    call = _mallinfo2()
+    if call is None:
+        return None
+    info = call()
+    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+
+
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
+
+
+def fix_mmap_threshold(size: int) -> bool:
+    """Serve every allocation of ``size`` bytes or more from a mapping of its own, always.
+
+    glibc starts at 128 KiB and raises the threshold to the size of each mapped block freed
+    (up to 32 MiB), so the tables of large dictionaries (a state store's, 10-40 MiB) soon
+    come from the heap instead: freed at a resize, they stay resident until a trim. A fixed
+    threshold keeps them mapped, returned to the OS the moment they are freed. Left alone
+    where ``MALLOC_MMAP_THRESHOLD_`` is set (the operator's own choice) or the C library is
+    not glibc; returns whether it was set.
+
+    >>> isinstance(fix_mmap_threshold(256 * 1024), bool)
+    True
+    """
+    if size <= 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, size))
+
+
+def settle_table(table: dict[Any, Any]) -> int:
+    """Resize ``table`` now to the size that inserts and deletes would settle it at later.
+
+    CPython sizes a dictionary's table at a resize by three times its live keys, and a
+    dictionary under churn (a state store: keys expire, new ones come) is resized whenever
+    its entries run out. One built from nothing, as a restore builds a store, can stop one
+    size short: the soak's performance service restored 370 k join keys per partition into
+    a table of 2^20 slots, and an hour later churn resized it to 2^21: +21 MiB of RSS per
+    partition, long after the restore. Moving each key to the end (pop and insert again)
+    uses up entries without changing the live count, so the resize comes now, at the size
+    churn would choose; each pass moves every key once, so they end in their order. The
+    contents and order are unchanged. Returns the moves made.
+
+    >>> table = {i: str(i) for i in range(1000)}
+    >>> settle_table(table) > 0, list(table) == list(range(1000))
+    (True, True)
+    """
+    live = len(table)
+    if live == 0:
+        return 0
+    size = sys.getsizeof(table)
+    # A resize must come within the entries of a table sized for the live keys: 2/3 of the
+    # smallest power of two at least three times that (bounded if one came at the same size).
+    limit = (1 << (3 * live - 1).bit_length()) * 2 // 3 + 1
+    moves = 0
+    pop = table.pop
+    while moves < limit:
+        for key in list(table):  # a whole pass: the keys end in their order
+            table[key] = pop(key)
+        moves += live
+        if sys.getsizeof(table) != size:
+            break
+    return moves
 
 
 def can_release_free_memory() -> bool:

@@ -139,6 +139,13 @@ class RuntimeMetrics:
             ["service"],
             registry=registry,
         )
+        self.heap_bytes = Gauge(
+            "streamml_heap_bytes",
+            "The C heap (glibc's mallinfo2), read when the heap trimmer checks the RSS: "
+            "in_use, free (kept by malloc, what a trim returns) and mmapped (large chunks).",
+            ["service", "kind"],
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "streamml_batch_records",
             "Records per micro-batch.",

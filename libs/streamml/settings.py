@@ -253,6 +253,16 @@ class RuntimeSettings(BaseModel):
         "store's pruning peak freed, so the RSS steps up and never comes down. 0 turns it "
         "off. See docs/decisions/heap-trim.md.",
     )
+    mmap_threshold_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        le=32 * 2**20,
+        description="Allocations of this size or more always get a mapping of their own "
+        "(glibc's M_MMAP_THRESHOLD, fixed), so a large table freed at a dictionary's resize "
+        "goes back to the OS at once instead of staying in the heap. 0 keeps glibc's "
+        "sliding threshold; MALLOC_MMAP_THRESHOLD_ in the environment wins. See "
+        "docs/decisions/heap-trim.md.",
+    )
     heap_trim_min_interval_s: float = Field(
         default=300.0,
         ge=0,

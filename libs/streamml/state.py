@@ -27,8 +27,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from streamml.errors import StreamMLError
+from streamml.memory import settle_table
 
 _DELETED = None
+SETTLE_MIN_KEYS = 50_000  # a table under ~2 MiB: its later resize is not worth a pass
 
 
 class KeyValueStore:
@@ -102,6 +104,17 @@ class KeyValueStore:
             base.pop(key, None)
         else:
             base[key] = value
+
+    def settle(self, partition: int) -> int:
+        """After a restore: size the partition's table as churn would (memory.settle_table).
+
+        Only a large table is worth it (a step of RSS long after the restore); returns the
+        keys moved, 0 for a small one.
+        """
+        base = self._base.get(partition)
+        if base is None or len(base) < SETTLE_MIN_KEYS:
+            return 0
+        return settle_table(base)
 
     def drop(self, partition: int) -> None:
         """Forget a revoked partition."""

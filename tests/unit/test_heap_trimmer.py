@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from streamml.memory import HeapTrimmer
+from typing import Any
+
+import pytest
+
+from streamml.memory import HeapTrimmer, heap_bytes
 
 
 class _Process:
@@ -80,7 +84,8 @@ def test_growth_zero_never_reads_the_rss_or_trims() -> None:
     assert process.trims == 0
 
 
-def test_the_runtime_loop_trims_a_grown_heap_and_counts_it() -> None:
+def _runtime(service: str, **settings: Any) -> Any:
+    """A runtime around a processor that does nothing, never started: its loop's verbs."""
     from streamml.codec import AvroCodec
     from streamml.processor import Processor, Record, Result
     from streamml.runtime import StreamRuntime
@@ -91,11 +96,14 @@ def test_the_runtime_loop_trims_a_grown_heap_and_counts_it() -> None:
         def process(self, records: list[Record], state: State) -> Result:  # type: ignore[override]
             return Result()
 
-    rt = StreamRuntime(
-        service="trim-test", processor=Nothing(), inputs={"in": "Label"}, kafka=KafkaSettings(),
-        settings=RuntimeSettings(heap_trim_growth=0.2, heap_trim_min_interval_s=0),
-        http=HttpSettings(), codec=AvroCodec(),
+    return StreamRuntime(
+        service=service, processor=Nothing(), inputs={"in": "Label"}, kafka=KafkaSettings(),
+        settings=RuntimeSettings(**settings), http=HttpSettings(), codec=AvroCodec(),
     )  # fmt: skip
+
+
+def test_the_runtime_loop_trims_a_grown_heap_and_counts_it() -> None:
+    rt = _runtime("trim-test", heap_trim_growth=0.2, heap_trim_min_interval_s=0)
     process = _Process(rss=100)
     rt._heap = _trimmer(process, check_interval_s=0, min_interval_s=0)
     counter = rt.metrics.heap_trims.labels("trim-test")
@@ -105,3 +113,48 @@ def test_the_runtime_loop_trims_a_grown_heap_and_counts_it() -> None:
     rt._maybe_trim_heap()
     assert process.trims == 1
     assert counter._value.get() == start + 1
+
+
+@pytest.mark.skipif(heap_bytes() is None, reason="no mallinfo2 (not glibc 2.33+)")
+def test_the_runtime_loop_reports_the_heap_by_kind() -> None:
+    rt = _runtime("heap-test")
+    gauge = rt.metrics.heap_bytes
+    rt._maybe_trim_heap()
+    first = {k: gauge.labels("heap-test", k)._value.get() for k in ("in_use", "free", "mmapped")}
+    assert first["in_use"] > 0  # this interpreter's own malloc'd memory
+    big = bytearray(64 * 2**20)  # far over the mmap threshold: a mapping of its own
+    rt._heap_read_due = 0.0
+    rt._maybe_trim_heap()
+    mmapped = gauge.labels("heap-test", "mmapped")._value.get()
+    assert mmapped >= first["mmapped"] + 64 * 2**20
+    del big
+
+
+_AFTER_A_LARGE_FREE = """
+import json, sys
+from streamml.memory import fix_mmap_threshold, heap_bytes
+if sys.argv[1] == "fixed":
+    fix_mmap_threshold(256 * 1024)
+big = bytearray(20 * 2**20)  # mapped, then freed: glibc's sliding threshold rises to 20 MiB
+del big
+before = heap_bytes()["mmapped"]
+table = bytearray(2 * 2**20)  # a 2 MiB block, like a large dictionary's table
+print(json.dumps(heap_bytes()["mmapped"] - before))
+"""
+
+
+@pytest.mark.skipif(heap_bytes() is None, reason="no mallinfo2 (not glibc 2.33+)")
+def test_a_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def mapped(mode: str) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+        out = subprocess.run([sys.executable, "-c", _AFTER_A_LARGE_FREE, mode], env=env,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return int(json.loads(out.stdout))
+
+    assert mapped("sliding") == 0  # glibc's default: the block came from the heap
+    assert mapped("fixed") >= 2 * 2**20  # fixed: a mapping of its own, unmapped when freed

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from streamml.memory import release_free_memory, rss_bytes
+from streamml.memory import release_free_memory, rss_bytes, settle_table
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None,
@@ -33,3 +33,17 @@ def test_freed_heap_under_a_live_object_is_returned_by_the_trim_not_before() -> 
     assert release_free_memory() is True
     assert _rss_mib() < freed - 50
     assert len(above) == 50
+
+
+def test_a_settled_table_is_the_size_churn_would_give_it_and_keeps_its_contents() -> None:
+    keys = [i.to_bytes(16, "big") for i in range(92_000)]
+    built = {k: b"v" for k in keys}  # as a restore builds a store: inserts from nothing
+    churned = dict(built)
+    for i in range(3 * len(keys)):  # a store under churn: the oldest key out, a new one in
+        del churned[(i).to_bytes(16, "big")]
+        churned[(i + len(keys)).to_bytes(16, "big")] = b"v"
+    assert sys.getsizeof(built) < sys.getsizeof(churned)  # the restored table is one size short
+    before = list(built.items())
+    assert settle_table(built) > 0
+    assert sys.getsizeof(built) == sys.getsizeof(churned)
+    assert list(built.items()) == before  # same keys, values and order

@@ -62,7 +62,13 @@ from streamml.errors import (
 )
 from streamml.faults import Fault, classify, kafka_error
 from streamml.logs import fields
-from streamml.memory import HeapTrimmer, can_release_free_memory, release_free_memory
+from streamml.memory import (
+    HeapTrimmer,
+    can_release_free_memory,
+    fix_mmap_threshold,
+    heap_bytes,
+    release_free_memory,
+)
 from streamml.metrics import HealthServer, RuntimeMetrics
 from streamml.processor import Halt, Processor
 from streamml.runtime import provisioning
@@ -156,6 +162,7 @@ class StreamRuntime:
             growth=settings.heap_trim_growth if can_release_free_memory() else 0.0,
             min_interval_s=settings.heap_trim_min_interval_s,
         )
+        self._heap_read_due = 0.0
         self._consumer: Consumer | None = None
         self._transactions = TransactionDriver(
             kafka,
@@ -184,6 +191,7 @@ class StreamRuntime:
         """Run until stopped. Returns the exit code: 0 clean or fenced, 1 gave up, 2 a
         configuration fault (a missing file, a taken port, wrong credentials or CA)."""
         self._install_signal_handlers()
+        fix_mmap_threshold(self.settings.mmap_threshold_bytes)
         try:
             preflight(self.kafka, self.http)
         except ConfigError as exc:
@@ -339,6 +347,9 @@ class StreamRuntime:
             self._restore_retrying(consumer, partitions, new_numbers)
             self._owned_partitions |= set(new_numbers)
             if new_numbers:
+                for store in self.state.stores:  # tables at their size under churn now,
+                    for number in new_numbers:  # not a step of RSS an hour later
+                        store.settle(number)
                 release_free_memory()  # the restore's peak would stay in RSS (memory.py)
                 self._heap.trimmed()
             self.metrics.restore_seconds.labels(self.service).observe(time.monotonic() - started)
@@ -781,6 +792,10 @@ class StreamRuntime:
 
     def _maybe_trim_heap(self) -> None:
         started = time.monotonic()
+        if started >= self._heap_read_due:  # the heap's make-up, as often as the RSS check
+            self._heap_read_due = started + self._heap.check_interval_s
+            for kind, size in (heap_bytes() or {}).items():
+                self.metrics.heap_bytes.labels(self.service, kind).set(size)
         trimmed = self._heap.maybe_trim()
         if trimmed is not None:
             before, after = trimmed
