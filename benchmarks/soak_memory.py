@@ -28,7 +28,6 @@ line of output is one JSON object.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import heapq
 import json
@@ -56,18 +55,6 @@ COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "PL"]
 CHANNELS = ["pos", "ecommerce", "atm", "moto"]
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                     "uordblks", "fordblks", "keepcost")
-    ]  # fmt: skip
-
-
-_LIBC = ctypes.CDLL("libc.so.6")
-_LIBC.mallinfo2.restype = _MallInfo2
-
-
 def rss_bytes() -> int:
     rss = memory.rss_bytes()
     if rss is None:
@@ -77,8 +64,10 @@ def rss_bytes() -> int:
 
 def heap() -> dict[str, int]:
     """glibc's heap: bytes in use, free but kept (fordblks), in mmapped chunks."""
-    info = _LIBC.mallinfo2()
-    return {"in_use": info.uordblks, "free_kept": info.fordblks, "mmapped": info.hblkhd}
+    usage = memory.heap_bytes()
+    if usage is None:
+        raise SystemExit("error: this benchmark reads glibc's mallinfo2 (glibc 2.33+)")
+    return {"in_use": usage["in_use"], "free_kept": usage["free"], "mmapped": usage["mmapped"]}
 
 
 def pymalloc() -> dict[str, int]:
@@ -285,7 +274,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     sample(done, "end")
     before_trim = rss_bytes() - tracemalloc.get_tracemalloc_memory()
-    _LIBC.malloc_trim(0)
+    memory.release_free_memory()
     after_trim = rss_bytes() - tracemalloc.get_tracemalloc_memory()
     return {
         "mode": args.mode, "full_at_predictions": full_at, "restart_at_predictions": restart_at,

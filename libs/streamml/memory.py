@@ -23,13 +23,15 @@ from typing import Any
 
 
 @functools.cache
-def _malloc_trim() -> Any:
+def _libc(function: str) -> Any:
+    """A function of the C library, or None where it has none by that name (musl, macOS
+    have no malloc_trim; mallinfo2 is glibc 2.33+)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
+        return getattr(ctypes.CDLL(name), function)
+    except (OSError, AttributeError):
         return None
 
 
@@ -39,19 +41,6 @@ class _MallInfo2(ctypes.Structure):
         for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
                      "uordblks", "fordblks", "keepcost")
     ]  # fmt: skip
-
-
-@functools.cache
-def _mallinfo2() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        call = ctypes.CDLL(name).mallinfo2  # glibc 2.33+
-    except (OSError, AttributeError):
-        return None
-    call.restype = _MallInfo2
-    return call
 
 
 def heap_bytes() -> dict[str, int] | None:
@@ -66,9 +55,10 @@ def heap_bytes() -> dict[str, int] | None:
     >>> usage is None or sorted(usage) == ["free", "in_use", "mmapped"]
     True
     """
-    call = _mallinfo2()
+    call = _libc("mallinfo2")
     if call is None:
         return None
+    call.restype = _MallInfo2
     info = call()
     return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
 
@@ -91,12 +81,8 @@ def fix_mmap_threshold(size: int) -> bool:
     """
     if size <= 0 or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -140,7 +126,7 @@ def settle_table(table: dict[Any, Any]) -> int:
 
 def can_release_free_memory() -> bool:
     """True where the C library can trim its heap (glibc)."""
-    return _malloc_trim() is not None
+    return _libc("malloc_trim") is not None
 
 
 def release_free_memory() -> bool:
@@ -149,7 +135,7 @@ def release_free_memory() -> bool:
     >>> isinstance(release_free_memory(), bool)
     True
     """
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
