@@ -30,7 +30,7 @@ from streamml.errors import StreamMLError
 from streamml.memory import settle_table
 
 _DELETED = None
-SETTLE_MIN_KEYS = 50_000  # a table under ~2 MiB: its later resize is not worth a pass
+SETTLE_MIN_KEYS = 50_000  # a smaller table (under ~5 MiB): its later resize is not worth a pass
 
 
 class KeyValueStore:

@@ -616,9 +616,10 @@ class StreamRuntime:
 
         librdkafka keeps the coordinator it knew before the outage and can then block in
         send_offsets_to_transaction until the watchdog's deadline (librdkafka #5456,
-        #5511): in the soak every service paid those 20 s after a broker restart, one
-        after the other down the pipeline. A new producer finds the coordinator afresh; its
-        init_transactions fences the old one. Done once the broker answers again.
+        #5511): in a soak's broker restart three services waited out those 20 s, and the
+        scorer, idle during the outage, another 20 s after them. A new producer finds the
+        coordinator afresh; its init_transactions fences the old one. Done once the broker
+        answers again.
         """
         if not self._outage_seen or self._unreachable is not None:
             return
