@@ -192,6 +192,12 @@ class State:
     def savepoint(self) -> list[int]:
         return [store.savepoint() for store in self._stores.values()]
 
+    def settle(self, partitions: Iterable[int]) -> None:
+        """After a restore of ``partitions``: every store's large tables sized as churn would."""
+        for number in partitions:
+            for store in self._stores.values():
+                store.settle(number)
+
     def release(self, savepoint: list[int]) -> None:
         for store, point in zip(self._stores.values(), savepoint, strict=True):
             store.release(point)

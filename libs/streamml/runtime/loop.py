@@ -347,9 +347,7 @@ class StreamRuntime:
             self._restore_retrying(consumer, partitions, new_numbers)
             self._owned_partitions |= set(new_numbers)
             if new_numbers:
-                for store in self.state.stores:  # tables at their size under churn now,
-                    for number in new_numbers:  # not a step of RSS an hour later
-                        store.settle(number)
+                self.state.settle(new_numbers)  # not a step of RSS minutes later
                 release_free_memory()  # the restore's peak would stay in RSS (memory.py)
                 self._heap.trimmed()
             self.metrics.restore_seconds.labels(self.service).observe(time.monotonic() - started)
