@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from streamml.codec import AvroCodec
+from streamml.runtime.clients import changelog_topic
 from tests.integration.runtime_support import (
     BackgroundProducer,
     assert_exactly_once,
@@ -318,13 +319,17 @@ def test_a_new_transactional_id_says_it_waits_for_the_killed_instances_transacti
     feeder = BackgroundProducer(kafka_bootstrap, f"{topic_prefix}events", events)
     feeder.start()
     timeout_env = {"STREAMML_EXAMPLE_RUNTIME__TRANSACTION_TIMEOUT_MS": "15000"}
-    # A pod killed mid-transaction (proven: its output's last stable offset stays behind).
+    # A pod killed mid-transaction, in one that holds state changes: its changelog's last
+    # stable offset stays behind. (One holding output records alone, killed before its
+    # changelog records and offsets reached the broker, leaves its successor nothing to
+    # wait for: the CI run at c9595e5 caught such a kill, and no wait was reported.)
+    changelog = changelog_topic(f"{topic_prefix}example-counter", "counts")
     for _ in range(5):
         killed = counter_process(
             kafka_bootstrap, topic_prefix, logs_dir, instance="pod-1", extra_env=timeout_env
         ).start()
         killed.wait_ready(60)
-        if kill_mid_transaction(killed, kafka_bootstrap, out):
+        if kill_mid_transaction(killed, kafka_bootstrap, changelog):
             break
     else:
         raise AssertionError("no kill landed inside a transaction")
