@@ -578,7 +578,9 @@ class StreamRuntime:
             self.metrics.batch_seconds.labels(self.service).observe(time.monotonic() - started)
             commit_started = time.monotonic()
             if offsets:
-                transactions.send_offsets(offsets, consumer.consumer_group_metadata())
+                transactions.send_offsets(
+                    offsets, consumer.consumer_group_metadata(), self._broker_answers
+                )
             transactions.commit()
             committed = True
             self.metrics.commit_seconds.labels(self.service).observe(
@@ -591,7 +593,7 @@ class StreamRuntime:
             raise error from exc
         except StuckProducerError as exc:
             self.state.abort()
-            transactions.replace("transactional producer is stuck")
+            transactions.replace(f"transactional producer is stuck: {exc}")
             error = BrokerUnavailableError(f"stuck producer: {exc}")
             self._count_fault(error)
             raise error from exc
@@ -623,6 +625,18 @@ class StreamRuntime:
             return
         self._transactions.replace("a broker was unreachable since the last transaction")
         self._outage_seen = False  # after: a renewal that failed is made again next time
+
+    def _broker_answers(self) -> bool:
+        """Whether a broker answers a metadata request within a second (on the consumer's
+        connections: the producer's may be the ones stuck)."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            return False
+        return True
 
     def _produce_outcome(self, outcome: BatchOutcome) -> dict[str, int]:
         """Outputs, dead letters and pending changelog writes into the open transaction;
@@ -810,7 +824,7 @@ class StreamRuntime:
                 self._consumer.close()
             except Exception as exc:
                 log.warning("closing the consumer failed", extra=fields(error=exc))
-        self._transactions.flush(5)
+        self._transactions.close(5)
         if self._health is not None:
             self._health.stop()
         log.info("stopped", extra=fields(service=self.service))

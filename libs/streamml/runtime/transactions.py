@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +41,10 @@ COMMIT_TIMEOUT_S = 30.0
 # it from a watchdog thread; past this deadline it replaces the producer (the new one
 # fences the stuck one with the same transactional.id) and retries the batch.
 SEND_OFFSETS_DEADLINE_S = 20.0
+# Sooner when the call is blocked this long while a broker answers a metadata request: a
+# call that is only waiting for a broker ends a moment after one is back (a flush of at
+# most FLUSH_BEFORE_OFFSETS_S, then milliseconds); one still blocked then is stuck.
+SEND_OFFSETS_SUSPECT_S = 8.0
 # How long send_offsets waits for the batch's records to be delivered before it sends the
 # offsets anyway (see TransactionDriver.send_offsets).
 FLUSH_BEFORE_OFFSETS_S = 1.0
@@ -71,7 +76,12 @@ class TransactionDriver:
         self._on_abort = on_abort
         self._stop = stop
         self._producer: Producer | None = None
-        self._abandoned: list[Producer | None] = []
+        # The current producer's last send_offsets call: set once that call has returned.
+        self._call_done: threading.Event | None = None
+        # Replaced producers, each with its last call (None: none made). One is released
+        # once that call has returned, never under a thread still blocked in it.
+        self._abandoned: list[tuple[Producer, threading.Event | None]] = []
+        self._releases: list[threading.Thread] = []
 
     @property
     def producer(self) -> Producer:
@@ -99,6 +109,8 @@ class TransactionDriver:
             raise kafka_error(exc, "could not initialise transactions; is the broker up?") from exc
 
     def begin(self) -> None:
+        if self._abandoned:
+            self._release_abandoned()
         try:
             self.producer.begin_transaction()
         except KafkaException as exc:
@@ -152,12 +164,21 @@ class TransactionDriver:
         except BufferError:
             self.produce(topic, value, key, (), partition)
 
-    def send_offsets(self, offsets: list[TopicPartition], group_metadata: Any) -> None:
+    def send_offsets(
+        self,
+        offsets: list[TopicPartition],
+        group_metadata: Any,
+        broker_answers: Callable[[], bool] | None = None,
+    ) -> None:
+        """send_offsets_to_transaction under the watchdog: StuckProducerError once the call
+        is blocked SEND_OFFSETS_SUSPECT_S while ``broker_answers()`` (asked once a second
+        from then on), or SEND_OFFSETS_DEADLINE_S in any case."""
         producer = self.producer
-        done = threading.Event()
+        done, gave_up = threading.Event(), threading.Event()
         failure: list[BaseException] = []
 
         def call() -> None:
+            started = time.monotonic()
             try:
                 # The batch's records delivered first: their AddPartitionsToTxn has then
                 # returned, so the coordinator does not refuse the AddOffsetsToTxn below as
@@ -171,21 +192,72 @@ class TransactionDriver:
                 failure.append(exc)
             finally:
                 done.set()
+                if gave_up.is_set():  # the watchdog gave up on it: say how it ended
+                    log.info("a stuck send_offsets_to_transaction returned", extra=fields(
+                        after_s=round(time.monotonic() - started, 1),
+                        error=failure[0] if failure else None,
+                    ))  # fmt: skip
 
+        self._call_done = done
+        started = time.monotonic()
+        deadline = started + SEND_OFFSETS_DEADLINE_S
         threading.Thread(target=call, name="send-offsets", daemon=True).start()
-        if not done.wait(SEND_OFFSETS_DEADLINE_S):
-            raise StuckProducerError(
-                f"send_offsets_to_transaction did not return in {SEND_OFFSETS_DEADLINE_S:.0f}s"
-            )
+        wait_s = SEND_OFFSETS_SUSPECT_S if broker_answers is not None else SEND_OFFSETS_DEADLINE_S
+        while not done.wait(max(0.0, min(wait_s, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                reason = f"did not return in {SEND_OFFSETS_DEADLINE_S:.0f}s"
+            elif broker_answers is not None and broker_answers() and not done.is_set():
+                reason = f"blocked {time.monotonic() - started:.0f}s while a broker answers"
+            else:
+                wait_s = 1.0
+                continue
+            gave_up.set()
+            raise StuckProducerError(f"send_offsets_to_transaction {reason}")
         if failure:
             raise failure[0]
 
     def replace(self, reason: str) -> None:
         """Swap in a new producer; its init_transactions fences and aborts the old one."""
         log.warning("%s; replacing the transactional producer (fences the old one)", reason)
-        # The stuck producer is kept referenced, never destroyed under its blocked thread.
-        self._abandoned.append(self._producer)
+        if self._producer is not None:
+            self._abandoned.append((self._producer, self._call_done))
+        self._call_done = None
         self.start()
+        self._release_abandoned()
+
+    def _release_abandoned(self) -> None:
+        """Let go of each replaced producer whose last call has returned.
+
+        Its librdkafka handle (threads, sockets, buffers) is destroyed when the last
+        reference goes, here on a thread of its own: rd_kafka_destroy joins librdkafka's
+        threads, and a batch need not wait for that. A producer still blocked in a call is
+        kept for a later try (begin calls this while any is held): destroying it under that
+        thread would free what the thread uses.
+        """
+        done: list[Producer] = []
+        held: list[tuple[Producer, threading.Event | None]] = []
+        for producer, call in self._abandoned:
+            if call is None or call.is_set():  # read once: a call may return meanwhile
+                done.append(producer)
+            else:
+                held.append((producer, call))
+        if not done:
+            return
+        self._abandoned = held
+        self._releases = [t for t in self._releases if t.is_alive()]
+        thread = threading.Thread(
+            target=_release, args=(done, len(held)), name="producer-release", daemon=True
+        )
+        del done, producer  # the release thread holds the last references
+        thread.start()
+        self._releases.append(thread)
+
+    def close(self, timeout_s: float) -> None:
+        """At shutdown: deliver what is queued, and wait for replaced producers' release."""
+        self.flush(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._releases:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def commit(self) -> None:
         """Commit; a retriable error is retried until the transaction would time out."""
@@ -241,6 +313,14 @@ class TransactionDriver:
             self._producer.flush(timeout_s)
         except KafkaException as exc:  # found by the SIGSTOP test: a fenced flush raised
             log.info("producer not flushed at shutdown", extra=fields(error=exc.args[0].str()))
+
+
+def _release(producers: list[Producer], still_held: int) -> None:
+    started, count = time.monotonic(), len(producers)
+    producers.clear()  # the last references: librdkafka's destroy runs here
+    log.info("replaced transactional producers released", extra=fields(
+        released=count, release_s=round(time.monotonic() - started, 3), still_held=still_held,
+    ))  # fmt: skip
 
 
 def _not_fatal(exc: BaseException) -> bool:
