@@ -208,6 +208,7 @@ class _Renewals:
     def __init__(self) -> None:
         self.reasons: list[str] = []
         self.fail = False
+        self.fresh = False  # has begun a transaction since its init
 
     def replace(self, reason: str) -> None:
         if self.fail:
@@ -238,3 +239,15 @@ def test_the_first_transaction_after_a_broker_outage_runs_on_a_new_producer() ->
     assert driver.reasons == ["a broker was unreachable since the last transaction"]
     rt._renew_producer_after_outage()
     assert len(driver.reasons) == 1  # once per outage, not per transaction
+
+    # An outage read only after the watchdog replaced a stuck producer (the consumer is
+    # not polled while the loop waits on the call): that producer, made once a broker
+    # answered, has begun no transaction yet and is kept.
+    rt._on_consumer_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+    rt._unreachable = None
+    driver.fresh = True
+    rt._renew_producer_after_outage()
+    assert len(driver.reasons) == 1
+    driver.fresh = False  # its first transaction begins
+    rt._renew_producer_after_outage()
+    assert len(driver.reasons) == 1  # and the outage it was made after is forgotten

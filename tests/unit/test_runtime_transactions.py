@@ -94,7 +94,9 @@ def test_a_replaced_producer_is_released_once_its_call_returned_never_under_it(
     _until(lambda: not any(t.name == "send-offsets" for t in threading.enumerate()),
            "the blocked call returned")  # fmt: skip
     assert 0 not in released
+    assert driver.fresh  # producer 2: initialised, no transaction begun yet
     driver.begin()
+    assert not driver.fresh
     _until(lambda: 0 in released, "the stuck producer was released after its call returned")
     assert released[0] == "producer-release"
     assert 2 not in released and made[2]() is not None  # the current producer stays

@@ -619,9 +619,14 @@ class StreamRuntime:
         #5511): in a soak's broker restart three services waited out those 20 s, and the
         scorer, idle during the outage, another 20 s after them. A new producer finds the
         coordinator afresh; its init_transactions fences the old one. Done once the broker
-        answers again.
+        answers again, and not for a producer that has begun no transaction yet: the
+        watchdog's replacement of a stuck one is made after the outage, though the
+        consumer's report of it is only read at the next poll.
         """
         if not self._outage_seen or self._unreachable is not None:
+            return
+        if self._transactions.fresh:  # made after the outage (the watchdog replaced it)
+            self._outage_seen = False
             return
         self._transactions.replace("a broker was unreachable since the last transaction")
         self._outage_seen = False  # after: a renewal that failed is made again next time

@@ -82,6 +82,9 @@ class TransactionDriver:
         # once that call has returned, never under a thread still blocked in it.
         self._abandoned: list[tuple[Producer, threading.Event | None]] = []
         self._releases: list[threading.Thread] = []
+        self.fresh = False
+        """Transactions initialised and none begun since: a broker answered after any outage
+        the producer saw (its coordinator is the one it found then)."""
 
     @property
     def producer(self) -> Producer:
@@ -98,6 +101,7 @@ class TransactionDriver:
             client_id=self.client_id,
         )
         self._init_transactions()
+        self.fresh = True
 
     def _init_transactions(self) -> None:
         producer = self.producer
@@ -111,6 +115,7 @@ class TransactionDriver:
     def begin(self) -> None:
         if self._abandoned:
             self._release_abandoned()
+        self.fresh = False
         try:
             self.producer.begin_transaction()
         except KafkaException as exc:
