@@ -41,6 +41,16 @@ class _Producer:
             self.block.wait(30)
 
 
+def _started_driver() -> TransactionDriver:
+    """A driver over the monkeypatched make_producer, started."""
+    driver = TransactionDriver(
+        KafkaSettings(), RuntimeSettings(), transactional_id="t", client_id="c",
+        on_backpressure=lambda: None, on_abort=lambda: None, stop=threading.Event(),
+    )  # fmt: skip
+    driver.start()
+    return driver
+
+
 def _until(condition: Any, what: str) -> None:
     deadline = time.monotonic() + 5
     while not condition():
@@ -62,11 +72,7 @@ def test_a_replaced_producer_is_released_once_its_call_returned_never_under_it(
 
     monkeypatch.setattr(transactions, "make_producer", make_producer)
     monkeypatch.setattr(transactions, "SEND_OFFSETS_DEADLINE_S", 0.2)
-    driver = TransactionDriver(
-        KafkaSettings(), RuntimeSettings(), transactional_id="t", client_id="c",
-        on_backpressure=lambda: None, on_abort=lambda: None, stop=threading.Event(),
-    )  # fmt: skip
-    driver.start()
+    driver = _started_driver()
 
     # Producer 0 blocks in send_offsets past the watchdog: replaced, but held.
     stuck = made[0]()
@@ -113,11 +119,7 @@ def test_a_blocked_call_is_given_up_sooner_while_a_broker_answers(
     monkeypatch.setattr(transactions, "make_producer", lambda *a, **k: producer)
     monkeypatch.setattr(transactions, "SEND_OFFSETS_SUSPECT_S", 0.3)
     monkeypatch.setattr(transactions, "SEND_OFFSETS_DEADLINE_S", 2.0)
-    driver = TransactionDriver(
-        KafkaSettings(), RuntimeSettings(), transactional_id="t", client_id="c",
-        on_backpressure=lambda: None, on_abort=lambda: None, stop=threading.Event(),
-    )  # fmt: skip
-    driver.start()
+    driver = _started_driver()
     asked: list[float] = []
 
     def broker_answers() -> bool:
