@@ -501,9 +501,7 @@ class StreamRuntime:
         if now < self._reach_probe_due or self._consumer is None:
             return
         self._reach_probe_due = now + 1.0
-        try:
-            self._consumer.list_topics(timeout=1.0)
-        except KafkaException:
+        if not self._broker_answers():
             return
         log.info("a broker is reachable again")
         self._unreachable = None
