@@ -12,7 +12,8 @@ defaults:
   feature set's longest window (24 h) plus the lateness bound;
 * performance: label horizon 1 day, late-label memory 12 h (a prediction is forgotten 1.5
   days after its event), reports every hour of event time;
-* the changelogs' ``segment.ms`` and ``delete.retention.ms`` (wall-clock settings) are
+* the changelogs' ``segment.ms`` (and ``segment.jitter.ms``, half of it) and
+  ``delete.retention.ms`` (wall-clock settings) are
   divided by the compression too, with floors (``--no-changelog-time`` keeps them), so a
   restore reads about as much, relative to the live keys, as it would in production.
 
@@ -83,6 +84,7 @@ from services.demo.plan import (
     service_env,
 )
 from services.demo.producer import SyntheticProducer
+from streamml.runtime.provisioning import CHANGELOG_SEGMENT_MS
 
 log = logging.getLogger("soak")
 
@@ -97,7 +99,7 @@ LONGEST_RETENTION_S = max(
 # The changelogs' wall-clock settings (streamml.runtime's segment.ms, the broker's default
 # delete.retention.ms), compressed like event time for the run (--changelog-time), so that
 # a restore reads what it would in production relative to the live keys.
-CHANGELOG_SEGMENT_S = 600
+CHANGELOG_SEGMENT_S = CHANGELOG_SEGMENT_MS / 1000
 TOMBSTONE_RETENTION_S = DAY_S
 MIN_SEGMENT_S = 60  # no smaller: a segment a few seconds long makes the cleaner the load
 MIN_TOMBSTONE_S = 300  # a restore must end before its tombstones may go (see docs/soak.md)
@@ -313,8 +315,9 @@ class Soak:
         provision(self.kafka().client_config(), specs)
 
     def compress_changelogs(self) -> dict[str, str]:
-        """Set the changelogs' segment.ms and delete.retention.ms to their production
-        values divided by the run's time compression (with floors); returns the settings.
+        """Set the changelogs' segment.ms (and its jitter) and delete.retention.ms to their
+        production values divided by the run's time compression (with floors); returns the
+        settings.
 
         Without this a changelog keeps, relative to the live keys, ~180x more of the run
         in its active segment and in tombstones than it would in production, and the
@@ -326,8 +329,10 @@ class Soak:
             ConfigResource,
         )
 
+        segment = max(MIN_SEGMENT_S, CHANGELOG_SEGMENT_S / self.compression)
         config = {
-            "segment.ms": max(MIN_SEGMENT_S, CHANGELOG_SEGMENT_S / self.compression),
+            "segment.ms": segment,
+            "segment.jitter.ms": segment / 2,  # as streamml.runtime sets it: half a segment
             "delete.retention.ms": max(MIN_TOMBSTONE_S, TOMBSTONE_RETENTION_S / self.compression),
         }
         values = {k: str(int(v * 1000)) for k, v in config.items()}

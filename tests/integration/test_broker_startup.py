@@ -1,5 +1,5 @@
 """Start-up on the real broker: KRaft storage formatting (cluster ids that start with '-')
-and metadata errors that heal by waiting."""
+metadata errors that heal by waiting, and the changelogs the runtime creates."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from streamml.broker import (
     LocalBroker,
@@ -18,6 +20,9 @@ from streamml.broker import (
     format_storage,
     free_port,
 )
+from streamml.runtime.provisioning import CHANGELOG_SEGMENT_MS, ensure_topics
+from streamml.settings import KafkaSettings, RuntimeSettings
+from tests.kafkatest import create_topics, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -109,3 +114,30 @@ def test_librdkafka_lines_of_a_dead_broker_are_structured_and_not_repeated(
     assert refused[0]["rdkafka_severity"] == "error"  # librdkafka's own severity, kept
     assert refused[0]["service"] == "features"
     assert any(f"cannot reach Kafka at 127.0.0.1:{dead}" in r["msg"] for r in records)
+
+
+def test_a_changelog_is_created_compacted_with_its_segment_rolls_jittered(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    create_topics(kafka_bootstrap, topic_prefix, partitions=2)
+    changelog = f"{topic_prefix}example-store-changelog"
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    ensure_topics(kafka, RuntimeSettings(), [f"{topic_prefix}events"], [changelog])
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    resource = ConfigResource("topic", changelog)
+
+    def described() -> dict[str, str] | None:
+        try:  # the broker may not know the new topic at once
+            config = admin.describe_configs([resource])[resource].result(30)
+        except KafkaException:
+            return None
+        return {k: config[k].value for k in ("cleanup.policy", "segment.ms", "segment.jitter.ms")}
+
+    found = wait_until(described, 30, f"the configuration of {changelog}")
+    # Rolls up to half a segment early, at random: the broker's default jitter is 0, with
+    # which changelogs created together roll, and wait for the one cleaner, together.
+    assert found == {
+        "cleanup.policy": "compact",
+        "segment.ms": str(CHANGELOG_SEGMENT_MS),
+        "segment.jitter.ms": str(CHANGELOG_SEGMENT_MS // 2),
+    }

@@ -54,7 +54,11 @@ def test_five_minute_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     restores = figures["restores"]
     for name in ("features", "performance"):
         assert restores[name] and restores[name][-1]["records"] > 0, restores
-    assert set(figures["changelog_config"]) == {"segment.ms", "delete.retention.ms"}
+    assert set(figures["changelog_config"]) == {
+        "segment.ms",
+        "segment.jitter.ms",
+        "delete.retention.ms",
+    }
     latency = figures["latency"]
     assert latency["p99_first_s"] is not None and latency["p99_last_s"] is not None
     assert figures["load1"]["max"] > 0

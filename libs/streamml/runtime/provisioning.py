@@ -21,6 +21,8 @@ from streamml.state import State
 
 log = logging.getLogger(__name__)
 
+CHANGELOG_SEGMENT_MS = 600_000  # a changelog segment rolls (and may be compacted) after this
+
 _REPORT_WAIT_AFTER_S = 2.0
 
 
@@ -60,7 +62,11 @@ def ensure_topics(
     changelog_config = {
         "cleanup.policy": "compact",
         "min.cleanable.dirty.ratio": "0.1",
-        "segment.ms": "600000",
+        "segment.ms": str(CHANGELOG_SEGMENT_MS),
+        # Each segment rolls up to half a segment early, at random, so the changelogs of
+        # services started together do not roll (and become dirty for the one cleaner
+        # thread) in the same second (docs/decisions/changelog-segment-jitter.md).
+        "segment.jitter.ms": str(CHANGELOG_SEGMENT_MS // 2),
     }
     new = [
         NewTopic(
