@@ -251,6 +251,14 @@ class MergeStage:
         """Drop what is in memory (the home partition moved, or state was reloaded)."""
         self._seq = -1
 
+    def restored(self, state: State) -> None:
+        """The state was just assigned: if it holds the home partition, show its last
+        reported boundary on /metrics (until the next report, not 0 after a restart)."""
+        store = state.store(MERGE_STORE)
+        raw = store.get(HOME, _LAST) if HOME in store.partitions() else None
+        if raw is not None:
+            self._metrics.on_restored_boundary(_K.unpack(raw)[0] * self._interval)
+
     # -- what comes in ----------------------------------------------------------------
 
     def ingest(

@@ -218,6 +218,7 @@ class PerformanceProcessor(Processor):
             self._owned.add(number)
             self._views.pop(number, None)  # restored from the changelog: rebuild on first use
         self._merge.forget()
+        self._merge.restored(state)
 
     def on_revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
         for topic, number in partitions:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ from streamml.codec import AvroCodec
 from streamml.processor import Record
 from streamml.settings import KafkaSettings
 from streamml.state import State
-from tests.kafkatest import ServiceProcess, consume_all, create_topics, free_port, produce
+from tests.kafkatest import (
+    ServiceProcess,
+    consume_all,
+    create_topics,
+    free_port,
+    produce,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -276,7 +284,8 @@ def test_sigkill_three_times_reports_equal_the_uninterrupted_run(
     try:
         proc.wait_ready(90)
         span = max(event_times.values()) - T0  # the data, not the tail the end markers add
-        # The furthest boundary reported so far, by any instance: a restarted one shows 0
+        # The furthest boundary reported so far, by any instance: a restarted one shows the
+        # last committed one (its killed predecessor may have shown a later, aborted one)
         # until it reports a boundary of its own, which it never does when the one before
         # it had already reported all the records before the end markers allow.
         reached = 0.0
@@ -292,6 +301,8 @@ def test_sigkill_three_times_reports_equal_the_uninterrupted_run(
             kills += 1
             proc = service(kafka_bootstrap, killed, logs_dir, f"killed-{kills}").start()
             proc.wait_ready(90)
+            # Its /metrics shows the boundary restored with its state, not 0.
+            wait_until(partial(_boundary, proc), 60, "the restored report boundary")
         produce_end_markers(kafka_bootstrap, killed, data[3])
         restarted = outputs(kafka_bootstrap, killed, len(want_reports), len(want_alerts))
         assert proc.terminate() == 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from sklearn.metrics import (
     accuracy_score,
     brier_score_loss,
@@ -28,6 +29,7 @@ from sklearn.metrics import (
 )
 
 from services.performance.expiry import BoundaryWork
+from services.performance.metrics import PerformanceMetrics
 from services.performance.processor import PerformanceProcessor, event_digest
 from streamml.codec import AvroCodec
 from streamml.processor import Record, Result
@@ -206,6 +208,43 @@ def test_instances_added_and_killed_mid_stream_report_what_one_instance_reports(
         cluster.step(batch)
     cluster.drain()
     assert cluster.out == want
+
+
+def test_a_restarted_merge_stage_shows_its_last_reported_boundary_before_reporting() -> None:
+    per_stream = streams(seed=24, events=120, partitions=PARTITIONS)
+    cluster = Cluster({0: "a", 1: "a", 2: "b", 3: "b"}, seed=9)
+    for batch in interleave(per_stream, seed=10):
+        cluster.step(batch)
+    cluster.drain()
+    last = max(v["window_end"] for t, v in cluster.out if t == REPORTS)
+    # A new process of the merging instance, its state restored (as from the changelog),
+    # with a /metrics of its own: it has reported nothing yet.
+    registry = CollectorRegistry()
+    proc = PerformanceProcessor(
+        settings(**CONFIG), prediction_topics=[PREDICTIONS, SHADOW], label_topics=[LABELS],
+        optional_topics=[SHADOW], report_topic=REPORTS, alert_topic=ALERTS,
+        clock=lambda: 1.0, partials_topic=PARTIALS, source_partitions=len(PARTITIONS),
+        metrics=PerformanceMetrics(registry),
+    )  # fmt: skip
+    state = State(PerformanceProcessor.stores)
+    for store in state.stores:
+        for p in (0, 1):
+            store.assign(p)
+            for key, value in list(cluster.states["a"].store(store.name).items(p)):
+                store.restore(p, key, value)
+    gauge = "streamml_performance_report_boundary_seconds"
+    proc.on_assigned([(PREDICTIONS, 0), (PREDICTIONS, 1), (PARTIALS, 0)], state)
+    assert registry.get_sample_value(gauge) == last / 1000
+    # An instance without the merge stage's partition has no boundary to show.
+    other = CollectorRegistry()
+    idle = PerformanceProcessor(
+        settings(**CONFIG), prediction_topics=[PREDICTIONS, SHADOW], label_topics=[LABELS],
+        optional_topics=[SHADOW], report_topic=REPORTS, alert_topic=ALERTS,
+        clock=lambda: 1.0, partials_topic=PARTIALS, source_partitions=len(PARTITIONS),
+        metrics=PerformanceMetrics(other),
+    )  # fmt: skip
+    idle.on_assigned([(PREDICTIONS, 2)], State(PerformanceProcessor.stores))
+    assert other.get_sample_value(gauge) == 0
 
 
 def test_partials_out_of_order_or_replayed_give_the_same_reports() -> None:
