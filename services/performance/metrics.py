@@ -73,9 +73,9 @@ class PerformanceMetrics:
         self.stream_time.labels(topic, str(partition)).set(event_time_ms / 1000)
 
     def on_restored_boundary(self, end_ms: int) -> None:
-        """The last reported boundary, read back from the committed state."""
-        if self._end is None:  # a report of this process says more
-            self.boundary.set(end_ms / 1000)
+        """The last reported boundary, read back from the committed state (after a restart
+        or a rebalance: another instance may have reported since this one did)."""
+        self.boundary.set(end_ms / 1000)
 
     def on_event(self, kind: str) -> None:
         """One join outcome of ``kind`` (``duplicate_label``, ``orphan_label``, ...)."""
