@@ -227,6 +227,10 @@ class LocalBroker:
     def log_file(self) -> Path:
         return self.run_dir / "server.log"
 
+    @property
+    def gc_log(self) -> Path:
+        return self.run_dir / "gc.log"
+
     def _write_config(self, controller_port: int) -> Path:
         data = self.run_dir / "data"
         listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
@@ -315,6 +319,8 @@ class LocalBroker:
         stdout = open(self.run_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
         self._process = subprocess.Popen(
             [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC",
+             # Every GC pause, with wall-clock time: a long one stalls every client at once.
+             f"-Xlog:gc:file={self.gc_log}:time,uptime:filecount=2,filesize=20m",
              f"-Dlog4j.configuration=file:{self.run_dir / 'log4j.properties'}",
              "-cp", classpath, "kafka.Kafka", str(config)],
             stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
