@@ -114,11 +114,13 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every benchmarks/*.py but soak.py (`make soak`) and brokerlog.py (the soak's reader of the
+# broker's log, not a benchmark).
 bench: venv
 	STREAMML_KAFKA_DIR=.kafka-bench $(BIN)/streamml kafka up --port $(BENCH_PORT)
 	status=0; \
 	for b in benchmarks/*.py; do \
-	  case $$b in */_*|*/soak.py) continue;; esac; \
+	  case $$b in */_*|*/soak.py|*/brokerlog.py) continue;; esac; \
 	  echo "== $$b"; \
 	  KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(BENCH_PORT) $(BIN)/python $$b || status=1; \
 	done; \

@@ -38,10 +38,11 @@ restart too), the state sizes' and changelogs' growth likewise, peak lag and tim
 the steady level after each restart, per group and for the whole pipeline (events sent
 but not yet predicted; steady: 1.5x its 90th percentile between the warm-up and the first
 restart, at least one second of traffic), p99 latency in the first 10 minutes after a
-2-minute warm-up and in the last 10 minutes of traffic, records lost and duplicated, the
-dead letters by reason, and the load average. The report (self-contained HTML, inline
-SVG) plots RSS, lag, latency, state sizes, changelog bytes and load over time with the
-restarts marked. Samples go to ``samples.json`` beside it.
+2-minute warm-up, in the 10 minutes after the retention is full and in the last 10
+minutes of traffic, records lost and duplicated, the dead letters by reason, the broker's
+log-cleaner time (read from its log) and the load average. The report (self-contained
+HTML, inline SVG) plots RSS, lag, latency, state sizes, changelog bytes, load and the
+cleaner over time with the restarts marked. Samples go to ``samples.json`` beside it.
 
 Usage: ``python -m benchmarks.soak [--minutes 60] [--rate 1000] [--out DIR] [--port PORT]``
 (``make soak``). The run directory (broker data, models, logs, samples, report) defaults to
@@ -72,6 +73,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks import brokerlog
 from services.demo import claims, report
 from services.demo.observer import TopicObserver, parse_metrics
 from services.demo.orchestrator import ServiceChild
@@ -242,6 +244,8 @@ class Sample:
     predictions: int = 0
     gc_pause_max_s: float = 0.0  # the soak process's own longest GC pause in the interval
     gc_pause_total_s: float = 0.0
+    wall: float = 0.0  # epoch seconds, to line the broker's log up with the samples
+    cleaner_s: float = 0.0  # seconds the broker's log cleaner ran in the interval (at the end)
 
 
 @dataclass
@@ -434,7 +438,7 @@ class Soak:
 
     def sample(self, started: float, producer: SyntheticProducer, obs: LatencyObserver) -> None:
         now = time.monotonic()
-        s = Sample(t=now - started, load1=loadavg())
+        s = Sample(t=now - started, load1=loadavg(), wall=time.time())
         pids = {name: c.process.pid if c.alive and c.process else None
                 for name, c in self.children.items()}  # fmt: skip
         pids["broker"] = self.broker.running_pid() if self.broker else None
@@ -681,6 +685,7 @@ class Soak:
             "state_growth_pct_per_h": self.growth(self.state_series()),
             "changelog_growth_pct_per_h": self.growth(self.changelog_series()),
             "latency": self.latency(obs),
+            "log_cleaner": self.cleaner(),
             "load1": self.load(),
             "dir": str(self.dir),
         }
@@ -766,8 +771,7 @@ class Soak:
         if not at:
             return {}
         origin = self.started
-        window = min(600.0, self.run_s / 4)
-        warmup = min(120.0, self.run_s / 10)
+        warmup, window = self.windows()
         end = at[-1] - origin
 
         def p(a: float, b: float) -> float | None:
@@ -782,9 +786,16 @@ class Soak:
 
         first = p(warmup, warmup + window)
         last = p(self.run_s - window, self.run_s)  # steady traffic only, not the drain
+        # As long once every retention window is full, up to the broker's restart: the state
+        # is as large there as at the end, so last/after-full says whether the tail grows
+        # with time, last/first also whether it grows with the state.
+        a, b = self.after_full(window)
+        full = p(a, b)
         return {
             "window_s": window, "warmup_s": warmup, "observed_s": round(end),
             "p99_first_s": first, "p99_last_s": last,
+            "after_full_s": [round(a), round(b)], "p99_after_full_s": full,
+            "last_over_after_full": round(last / full, 3) if full and last else None,
             # The measuring process's own longest GC pause in each window (it delays receipts).
             "gc_pause_max_first_s": gc_max(warmup, warmup + window),
             "gc_pause_max_last_s": gc_max(self.run_s - window, self.run_s),
@@ -792,6 +803,37 @@ class Soak:
             "p50_overall_s": round(statistics.median(lat), 4),
             "p99_overall_s": round(percentile(sorted(lat), 0.99), 4),
         }  # fmt: skip
+
+    def windows(self) -> tuple[float, float]:
+        """The warm-up, and the length of the first and the last window of traffic."""
+        return min(120.0, self.run_s / 10), min(600.0, self.run_s / 4)
+
+    def after_full(self, window: float) -> tuple[float, float]:
+        """The window that starts when the retention is full, ended by the broker's restart."""
+        return self.full_at, min(self.full_at + window, BROKER_RESTART_AT * self.run_s)
+
+    def cleaner(self) -> dict[str, Any]:
+        """The broker's log cleaner: seconds it ran in each sample's interval, and in the
+        two windows of the p99s (docs/decisions/changelog-segment-jitter.md)."""
+        path = self.broker.log_file if self.broker is not None else None
+        if path is None or not path.exists() or not self.samples:
+            return {}
+        with path.open(errors="replace") as lines:
+            passes = brokerlog.cleaner_passes(lines)
+        ends = [s.wall for s in self.samples]
+        for s, c in zip(self.samples, brokerlog.seconds_per_interval(passes, ends,
+                                                                      self.args.sample_s),
+                        strict=True):  # fmt: skip
+            s.cleaner_s = round(c, 3)
+        warmup, window = self.windows()
+
+        def figures(a: float, b: float) -> dict[str, Any] | None:
+            picked = [s.cleaner_s for s in self.samples if a <= s.t <= b]
+            return brokerlog.window_figures(picked, self.args.sample_s)
+
+        return {"passes": len(passes), "first": figures(warmup, warmup + window),
+                "after_full": figures(*self.after_full(window)),
+                "last": figures(self.run_s - window, self.run_s)}  # fmt: skip
 
     def load(self) -> dict[str, float]:
         values = [s.load1 for s in self.samples]
@@ -816,7 +858,8 @@ class Soak:
         changelog: dict[str, list[tuple[float, float]]] = {}
         pause = "soak's own GC pause (max)"
         latency: dict[str, list[tuple[float, float]]] = {"p99": [], "p50": [], pause: []}
-        load: dict[str, list[tuple[float, float]]] = {"load1": []}
+        cleaner = "log cleaner (s per interval)"
+        load: dict[str, list[tuple[float, float]]] = {"load1": [], cleaner: []}
         for s in self.samples:
             m = s.t / 60
             for k, v in s.rss.items():
@@ -834,6 +877,7 @@ class Soak:
                 latency["p50"].append((m, s.p50_s * 1000))
             latency[pause].append((m, s.gc_pause_max_s * 1000))
             load["load1"].append((m, s.load1))
+            load[cleaner].append((m, s.cleaner_s))
         body = "".join([
             "<h1>streamml soak</h1>",
             f"<p class='note'>{self.args.minutes:g} min at {self.args.rate:g} events/s, "
@@ -853,7 +897,11 @@ class Soak:
             "<h2>End-to-end latency per 10 s (ms)</h2>", chart(latency, "ms"),
             "<h2>State-store keys (thousands)</h2>", chart(state, "keys (k)"),
             "<h2>Changelog topics on disk (MiB)</h2>", chart(changelog, "MiB"),
-            "<h2>Load average (1 min)</h2>", chart(load, "load"),
+            "<h2>Load average (1 min) and the broker's log cleaner</h2>",
+            chart(load, "load / s"),
+            "<p class='note'>The seconds the log cleaner ran in each 10-s interval; "
+            "bursts of it were the p99's tail (docs/decisions/changelog-segment-jitter.md)."
+            "</p>",
             "<h2>Result</h2><pre>", json.dumps(result, indent=2, default=str), "</pre>",
         ])  # fmt: skip
         head = (

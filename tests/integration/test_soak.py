@@ -59,6 +59,10 @@ def test_five_minute_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         "segment.jitter.ms",
         "delete.retention.ms",
     }
+    # The broker's log cleaner ran (60-s segments) and its passes were read from its log,
+    # each interval's share beside that interval's p99.
+    cleaner = figures["log_cleaner"]
+    assert cleaner["passes"] > 0 and cleaner["last"]["seconds_per_min"] > 0, cleaner
     latency = figures["latency"]
     assert latency["p99_first_s"] is not None and latency["p99_last_s"] is not None
     assert figures["load1"]["max"] > 0
