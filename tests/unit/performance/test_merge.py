@@ -65,7 +65,7 @@ CONFIG: dict[str, Any] = {
 Emitted = list[tuple[str, dict[str, Any]]]
 
 
-def instance(**overrides: Any) -> PerformanceProcessor:
+def instance(metrics: PerformanceMetrics | None = None, **overrides: Any) -> PerformanceProcessor:
     """A processor as the service runs it: partials go to the partials topic."""
     return PerformanceProcessor(
         settings(**{**CONFIG, **overrides}),
@@ -77,6 +77,7 @@ def instance(**overrides: Any) -> PerformanceProcessor:
         clock=lambda: 1.0,
         partials_topic=PARTIALS,
         source_partitions=len(PARTITIONS),
+        metrics=metrics,
     )
 
 
@@ -220,12 +221,7 @@ def test_a_restarted_merge_stage_shows_its_last_reported_boundary_before_reporti
     # A new process of the merging instance, its state restored (as from the changelog),
     # with a /metrics of its own: it has reported nothing yet.
     registry = CollectorRegistry()
-    proc = PerformanceProcessor(
-        settings(**CONFIG), prediction_topics=[PREDICTIONS, SHADOW], label_topics=[LABELS],
-        optional_topics=[SHADOW], report_topic=REPORTS, alert_topic=ALERTS,
-        clock=lambda: 1.0, partials_topic=PARTIALS, source_partitions=len(PARTITIONS),
-        metrics=PerformanceMetrics(registry),
-    )  # fmt: skip
+    proc = instance(PerformanceMetrics(registry))
     state = State(PerformanceProcessor.stores)
     for store in state.stores:
         for p in (0, 1):
@@ -237,12 +233,7 @@ def test_a_restarted_merge_stage_shows_its_last_reported_boundary_before_reporti
     assert registry.get_sample_value(gauge) == last / 1000
     # An instance without the merge stage's partition has no boundary to show.
     other = CollectorRegistry()
-    idle = PerformanceProcessor(
-        settings(**CONFIG), prediction_topics=[PREDICTIONS, SHADOW], label_topics=[LABELS],
-        optional_topics=[SHADOW], report_topic=REPORTS, alert_topic=ALERTS,
-        clock=lambda: 1.0, partials_topic=PARTIALS, source_partitions=len(PARTITIONS),
-        metrics=PerformanceMetrics(other),
-    )  # fmt: skip
+    idle = instance(PerformanceMetrics(other))
     idle.on_assigned([(PREDICTIONS, 2)], State(PerformanceProcessor.stores))
     assert other.get_sample_value(gauge) == 0
 
