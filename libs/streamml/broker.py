@@ -319,7 +319,12 @@ class LocalBroker:
         stdout = open(self.run_dir / "stdout.log", "ab")  # noqa: SIM115 - owned by the child
         self._process = subprocess.Popen(
             [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC",
-             # Every GC pause, with wall-clock time: a long one stalls every client at once.
+             # Kafka's own start script's GC settings (kafka-run-class.sh). G1's default
+             # pause goal, 200 ms, let young pauses reach 100-240 ms under load
+             # (docs/soak.md, session 12): each one stalls every client at once.
+             "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+             "-XX:+ExplicitGCInvokesConcurrent",
+             # Every GC pause, with wall-clock time.
              f"-Xlog:gc:file={self.gc_log}:time,uptime:filecount=2,filesize=20m",
              f"-Dlog4j.configuration=file:{self.run_dir / 'log4j.properties'}",
              "-cp", classpath, "kafka.Kafka", str(config)],
