@@ -23,7 +23,10 @@ against the partitions' ends, as it would be alerted on; none while it is down),
 state-store keys each service reports there (dedup ids, entities, pending label joins,
 ...), the changelog topics' bytes on the broker's disk, end-to-end latency (the
 producer's send to the prediction read by a ``read_committed`` consumer: p50/p99 over the
-interval) and the machine's load average.
+interval), the machine's load average, and where its CPU went: the soak process's own
+CPU beside the services' and the broker's, and the kernel's split of the machine's time
+(user, system, iowait, steal, idle) with the shares stalled waiting for a CPU or for I/O
+(benchmarks/hostcpu.py).
 
 Mid-run (at 40% of it) the broker is stopped (SIGTERM) and started again; then each service
 in pipeline order (at 50/56/62/68%) gets SIGTERM and is started again, like a rolling
@@ -40,9 +43,10 @@ but not yet predicted; steady: 1.5x its 90th percentile between the warm-up and 
 restart, at least one second of traffic), p99 latency in the first 10 minutes after a
 2-minute warm-up, in the 10 minutes after the retention is full and in the last 10
 minutes of traffic, records lost and duplicated, the dead letters by reason, the broker's
-log-cleaner time (read from its log) and the load average. The report (self-contained
-HTML, inline SVG) plots RSS, lag, latency, state sizes, changelog bytes, load and the
-cleaner over time with the restarts marked. Samples go to ``samples.json`` beside it.
+log-cleaner time (read from its log), the load average, and in each p99 window the mean
+load, cores per process and the machine's split (``cpu``). The report (self-contained
+HTML, inline SVG) plots RSS, lag, latency, state sizes, changelog bytes, load, the
+cleaner and the CPU over time with the restarts marked. Samples go to ``samples.json`` beside it.
 
 Usage: ``python -m benchmarks.soak [--minutes 60] [--rate 1000] [--out DIR] [--port PORT]``
 (``make soak``). The run directory (broker data, models, logs, samples, report) defaults to
@@ -74,6 +78,7 @@ from types import FrameType
 from typing import Any
 
 from benchmarks import brokerlog
+from benchmarks.hostcpu import HostCpu
 from services.demo import claims, report
 from services.demo.observer import TopicObserver, parse_metrics
 from services.demo.orchestrator import ServiceChild
@@ -233,6 +238,9 @@ class Sample:
     load1: float
     rss: dict[str, float] = field(default_factory=dict)  # bytes, per service and broker
     cpu: dict[str, float] = field(default_factory=dict)  # share of one core over the interval
+    # The whole machine over the interval (benchmarks/hostcpu.py): cores by kind (user,
+    # system, iowait, steal, idle) and the shares stalled waiting for a CPU or for I/O.
+    host: dict[str, float] = field(default_factory=dict)
     lag: dict[str, float] = field(default_factory=dict)  # per consumer group
     state: dict[str, float] = field(default_factory=dict)  # "service/store" -> keys
     heap: dict[str, float] = field(default_factory=dict)  # "service/kind" -> C heap bytes
@@ -281,6 +289,7 @@ class Soak:
         self.restarts: list[Restart] = []
         self.unplanned: list[str] = []
         self._cpu_before: dict[str, tuple[float, float]] = {}
+        self._host = HostCpu()
         self._latency_index = 0
         self._gc = GcPauses()
         self._halt = threading.Event()
@@ -438,17 +447,21 @@ class Soak:
 
     def sample(self, started: float, producer: SyntheticProducer, obs: LatencyObserver) -> None:
         now = time.monotonic()
-        s = Sample(t=now - started, load1=loadavg(), wall=time.time())
+        s = Sample(t=now - started, load1=loadavg(), wall=time.time(), host=self._host.take())
         pids = {name: c.process.pid if c.alive and c.process else None
                 for name, c in self.children.items()}  # fmt: skip
         pids["broker"] = self.broker.running_pid() if self.broker else None
+        # This process too (the producer, the audit reader, the sampling): its CPU only,
+        # its RSS being the audit's record of every id, not a service's.
+        pids["soak"] = os.getpid()
         for name, pid in pids.items():
             figures = proc_rss_cpu(pid)
             if figures is None:
                 self._cpu_before.pop(name, None)
                 continue
             rss, cpu = figures
-            s.rss[name] = rss
+            if name != "soak":
+                s.rss[name] = rss
             before = self._cpu_before.get(name)
             if before is not None and before[0] < now and cpu >= before[1]:
                 s.cpu[name] = (cpu - before[1]) / (now - before[0])
@@ -687,6 +700,7 @@ class Soak:
             "latency": self.latency(obs),
             "log_cleaner": self.cleaner(),
             "load1": self.load(),
+            "cpu": self.cpu(),
             "dir": str(self.dir),
         }
         (self.dir / "samples.json").write_text(json.dumps([asdict(s) for s in self.samples]))
@@ -835,6 +849,29 @@ class Soak:
                 "after_full": figures(*self.after_full(window)),
                 "last": figures(self.run_s - window, self.run_s)}  # fmt: skip
 
+    def cpu(self) -> dict[str, Any]:
+        """Where the CPU went in the p99's three windows: the load average, each process's
+        cores (the services, the broker, this process) and the machine's split and stalls
+        (benchmarks/hostcpu.py), each a mean over the window's samples."""
+        warmup, window = self.windows()
+
+        def means(a: float, b: float) -> dict[str, Any] | None:
+            picked = [s for s in self.samples if a <= s.t <= b]
+            if not picked:
+                return None
+
+            def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
+                names = sorted({k for row in rows for k in row})
+                return {n: round(statistics.mean(r[n] for r in rows if n in r), 3) for n in names}
+
+            return {"load1": round(statistics.mean(s.load1 for s in picked), 2),
+                    "cores": mean_of([s.cpu for s in picked]),
+                    "host": mean_of([s.host for s in picked if s.host])}  # fmt: skip
+
+        return {"first": means(warmup, warmup + window),
+                "after_full": means(*self.after_full(window)),
+                "last": means(self.run_s - window, self.run_s)}  # fmt: skip
+
     def load(self) -> dict[str, float]:
         values = [s.load1 for s in self.samples]
         if not values:
@@ -860,6 +897,8 @@ class Soak:
         latency: dict[str, list[tuple[float, float]]] = {"p99": [], "p50": [], pause: []}
         cleaner = "log cleaner (s per interval)"
         load: dict[str, list[tuple[float, float]]] = {"load1": [], cleaner: []}
+        cores: dict[str, list[tuple[float, float]]] = {}
+        host: dict[str, list[tuple[float, float]]] = {}
         for s in self.samples:
             m = s.t / 60
             for k, v in s.rss.items():
@@ -877,6 +916,10 @@ class Soak:
                 latency["p50"].append((m, s.p50_s * 1000))
             latency[pause].append((m, s.gc_pause_max_s * 1000))
             load["load1"].append((m, s.load1))
+            for k, v in s.cpu.items():
+                cores.setdefault(k, []).append((m, v))
+            for k, v in s.host.items():
+                host.setdefault(k, []).append((m, v))
             load[cleaner].append((m, s.cleaner_s))
         body = "".join([
             "<h1>streamml soak</h1>",
@@ -902,6 +945,15 @@ class Soak:
             "<p class='note'>The seconds the log cleaner ran in each 10-s interval; "
             "bursts of it were the p99's tail (docs/decisions/changelog-segment-jitter.md)."
             "</p>",
+            "<h2>CPU per process (cores)</h2>", chart(cores, "cores"),
+            "<p class='note'>soak: this process (the producer, the audit reader, the "
+            "sampling).</p>",
+            "<h2>The machine's CPU (cores) and stalls (share of the interval)</h2>",
+            chart({k: v for k, v in host.items() if not k.endswith("_stall")}, "cores"),
+            chart({k: v for k, v in host.items() if k.endswith("_stall")}, "share"),
+            "<p class='note'>From /proc/stat and /proc/pressure: steal is time the "
+            "hypervisor gave another guest; cpu_stall/io_stall the share of the interval in "
+            "which some task waited for a CPU or for I/O.</p>",
             "<h2>Result</h2><pre>", json.dumps(result, indent=2, default=str), "</pre>",
         ])  # fmt: skip
         head = (

@@ -6,6 +6,7 @@ and checks what its JSON line and report say, not how fast anything was."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,14 @@ def test_five_minute_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     latency = figures["latency"]
     assert latency["p99_first_s"] is not None and latency["p99_last_s"] is not None
     assert figures["load1"]["max"] > 0
+    # Where the CPU went in each p99 window: every process (this one too) used some, and
+    # the machine's split from /proc/stat adds up to about its cores.
+    for window in ("first", "last"):
+        cpu = figures["cpu"][window]
+        assert set(cpu["cores"]) == {*SERVICES, "broker", "soak"}, cpu
+        assert all(v > 0 for v in cpu["cores"].values()), cpu
+        split = sum(cpu["host"][k] for k in ("user", "system", "iowait", "steal", "idle"))
+        assert split == pytest.approx(os.cpu_count() or 1, rel=0.25), cpu
 
     samples = json.loads((run_dir / "samples.json").read_text())
     assert len(samples) >= 25  # every 10 s over five minutes and the drain
