@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 KINDS = ("user", "system", "iowait", "steal", "idle")
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+TICKS = os.sysconf("SC_CLK_TCK")
+"""Clock ticks per second, the unit of /proc's CPU times."""
 
 
 def parse_proc_stat(text: str) -> dict[str, int]:
@@ -97,5 +98,5 @@ class HostCpu:
             if name.endswith("_stall"):
                 out[name] = round(delta / 1e6 / seconds, 4)
             else:
-                out[name] = round(delta / _TICKS / seconds, 4)
+                out[name] = round(delta / TICKS / seconds, 4)
         return out

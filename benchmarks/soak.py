@@ -78,7 +78,7 @@ from types import FrameType
 from typing import Any
 
 from benchmarks import brokerlog
-from benchmarks.hostcpu import HostCpu
+from benchmarks.hostcpu import TICKS, HostCpu
 from services.demo import claims, report
 from services.demo.observer import TopicObserver, parse_metrics
 from services.demo.orchestrator import ServiceChild
@@ -197,8 +197,6 @@ class GcPauses:
 
 # -- per-process figures from /proc ------------------------------------------------------
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
 
 def proc_rss_cpu(pid: int | None) -> tuple[float, float] | None:
     """(RSS bytes, CPU seconds used so far) of ``pid`` from /proc, or None when gone."""
@@ -211,7 +209,7 @@ def proc_rss_cpu(pid: int | None) -> tuple[float, float] | None:
             rss_pages = int(statm.read().split()[1])
     except (OSError, IndexError, ValueError):
         return None
-    cpu = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    cpu = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
     return rss_pages * os.sysconf("SC_PAGE_SIZE"), cpu
 
 
@@ -822,6 +820,12 @@ class Soak:
         """The warm-up, and the length of the first and the last window of traffic."""
         return min(120.0, self.run_s / 10), min(600.0, self.run_s / 4)
 
+    def p99_windows(self) -> dict[str, tuple[float, float]]:
+        """The p99's three windows, in seconds since the producer started."""
+        warmup, window = self.windows()
+        return {"first": (warmup, warmup + window), "after_full": self.after_full(window),
+                "last": (self.run_s - window, self.run_s)}  # fmt: skip
+
     def after_full(self, window: float) -> tuple[float, float]:
         """The window that starts when the retention is full, ended by the broker's restart."""
         return self.full_at, min(self.full_at + window, BROKER_RESTART_AT * self.run_s)
@@ -839,21 +843,18 @@ class Soak:
                                                                       self.args.sample_s),
                         strict=True):  # fmt: skip
             s.cleaner_s = round(c, 3)
-        warmup, window = self.windows()
-
-        def figures(a: float, b: float) -> dict[str, Any] | None:
-            picked = [s.cleaner_s for s in self.samples if a <= s.t <= b]
-            return brokerlog.window_figures(picked, self.args.sample_s)
-
-        return {"passes": len(passes), "first": figures(warmup, warmup + window),
-                "after_full": figures(*self.after_full(window)),
-                "last": figures(self.run_s - window, self.run_s)}  # fmt: skip
+        figures = {
+            name: brokerlog.window_figures(
+                [s.cleaner_s for s in self.samples if a <= s.t <= b], self.args.sample_s
+            )
+            for name, (a, b) in self.p99_windows().items()
+        }
+        return {"passes": len(passes), **figures}
 
     def cpu(self) -> dict[str, Any]:
         """Where the CPU went in the p99's three windows: the load average, each process's
         cores (the services, the broker, this process) and the machine's split and stalls
         (benchmarks/hostcpu.py), each a mean over the window's samples."""
-        warmup, window = self.windows()
 
         def means(a: float, b: float) -> dict[str, Any] | None:
             picked = [s for s in self.samples if a <= s.t <= b]
@@ -868,9 +869,7 @@ class Soak:
                     "cores": mean_of([s.cpu for s in picked]),
                     "host": mean_of([s.host for s in picked if s.host])}  # fmt: skip
 
-        return {"first": means(warmup, warmup + window),
-                "after_full": means(*self.after_full(window)),
-                "last": means(self.run_s - window, self.run_s)}  # fmt: skip
+        return {name: means(a, b) for name, (a, b) in self.p99_windows().items()}
 
     def load(self) -> dict[str, float]:
         values = [s.load1 for s in self.samples]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks.hostcpu import _TICKS, HostCpu, parse_pressure, parse_proc_stat
+from benchmarks.hostcpu import TICKS, HostCpu, parse_pressure, parse_proc_stat
 
 # As Linux 6.x writes them.
 STAT = "cpu  4217493 1464 1123297 1858965 6525 0 127475 2518 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
@@ -56,7 +58,7 @@ def test_take_gives_cores_and_stall_shares_over_the_interval(tmp_path: Path) -> 
     host = HostCpu(root=tmp_path, clock=lambda: next(times))
     write(tmp_path, "cpu  0 0 0 0 0 0 0 0\n", cpu_us=0, io_us=0)
     assert host.take() == {}  # the first call sets the baseline
-    t = _TICKS * 10  # ten seconds of one core, in ticks
+    t = TICKS * 10  # ten seconds of one core, in ticks
     write(tmp_path, f"cpu  {t} {t // 2} {t // 4} {t // 4} 0 0 0 {t // 10}\n",
           cpu_us=6_000_000, io_us=500_000)  # fmt: skip
     figures = host.take()
@@ -71,7 +73,7 @@ def test_a_figure_the_kernel_does_not_give_is_left_out(tmp_path: Path) -> None:
     host = HostCpu(root=tmp_path, clock=lambda: next(times))
     write(tmp_path, "cpu  0 0 0 0 0 0 0 0\n", cpu_us=None, io_us=None)
     host.take()
-    write(tmp_path, f"cpu  {_TICKS * 10} 0 0 0 0 0 0 0\n", cpu_us=None, io_us=None)
+    write(tmp_path, f"cpu  {TICKS * 10} 0 0 0 0 0 0 0\n", cpu_us=None, io_us=None)
     figures = host.take()
     assert figures["user"] == 1.0
     assert "cpu_stall" not in figures and "io_stall" not in figures
@@ -80,9 +82,6 @@ def test_a_figure_the_kernel_does_not_give_is_left_out(tmp_path: Path) -> None:
 def test_the_real_proc_gives_a_split_that_adds_up_to_the_cores() -> None:
     if not Path("/proc/stat").exists():
         pytest.skip("not Linux")
-    import os
-    import time
-
     host = HostCpu()
     host.take()
     time.sleep(0.5)
