@@ -306,13 +306,20 @@ def label_delay_ms(rng: random.Random) -> int:
     return int(min(delay_s, 30 * 86_400.0) * 1000)
 
 
-def label_record(event: dict[str, Any], label: int, rng: random.Random) -> dict[str, Any]:
-    """The ``Label`` record (schemas/label.avsc) for ``event``, with a random delay."""
+def label_record(
+    event: dict[str, Any], label: int, rng: random.Random, delay_scale: float = 1.0
+) -> dict[str, Any]:
+    """The ``Label`` record (schemas/label.avsc) for ``event``, with a random delay.
+
+    ``delay_scale`` shortens (or stretches) the delay drawn by :func:`label_delay_ms`: a run
+    that shortens the label horizon shortens the delays with it, so that the same share of
+    labels arrives within the horizon. The source is named by the delay as drawn.
+    """
     delay = label_delay_ms(rng)
     return {
         "event_id": event["event_id"],
         "entity_id": event["entity_id"],
         "label": int(label),
-        "labeled_at": int(event["event_time"]) + delay,
+        "labeled_at": int(event["event_time"]) + int(delay * delay_scale),
         "source": "analyst" if delay < 86_400_000 else "chargeback",
     }

@@ -168,7 +168,11 @@ _SCHEMA = {
 class TopicObserver(threading.Thread):
     """Reads the audited and result topics from the beginning, as a downstream consumer."""
 
-    def __init__(self, plan: DemoPlan, kafka_config: dict[str, Any], codec: Any) -> None:
+    def __init__(
+        self, plan: DemoPlan, kafka_config: dict[str, Any], codec: Any, *, results: bool = True
+    ) -> None:
+        """``results=False``: the audited topics and their dead letters only, not the reports
+        and alerts (the soak's audit: an hour of them is ~200,000 decoded dicts)."""
         super().__init__(name="demo-observer", daemon=True)
         self.plan = plan
         self._codec = codec
@@ -193,7 +197,8 @@ class TopicObserver(threading.Thread):
         self.last_record_at = time.monotonic()
         self._halt = threading.Event()
         self._lock = threading.Lock()
-        self._by_physical = {plan.topic(n): n for n in (*AUDIT_TOPICS, *DLQ_TOPICS, *RESULT_TOPICS)}
+        read = (*AUDIT_TOPICS, *DLQ_TOPICS, *(RESULT_TOPICS if results else ()))
+        self._by_physical = {plan.topic(n): n for n in read}
 
     def stop(self) -> None:
         self._halt.set()

@@ -46,6 +46,9 @@ class DemoPlan:
     canary_share: float = 0.1
     """Share of the cards the candidate model version serves as a canary (0: none)."""
     malformed_share: float = 0.002
+    label_delay_scale: float = 1.0
+    """Multiplies every label's delay (:func:`streamml.synthetic.label_record`): the soak,
+    which shortens the label horizon, shortens the delays by as much."""
     seed: int = 2026
     model_seed: int | None = None
     """Seed the models are trained on (None: ``seed``): a suite running several traffic

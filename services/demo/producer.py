@@ -5,7 +5,8 @@ It runs in a thread of the demo process. Every valid event is sent once, and wit
 probability ``duplicate_share`` a second time right after (byte-identical, as a producer
 retry would); with probability ``malformed_share`` a malformed record is sent instead of
 nothing extra: half undecodable bytes, half a decodable event that breaks a validation rule
-(negative amount). Labels are scheduled at ``event_time + label_delay_ms`` and sent when
+(negative amount). Labels are scheduled at ``event_time + label_delay_ms`` (times the plan's
+``label_delay_scale``) and sent when
 the producer's event-time clock passes that instant, so their delay is realistic in event
 time and compressed in wall time (see :mod:`services.demo.plan`).
 """
@@ -150,7 +151,7 @@ class SyntheticProducer(threading.Thread):
                     stats.duplicates_sent += 1
                 if rng.random() < plan.malformed_share:
                     self._send_malformed(producer, events_topic, event, rng)
-                record = label_record(event, label, label_rng)
+                record = label_record(event, label, label_rng, plan.label_delay_scale)
                 heapq.heappush(pending, (record["labeled_at"], index, record))
                 while labels_flow and pending and pending[0][0] <= stats.event_time_ms:
                     _, _, due = heapq.heappop(pending)

@@ -81,6 +81,17 @@ def test_label_record_matches_the_label_schema() -> None:
     assert record["labeled_at"] > event["event_time"]
 
 
+def test_label_delay_scale_shortens_the_delay_and_keeps_the_source() -> None:
+    events = [event for event, _ in generate_events(200, seed=3)]
+    full = [label_record(e, 0, rng) for rng in [random.Random(9)] for e in events]
+    scaled = [label_record(e, 0, rng, 1 / 7) for rng in [random.Random(9)] for e in events]
+    for event, a, b in zip(events, full, scaled, strict=True):
+        delay = a["labeled_at"] - event["event_time"]
+        assert abs(b["labeled_at"] - event["event_time"] - delay / 7) <= 1
+        assert a["source"] == b["source"]  # named by the delay as drawn
+    assert {r["source"] for r in scaled} == {"analyst", "chargeback"}
+
+
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError):
         list(generate_events(1, seed=0, rate_per_s=0))
