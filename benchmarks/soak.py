@@ -96,6 +96,7 @@ from services.demo.plan import (
 )
 from services.demo.producer import SyntheticProducer
 from services.performance.settings import PerformanceSettings
+from streamml.errors import DecodeError
 from streamml.runtime.provisioning import CHANGELOG_SEGMENT_MS
 
 log = logging.getLogger("soak")
@@ -195,7 +196,10 @@ class LatencyProbe(threading.Thread):
                     if message.error() is not None:
                         continue
                     self.records += 1
-                    event_id = decode(message.value(), schema, topic=self._topic)["event_id"]
+                    try:
+                        event_id = decode(message.value(), schema, topic=self._topic)["event_id"]
+                    except DecodeError:  # the audit counts it as undecodable
+                        continue
                     sent = sent_at.pop(event_id, None)
                     if sent is not None:
                         now = time.monotonic()
