@@ -85,7 +85,7 @@ from typing import Any
 from benchmarks import brokerlog
 from benchmarks.hostcpu import TICKS, HostCpu
 from services.demo import claims, report
-from services.demo.observer import TopicObserver, parse_metrics
+from services.demo.observer import TopicObserver, parse_metrics, read_from_beginning
 from services.demo.orchestrator import ServiceChild
 from services.demo.plan import (
     CLOCK_FEATURES,
@@ -162,13 +162,8 @@ class LatencyProbe(threading.Thread):
     def __init__(self, plan: DemoPlan, config: dict[str, Any], codec: Any, timed: TimedCodec):
         super().__init__(name="soak-latency-probe", daemon=True)
         self._topic = plan.topic("predictions")
-        self._config = {
-            **config,
-            "group.id": f"{plan.topic_prefix}soak-probe-{os.getpid()}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-        }
+        self._config = config
+        self._group = f"{plan.topic_prefix}soak-probe-{os.getpid()}"
         self._codec = codec
         fields = [f["name"] for f in codec.definition("Prediction")["fields"]]
         self.schema = f"Prediction[{','.join('-' + f for f in fields if f != 'event_id')}]"
@@ -182,14 +177,12 @@ class LatencyProbe(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer(self._config)
         try:
-            partitions = consumer.list_topics(self._topic, timeout=30).topics[self._topic]
-            consumer.assign(
-                [TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions.partitions]
-            )
+            consumer = read_from_beginning(self._config, self._group, [self._topic])
+        except Exception:  # the run goes on, without latency figures; the log says why
+            log.exception("latency probe could not start")
+            return
+        try:
             sent_at, decode, schema = self._timed.sent_at, self._codec.decode, self.schema
             while not self._halt.is_set():
                 for message in consumer.consume(num_messages=1000, timeout=0.5):

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +165,38 @@ _SCHEMA = {
 }
 
 
+def read_from_beginning(
+    kafka_config: Mapping[str, Any], group: str, topics: Collection[str]
+) -> Any:
+    """A ``read_committed`` consumer, committing nothing, assigned every partition of
+    ``topics`` (physical names; those not on the broker are skipped) from the beginning."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            **kafka_config,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(timeout=30)
+        consumer.assign(
+            [
+                TopicPartition(topic, partition, OFFSET_BEGINNING)
+                for topic in topics
+                if topic in metadata.topics
+                for partition in metadata.topics[topic].partitions
+            ]
+        )
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer
+
+
 class TopicObserver(threading.Thread):
     """Reads the audited and result topics from the beginning, as a downstream consumer."""
 
@@ -176,13 +208,8 @@ class TopicObserver(threading.Thread):
         super().__init__(name="demo-observer", daemon=True)
         self.plan = plan
         self._codec = codec
-        self._config = {
-            **kafka_config,
-            "group.id": f"{plan.topic_prefix}demo-observer-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-        }
+        self._config = kafka_config
+        self._group = f"{plan.topic_prefix}demo-observer-{uuid.uuid4().hex[:6]}"
         self.started = time.monotonic()
         self.counts: dict[str, TopicCounts] = {
             name: TopicCounts() for name in (*AUDIT_TOPICS, *DLQ_TOPICS)
@@ -209,18 +236,12 @@ class TopicObserver(threading.Thread):
             return {n: (c.records, c.distinct, c.duplicates) for n, c in self.counts.items()}
 
     def run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        consumer = Consumer(self._config)
         try:
-            metadata = consumer.list_topics(timeout=30)
-            assignment = [
-                TopicPartition(physical, partition, OFFSET_BEGINNING)
-                for physical in self._by_physical
-                if physical in metadata.topics
-                for partition in metadata.topics[physical].partitions
-            ]
-            consumer.assign(assignment)
+            consumer = read_from_beginning(self._config, self._group, self._by_physical)
+        except Exception:  # a broken observer must not hang the demo; the summary says so
+            log.exception("topic observer could not start")
+            return
+        try:
             while not self._halt.is_set():
                 messages = consumer.consume(num_messages=1000, timeout=0.5)
                 with self._lock:
